@@ -1,0 +1,42 @@
+# One command to run, one to test. Both create the virtualenvs on first use.
+#   make run    web (:8000) + worker + beat; SQLite and an embedded Redis unless DATABASE_URL / REDIS_URL are set
+#   make test   the whole suite against PostgreSQL and Redis on 127.0.0.1 (override with DATABASE_URL / REDIS_URL)
+PYTHON ?= python3.11
+VENV := .venv
+RUNTIME := .runtime
+
+.PHONY: install run test lint format clean
+
+install: $(VENV)/.installed $(RUNTIME)/.installed
+
+# The executor's own environment (Django, Celery, test tools).
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+# The script runtime: a separate environment with the FX helper libraries (see workers/runtime/README.md).
+$(RUNTIME)/.installed: workers/runtime/requirements.txt
+	test -x $(RUNTIME)/bin/python || $(PYTHON) -m venv $(RUNTIME)
+	$(RUNTIME)/bin/pip install --quiet --disable-pip-version-check -r workers/runtime/requirements.txt
+	touch $@
+
+run: install
+	$(VENV)/bin/python bin/devstack.py
+
+test: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/executor
+test: export REDIS_URL ?= redis://127.0.0.1:6379/15
+test: export SECRET_KEY ?= test-secret-key-not-for-production
+test: install
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(RUNTIME) .devdata

@@ -1,0 +1,137 @@
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.db.models import Count, Q
+from django.shortcuts import get_object_or_404
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+
+from .models import Execution, ExecutionStep, StepStatus
+
+_PROCESSED = ~Q(steps__status__in=[StepStatus.PENDING, StepStatus.RUNNING])
+
+
+def status_badge(status: str, label: str) -> str:
+    return format_html('<span class="executor-badge executor-{}">{}</span>', status, label)
+
+
+class ExecutionStepInline(admin.TabularInline):
+    model = ExecutionStep
+    extra = 0
+    can_delete = False
+    fields = ["position", "file_name", "status_display", "status_reason", "exit_code", "duration_ms", "results"]
+    readonly_fields = fields
+    ordering = ["position"]
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Status")
+    def status_display(self, step: ExecutionStep) -> str:
+        return status_badge(step.status, step.get_status_display())
+
+    @admin.display(description="Results")
+    def results(self, step: ExecutionStep) -> str:
+        url = reverse("admin:executions_execution_step_results", args=[step.execution_id, step.pk])
+        return format_html('<a href="{}">Show Results</a>', url)
+
+
+@admin.register(Execution)
+class ExecutionAdmin(admin.ModelAdmin):
+    inlines = [ExecutionStepInline]
+    list_display = [
+        "short_id",
+        "package",
+        "trigger_type",
+        "status_display",
+        "scripts_processed",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "execution_time_ms",
+        "name",
+        "saved",
+    ]
+    list_filter = ["status", "trigger_type", "saved", "package"]
+    list_select_related = ["package"]
+    search_fields = ["=id", "=correlation_id", "name", "package__name", "package__package_name"]
+    date_hierarchy = "created_at"
+    show_full_result_count = False  # no COUNT(*) over a large table on every page view
+    fieldsets = [
+        (None, {"fields": ["name", "description", "saved"]}),
+        (
+            "Run",
+            {
+                "fields": [
+                    "id",
+                    "package",
+                    "status_display",
+                    "status_reason",
+                    "trigger_type",
+                    "params",
+                    "correlation_id",
+                    "created_by",
+                    "worker_name",
+                    "created_at",
+                    "started_at",
+                    "finished_at",
+                    "execution_time_ms",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = fieldsets[1][1]["fields"]
+
+    def get_queryset(self, request):
+        return (
+            super()
+            .get_queryset(request)
+            .annotate(step_total=Count("steps"), step_processed=Count("steps", filter=_PROCESSED))
+        )
+
+    def has_add_permission(self, request):
+        return False  # executions start from a package's Run button, a schedule or an event
+
+    @admin.display(description="Execution", ordering="id")
+    def short_id(self, execution: Execution) -> str:
+        return execution.short_id
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, execution: Execution) -> str:
+        return status_badge(execution.status, execution.get_status_display())
+
+    @admin.display(description="Scripts processed")
+    def scripts_processed(self, execution: Execution) -> str:
+        return f"{execution.step_processed}/{execution.step_total}"
+
+    @admin.display(description="Execution time (ms)")
+    def execution_time_ms(self, execution: Execution):
+        return execution.duration_ms
+
+    def get_urls(self):
+        return [
+            path(
+                "<uuid:execution_id>/steps/<int:step_id>/results/",
+                self.admin_site.admin_view(self.step_results_view),
+                name="executions_execution_step_results",
+            ),
+            *super().get_urls(),
+        ]
+
+    def step_results_view(self, request, execution_id, step_id: int):
+        step = get_object_or_404(
+            ExecutionStep.objects.select_related("execution__package"), pk=step_id, execution_id=execution_id
+        )
+        if not self.has_view_permission(request, step.execution):
+            raise PermissionDenied
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "step": step,
+            "execution": step.execution,
+            "title": f"Results of {step.file_name}",
+        }
+        return TemplateResponse(request, "admin/executions/execution/step_results.html", context)

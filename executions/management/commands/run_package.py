@@ -1,0 +1,56 @@
+import json
+import time
+
+from django.core.management.base import BaseCommand, CommandError
+
+from executions.models import Execution, ExecutionStatus, TriggerType
+from executions.services import TriggerRefused, trigger_execution
+from executions.summary import execution_as_dict
+from packages.models import Package
+
+
+def parse_param(text: str) -> tuple[str, object]:
+    """key=value; the value is read as JSON when it parses (numbers, true, lists), else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise CommandError(f"--param {text!r}: expected key=value")
+    try:
+        return key, json.loads(raw)
+    except ValueError:
+        return key, raw
+
+
+class Command(BaseCommand):
+    help = "Start a manual execution of a package; prints its id (and, with --wait, its result as JSON)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("package_name")
+        parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
+        parser.add_argument("--wait", action="store_true", help="Wait for the execution to finish.")
+        parser.add_argument("--timeout", type=float, default=3600, help="Seconds to wait with --wait.")
+
+    def handle(self, *args, package_name: str, param: list[str], wait: bool, timeout: float, **options):
+        package = Package.objects.filter(package_name=package_name).first()
+        if package is None:
+            raise CommandError(f"No package named {package_name!r}.")
+        params = dict(parse_param(item) for item in param)
+        try:
+            execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params=params)
+        except TriggerRefused as exc:
+            raise CommandError(str(exc)) from None
+        self.stdout.write(str(execution.id))
+        if not wait:
+            return
+        execution = self._wait(execution, timeout)
+        self.stdout.write(json.dumps(execution_as_dict(execution), indent=2))
+        if execution.status != ExecutionStatus.COMPLETED:
+            raise CommandError(f"Execution {execution.id} ended {execution.status}.", returncode=1)
+
+    def _wait(self, execution: Execution, timeout: float) -> Execution:
+        deadline = time.monotonic() + timeout
+        while not execution.is_finished:
+            if time.monotonic() > deadline:
+                raise CommandError(f"Execution {execution.id} still {execution.status} after {timeout:g} s.")
+            time.sleep(0.5)
+            execution.refresh_from_db()
+        return execution

@@ -1,0 +1,125 @@
+"""Executions (runs of a package) and their steps (one per script). PostgreSQL is the ledger of both."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from packages.models import Package, Script
+
+
+class TriggerType(models.TextChoices):
+    MANUAL = "manual", "Manual"
+    SCHEDULED = "scheduled", "Scheduled"
+    TRIGGERED = "triggered", "Triggered"
+
+
+class ExecutionStatus(models.TextChoices):
+    """pending -> in_progress (a worker claimed it) -> completed | failed | cancelled.
+
+    pending -> skipped | cancelled without ever running. Terminal states never change again.
+    """
+
+    PENDING = "pending", "Pending"
+    IN_PROGRESS = "in_progress", "In progress"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+    SKIPPED = "skipped", "Skipped"
+
+
+TERMINAL_EXECUTION_STATUSES = frozenset(
+    {ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED, ExecutionStatus.SKIPPED}
+)
+
+
+class StepStatus(models.TextChoices):
+    """pending -> running -> completed | failed | cancelled; pending -> unprocessed | skipped."""
+
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    UNPROCESSED = "unprocessed", "Unprocessed"
+    SKIPPED = "skipped", "Skipped"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+class Execution(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    package = models.ForeignKey(Package, on_delete=models.PROTECT, related_name="executions")
+    status = models.CharField(max_length=20, choices=ExecutionStatus, default=ExecutionStatus.PENDING)
+    status_reason = models.CharField(max_length=500, blank=True)
+    trigger_type = models.CharField(max_length=20, choices=TriggerType)
+    params = models.JSONField(default=dict, blank=True, help_text="Parameters merged into the scripts' argv[1].")
+    correlation_id = models.CharField(max_length=64, db_index=True, help_text="FX _fxcid: shared along a chain.")
+    # Set for triggers that can repeat (schedule tick, event delivery): a second delivery finds the row.
+    idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True, editable=False)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Set by the worker that claimed it; every later write of that worker is fenced on lease_owner.
+    worker_name = models.CharField(max_length=200, blank=True)
+    lease_owner = models.CharField(max_length=64, blank=True, editable=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+
+    name = models.CharField(max_length=200, blank=True)
+    description = models.TextField(blank=True)
+    saved = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["package", "-created_at"], name="execution_package_recent"),
+            models.Index(fields=["status", "-created_at"], name="execution_status_recent"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.package} · {self.short_id}"
+
+    @property
+    def short_id(self) -> str:
+        return str(self.id)[:8]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in TERMINAL_EXECUTION_STATUSES
+
+    @property
+    def duration_ms(self) -> int | None:
+        if self.started_at and self.finished_at:
+            return round((self.finished_at - self.started_at).total_seconds() * 1000)
+        return None
+
+
+class ExecutionStep(models.Model):
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="steps")
+    position = models.PositiveIntegerField()
+    script = models.ForeignKey(Script, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    file_name = models.CharField(max_length=200)
+    status = models.CharField(max_length=20, choices=StepStatus, default=StepStatus.PENDING)
+    status_reason = models.CharField(max_length=500, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    stdout = models.TextField(blank=True)
+    stderr = models.TextField(blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["execution", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["execution", "position"], name="step_position_unique_per_execution")
+        ]
+
+    def __str__(self) -> str:
+        return self.file_name
+
+    @property
+    def stdout_lines(self) -> list[tuple[str, str]]:
+        """FX numbers output lines: [("stdout_1", "first line"), ...]."""
+        return [(f"stdout_{n}", line) for n, line in enumerate(self.stdout.splitlines(), start=1)]

@@ -1,0 +1,88 @@
+"""The one path every trigger takes: record the execution, then hand its id to a worker.
+
+Manual runs, schedule ticks, events and re-runs all call `trigger_execution`. It creates the Execution and its
+steps in one transaction and enqueues `run_execution(execution_id)` only after that transaction commits, so a
+worker never looks for a row that is not there yet, and a rollback never leaves a message behind.
+"""
+
+import logging
+import uuid
+
+from django.db import IntegrityError, transaction
+
+from packages.models import Package
+
+from .models import Execution, ExecutionStep, TriggerType
+
+logger = logging.getLogger(__name__)
+
+
+class TriggerRefused(Exception):
+    """The package cannot be run this way; the message says why, for the person who asked."""
+
+
+def trigger_execution(
+    package: Package,
+    *,
+    trigger_type: TriggerType,
+    params: dict | None = None,
+    user=None,
+    correlation_id: str | None = None,
+    idempotency_key: str | None = None,
+) -> Execution:
+    """Create a pending execution of `package` with one pending step per script, and enqueue it on commit.
+
+    With an `idempotency_key`, a repeated trigger (a redelivered tick, the same event twice) returns the
+    execution the first one created and enqueues nothing. Raises TriggerRefused for a run that is not allowed.
+    """
+    _check_allowed(package, trigger_type)
+    if params is not None and not isinstance(params, dict):
+        raise TriggerRefused("Parameters must be a JSON object.")
+    if idempotency_key:
+        existing = Execution.objects.filter(idempotency_key=idempotency_key).first()
+        if existing:
+            return existing
+    try:
+        with transaction.atomic():
+            execution = _create(package, trigger_type, params or {}, user, correlation_id, idempotency_key)
+    except IntegrityError:
+        # Lost a race with an identical trigger: the other one's execution stands.
+        if idempotency_key:
+            return Execution.objects.get(idempotency_key=idempotency_key)
+        raise
+    transaction.on_commit(lambda: enqueue(execution))
+    logger.info("execution %s of %s created (%s)", execution.id, package.package_name, trigger_type)
+    return execution
+
+
+def enqueue(execution: Execution) -> None:
+    # Imported here: the web process needs the task's signature only, not the worker machinery.
+    from workers.tasks import run_execution
+
+    run_execution.apply_async(args=[str(execution.id)], queue=execution.package.lane)
+
+
+def _check_allowed(package: Package, trigger_type: TriggerType) -> None:
+    if not package.active:
+        raise TriggerRefused(f"Package {package.name!r} is inactive.")
+    if trigger_type == TriggerType.MANUAL and not package.allow_manual_triggering:
+        raise TriggerRefused(f"Package {package.name!r} does not allow manual triggering.")
+
+
+def _create(package, trigger_type, params, user, correlation_id, idempotency_key) -> Execution:
+    scripts = list(package.scripts.order_by("position", "file_name").only("id", "file_name", "position"))
+    if not scripts:
+        raise TriggerRefused(f"Package {package.name!r} has no scripts to run.")
+    execution = Execution.objects.create(
+        package=package,
+        trigger_type=trigger_type,
+        params=params,
+        created_by=user,
+        correlation_id=correlation_id or uuid.uuid4().hex,
+        idempotency_key=idempotency_key,
+    )
+    ExecutionStep.objects.bulk_create(
+        ExecutionStep(execution=execution, position=index, script=script, file_name=script.file_name)
+        for index, script in enumerate(scripts, start=1)
+    )
+    return execution

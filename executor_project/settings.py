@@ -1,0 +1,151 @@
+"""Executor settings, read from the environment (see .env.example for every variable).
+
+Without DATABASE_URL the executor is in quick-start mode (`make run` on a laptop): SQLite and an embedded Redis
+under .devdata/, DEBUG on, a throw-away SECRET_KEY. With DATABASE_URL set (production, CI) SECRET_KEY is
+required and DEBUG is off unless asked for; docker-compose.yml sets all of it.
+"""
+
+import os
+from pathlib import Path
+
+from django.core.exceptions import ImproperlyConfigured
+
+from .env import env_bool, env_database, env_int, env_list, env_redis_url, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(env_str("EXECUTOR_DATA_DIR", str(BASE_DIR / ".devdata")))
+
+QUICK_START = "DATABASE_URL" not in os.environ
+DEBUG = env_bool("DEBUG", QUICK_START)
+SECRET_KEY = env_str("SECRET_KEY", "")
+if not SECRET_KEY:
+    if not QUICK_START:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DATABASE_URL is (only the quick start has a default)")
+    SECRET_KEY = "insecure-quick-start-key-do-not-use-in-production"
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_celery_beat",
+    "packages",
+    "executions",
+    "workers",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "executor_project.urls"
+WSGI_APPLICATION = "executor_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "executor_project" / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # The quick start shares one SQLite file between web, worker and beat: WAL lets readers proceed while a
+    # writer works, IMMEDIATE transactions take the write lock up front instead of failing on upgrade.
+    DATABASES["default"]["OPTIONS"] = {
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "django.contrib.staticfiles.storage.StaticFilesStorage"
+            if DEBUG
+            else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        )
+    },
+}
+
+# Uploads: one script file may not exceed this; the whole request is capped a little above a full form.
+EXECUTOR_MAX_SCRIPT_BYTES = env_int("EXECUTOR_MAX_SCRIPT_BYTES", 5 * 1024 * 1024, minimum=1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
+FILE_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Script execution --------------------------------------------------------------------------------------
+# The interpreter of the script runtime (.runtime/, built by `make install`). It is the virtualenv's own
+# python, which links straight to the real interpreter: never a pyenv shim (~60 ms per spawn).
+EXECUTOR_SCRIPT_PYTHON = env_str("EXECUTOR_SCRIPT_PYTHON", str(BASE_DIR / ".runtime" / "bin" / "python"))
+EXECUTOR_STEP_TIMEOUT_SECONDS = env_int("EXECUTOR_STEP_TIMEOUT_SECONDS", 600, minimum=1)
+EXECUTOR_OUTPUT_CAP_BYTES = env_int("EXECUTOR_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)
+EXECUTOR_WORK_DIR = env_str("EXECUTOR_WORK_DIR", "") or None  # None: the system temp dir
+
+# --- Celery (see ../shared/RELIABILITY.md for why each of these) --------------------------------------------
+# Unset: the embedded Redis that `make run` starts on a socket in the data directory (bin/devstack.py).
+REDIS_URL = env_redis_url("REDIS_URL", f"redis+socket://{DATA_DIR / 'redis.sock'}")
+CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# State lives in PostgreSQL; tasks return nothing worth storing.
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+# Without acks_late a worker killed mid-run loses the message; with it, the message comes back and the claim
+# in the database (workers/claims.py) makes the redelivery harmless.
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_WORKER_CANCEL_LONG_RUNNING_TASKS_ON_CONNECTION_LOSS = False
+CELERY_TIMEZONE = "UTC"
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+# The longest an execution may take; Redis redelivers an unacked message after the visibility timeout, so it
+# must stay above that or a second copy of a long run would be delivered while the first still works.
+EXECUTOR_MAX_EXECUTION_SECONDS = env_int("EXECUTOR_MAX_EXECUTION_SECONDS", 6 * 3600, minimum=60)
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": EXECUTOR_MAX_EXECUTION_SECONDS + 600}

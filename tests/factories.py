@@ -1,0 +1,23 @@
+"""Test data builders: readable defaults, override what the test is about."""
+
+from pathlib import Path
+
+from packages.models import Package, Script
+
+FIXTURES = Path(__file__).parent / "fixtures"
+SEED_DIR = FIXTURES / "seed_package"
+
+
+def make_package(package_name: str = "alice_reports", files: dict[str, str | bytes] | None = None, **fields) -> Package:
+    """A package whose scripts are `files`, in the given order."""
+    fields.setdefault("name", package_name.replace("_", " ").title())
+    package = Package.objects.create(package_name=package_name, **fields)
+    for position, (file_name, content) in enumerate((files or {}).items(), start=1):
+        data = content.encode() if isinstance(content, str) else content
+        Script.objects.create(package=package, position=position, file_name=file_name, content=data)
+    return package
+
+
+def seed_files() -> dict[str, bytes]:
+    """The seed walkthrough's two files: config.json, then test_scr.py (reads it through ferris_cli)."""
+    return {name: (SEED_DIR / name).read_bytes() for name in ("config.json", "test_scr.py")}

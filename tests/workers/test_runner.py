@@ -1,0 +1,143 @@
+"""The step loop against the real database and real subprocesses (no Celery: the task is a thin wrapper)."""
+
+import json
+
+import pytest
+
+from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
+from executions.services import trigger_execution
+from tests.factories import make_package
+from workers import runner
+from workers.lease import LeaseLost, claim
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+
+
+def run(package, **params) -> Execution:
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params=params)
+    runner.run_execution(str(execution.id), worker_name="test-worker")
+    execution.refresh_from_db()
+    return execution
+
+
+def test_the_seed_package_reads_its_config_through_ferris_cli(seed_package):
+    execution = run(seed_package)
+
+    assert execution.status == ExecutionStatus.COMPLETED
+    config_step, script_step = execution.steps.order_by("position")
+    assert config_step.status == StepStatus.UNPROCESSED
+    assert script_step.status == StepStatus.COMPLETED
+    assert script_step.exit_code == 0
+    assert script_step.stdout_lines[:2] == [("stdout_1", "somekey -> some value 2"), ("stdout_2", "some value 2")]
+    assert script_step.duration_ms > 0
+    assert execution.worker_name == "test-worker"
+    assert execution.started_at <= execution.finished_at
+
+
+def test_a_failing_step_fails_the_execution_and_skips_the_rest():
+    package = make_package(
+        files={
+            "1_ok.py": "print('first')",
+            "2_boom.py": "import sys; print('about to fail'); sys.exit(3)",
+            "3_never.py": "print('never')",
+        }
+    )
+    execution = run(package)
+
+    assert execution.status == ExecutionStatus.FAILED
+    assert execution.status_reason == "failed: step 2 (2_boom.py) failed"
+    statuses = list(execution.steps.order_by("position").values_list("status", "status_reason", "exit_code"))
+    assert statuses == [
+        (StepStatus.COMPLETED, "", 0),
+        (StepStatus.FAILED, "failed: exit code 3", 3),
+        (StepStatus.SKIPPED, "skipped: earlier step failed", None),
+    ]
+
+
+def test_a_traceback_lands_in_the_step_errors():
+    execution = run(make_package(files={"bad.py": "raise RuntimeError('no data for today')"}))
+    step = execution.steps.get()
+    assert step.status == StepStatus.FAILED
+    assert "RuntimeError: no data for today" in step.stderr
+
+
+def test_scripts_get_the_fx_arguments_and_parameters_cannot_spoof_them():
+    package = make_package(files={"show.py": "import sys; print(sys.argv[1])"})
+    execution = run(package, region="eu", package_name="spoofed")
+
+    payload = json.loads(execution.steps.get().stdout)
+    assert payload["region"] == "eu"
+    assert payload["package_name"] == package.package_name
+    assert payload["package_id"] == str(package.id)
+    assert payload["execution_id"] == payload["_fxexec"] == str(execution.id)
+    assert payload["_fxcid"] == execution.correlation_id
+    assert payload["trigger_type"] == "manual"
+    assert payload["secrets"] == {}
+
+
+def test_scripts_run_in_a_private_copy_with_siblings_importable_and_a_scrubbed_environment(settings):
+    package = make_package(
+        files={
+            "helpers.py": "GREETING = 'hi from a sibling'",
+            "main.py": (
+                "import os, json, helpers\n"
+                "print(helpers.GREETING)\n"
+                "print(json.dumps(sorted(os.listdir('.'))))\n"
+                "print(json.dumps(dict(os.environ)))\n"
+            ),
+        }
+    )
+    execution = run(package)
+
+    main = execution.steps.get(file_name="main.py")
+    greeting, listing, environment = main.stdout.splitlines()
+    assert greeting == "hi from a sibling"
+    assert json.loads(listing) == ["helpers.py", "main.py"]
+    env = json.loads(environment)
+    for leaked in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE"):
+        assert leaked not in env
+    assert env["HOME"].endswith("/home")
+
+
+def test_a_second_delivery_of_the_same_execution_runs_nothing(seed_package):
+    execution = run(seed_package)
+    before = list(execution.steps.values_list("id", "started_at", "stdout"))
+
+    runner.run_execution(str(execution.id), worker_name="another-worker")
+
+    execution.refresh_from_db()
+    assert execution.worker_name == "test-worker"
+    assert list(execution.steps.values_list("id", "started_at", "stdout")) == before
+
+
+def test_a_missing_interpreter_fails_the_step_with_a_reason(settings):
+    settings.EXECUTOR_SCRIPT_PYTHON = "/nonexistent/python"
+    execution = run(make_package(files={"a.py": "print(1)"}))
+    step = execution.steps.get()
+    assert step.status == StepStatus.FAILED
+    assert step.status_reason.startswith("failed: could not start the script")
+
+
+def test_a_timed_out_step_says_so(settings):
+    settings.EXECUTOR_STEP_TIMEOUT_SECONDS = 1
+    execution = run(make_package(files={"slow.py": "import time; time.sleep(30)"}))
+    step = execution.steps.get()
+    assert (step.status, step.status_reason, step.exit_code) == (StepStatus.FAILED, "failed: timed out after 1 s", None)
+
+
+def test_writes_after_losing_the_lease_are_refused(seed_package):
+    execution = trigger_execution(seed_package, trigger_type=TriggerType.MANUAL)
+    lease = claim(str(execution.id), "worker-a")
+    assert claim(str(execution.id), "worker-b") is None
+
+    Execution.objects.filter(pk=execution.pk).update(lease_owner="someone-else")
+    with pytest.raises(LeaseLost):
+        lease.update_step(execution.steps.first().id, status=StepStatus.RUNNING)
+    with pytest.raises(LeaseLost):
+        lease.update_execution(status=ExecutionStatus.COMPLETED)
+    assert execution.steps.first().status == StepStatus.PENDING

@@ -1,0 +1,71 @@
+import os
+import sys
+import textwrap
+import time
+
+from workers.sandbox import run_process
+
+
+def _python(code: str, tmp_path, *, env=None, timeout=10.0, cap=1024 * 1024):
+    return run_process(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        cwd=str(tmp_path),
+        env=env if env is not None else {"PATH": "/usr/bin:/bin"},
+        timeout_seconds=timeout,
+        output_cap_bytes=cap,
+    )
+
+
+def test_it_captures_output_and_exit_code(tmp_path):
+    result = _python("import sys; print('hello'); print('oops', file=sys.stderr); sys.exit(3)", tmp_path)
+    assert (result.exit_code, result.stdout, result.stderr, result.timed_out) == (3, "hello\n", "oops\n", False)
+
+
+def test_it_gives_the_child_only_the_environment_it_was_handed(tmp_path):
+    os.environ["EXECUTOR_TEST_LEAK"] = "should-not-be-seen"
+    try:
+        result = _python("import os, json; print(json.dumps(sorted(os.environ)))", tmp_path, env={"ONLY": "this"})
+    finally:
+        del os.environ["EXECUTOR_TEST_LEAK"]
+    assert "EXECUTOR_TEST_LEAK" not in result.stdout
+    assert '"ONLY"' in result.stdout
+
+
+def test_it_closes_stdin(tmp_path):
+    result = _python("import sys; print(repr(sys.stdin.read()))", tmp_path)
+    assert result.stdout == "''\n"
+
+
+def test_it_kills_the_whole_process_group_on_timeout(tmp_path):
+    pid_file = tmp_path / "grandchild.pid"
+    code = f"""
+        import subprocess, sys, time
+        child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        open({str(pid_file)!r}, "w").write(str(child.pid))
+        time.sleep(60)
+    """
+    started = time.monotonic()
+    result = _python(code, tmp_path, timeout=1.5)
+    assert result.timed_out and result.exit_code is None
+    assert time.monotonic() - started < 10
+    grandchild = int(pid_file.read_text())
+    # The grandchild was killed with its group; once reaped by init it no longer exists.
+    deadline = time.monotonic() + 5
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(grandchild)
+
+
+def test_it_caps_output_with_a_visible_marker(tmp_path):
+    result = _python("import sys; sys.stdout.write('x' * 50_000)", tmp_path, cap=1024)
+    assert result.stdout.startswith("x" * 1024)
+    assert "[output truncated: 48976 more bytes not kept, limit 1024 bytes]" in result.stdout
+    assert result.exit_code == 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False

@@ -1,0 +1,32 @@
+"""Step handlers: how a file of a given kind is run. A kind with no handler makes its step `unprocessed`."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from packages.models import ScriptKind
+from workers.sandbox import ProcessResult
+
+from . import python
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """Everything a handler needs to run one step; handlers read nothing else."""
+
+    file_name: str
+    package_dir: Path
+    payload: dict  # argv[1]
+    env: dict[str, str]
+    interpreter: str
+    timeout_seconds: float
+    output_cap_bytes: int
+
+
+Handler = Callable[[StepRun], ProcessResult]
+
+_HANDLERS: dict[ScriptKind, Handler] = {ScriptKind.PYTHON: python.run}
+
+
+def handler_for(kind: ScriptKind) -> Handler | None:
+    return _HANDLERS.get(kind)

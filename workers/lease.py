@@ -1,0 +1,51 @@
+"""Claiming an execution, and the fenced writes a claim allows.
+
+A Celery message can arrive twice (redelivery after a crash or after the visibility timeout), so a message is
+only a hint: the worker that wins the conditional UPDATE pending -> in_progress owns the execution and gets a
+random lease token. Every later write filters on that token, so a worker that lost its lease (a zombie after a
+network split, say) updates zero rows and stops instead of overwriting someone else's results.
+"""
+
+import uuid
+from dataclasses import dataclass
+
+from django.utils import timezone
+
+from executions.models import Execution, ExecutionStatus, ExecutionStep
+
+
+class LeaseLost(Exception):
+    """This worker no longer owns the execution: stop touching it."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    execution_id: str
+    token: str
+
+    def update_execution(self, **fields) -> None:
+        fields.setdefault("heartbeat_at", timezone.now())
+        rows = Execution.objects.filter(pk=self.execution_id, lease_owner=self.token).update(**fields)
+        if rows != 1:
+            raise LeaseLost(self.execution_id)
+
+    def update_step(self, step_id: int, **fields) -> None:
+        rows = ExecutionStep.objects.filter(
+            pk=step_id, execution_id=self.execution_id, execution__lease_owner=self.token
+        ).update(**fields)
+        if rows != 1:
+            raise LeaseLost(self.execution_id)
+
+
+def claim(execution_id: str, worker_name: str) -> Lease | None:
+    """Take a pending execution for this worker; None if it is gone, already taken, or finished."""
+    token = uuid.uuid4().hex
+    now = timezone.now()
+    rows = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.PENDING).update(
+        status=ExecutionStatus.IN_PROGRESS,
+        worker_name=worker_name[:200],
+        lease_owner=token,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    return Lease(str(execution_id), token) if rows == 1 else None

@@ -1,0 +1,156 @@
+"""The step loop: run a claimed execution's steps in order and record every outcome in the ledger.
+
+Record first, act, then update: a step is marked `running` before its process starts and gets its result
+right after, so a crash leaves a visible row, not a mystery.
+"""
+
+import logging
+import tempfile
+from pathlib import Path
+
+from django.conf import settings
+from django.utils import timezone
+
+from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
+from packages.models import kind_for_file_name
+
+from . import fx_bridge
+from .handlers import StepRun, handler_for
+from .lease import Lease, LeaseLost, claim
+from .sandbox import ProcessResult
+from .workspace import Workspace, base_environment, create_workspace
+
+logger = logging.getLogger(__name__)
+
+
+def run_execution(execution_id: str, worker_name: str) -> None:
+    """Claim the execution and run it; a message for an execution someone else owns is dropped."""
+    lease = claim(execution_id, worker_name)
+    if lease is None:
+        logger.info("execution %s is not pending (already claimed, finished or gone): nothing to do", execution_id)
+        return
+    try:
+        _run_claimed(lease)
+    except LeaseLost:
+        logger.warning("execution %s: lease lost, another worker owns it now; stopping", execution_id)
+    except Exception as exc:
+        logger.exception("execution %s: internal error", execution_id)
+        _fail_unfinished(lease, f"failed: internal error in the worker ({type(exc).__name__})")
+
+
+def _run_claimed(lease: Lease) -> None:
+    execution = Execution.objects.select_related("package").get(pk=lease.execution_id)
+    steps = list(execution.steps.order_by("position"))
+    files = {script.file_name: bytes(script.content) for script in execution.package.scripts.all()}
+    with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
+        workspace = create_workspace(Path(tmp), files)
+        env = _environment(workspace, execution, files)
+        failed_step = None
+        for step in steps:
+            if failed_step is not None:
+                lease.update_step(step.id, status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed")
+                continue
+            if not _run_step(lease, execution, step, workspace, env, step.file_name in files):
+                failed_step = step
+    if failed_step is None:
+        lease.update_execution(status=ExecutionStatus.COMPLETED, finished_at=timezone.now())
+    else:
+        reason = f"failed: step {failed_step.position} ({failed_step.file_name}) failed"
+        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=timezone.now())
+    logger.info("execution %s finished", execution.id)
+
+
+def _run_step(lease, execution, step: ExecutionStep, workspace: Workspace, env, file_present: bool) -> bool:
+    """Run one step and record its outcome; returns False when the step failed."""
+    handler = handler_for(kind_for_file_name(step.file_name))
+    if handler is None:
+        lease.update_step(step.id, status=StepStatus.UNPROCESSED, status_reason="no handler for this file type")
+        return True
+    started = timezone.now()
+    lease.update_step(step.id, status=StepStatus.RUNNING, started_at=started)
+    lease.update_execution()  # heartbeat
+    if not file_present:
+        return _record_failure(lease, step, started, "failed: the script was removed from the package")
+    run = StepRun(
+        file_name=step.file_name,
+        package_dir=workspace.package_dir,
+        payload=_payload(execution),
+        env=env,
+        interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
+        timeout_seconds=settings.EXECUTOR_STEP_TIMEOUT_SECONDS,
+        output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
+    )
+    try:
+        result = handler(run)
+    except OSError as exc:  # the interpreter is missing or not executable
+        return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
+    status, reason = _outcome(result, run.timeout_seconds)
+    lease.update_step(
+        step.id,
+        status=status,
+        status_reason=reason,
+        exit_code=result.exit_code,
+        stdout=result.stdout,
+        stderr=result.stderr,
+        finished_at=timezone.now(),
+        duration_ms=result.duration_ms,
+    )
+    return status == StepStatus.COMPLETED
+
+
+def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus, str]:
+    if result.timed_out:
+        return StepStatus.FAILED, f"failed: timed out after {timeout_seconds:g} s"
+    if result.exit_code == 0:
+        return StepStatus.COMPLETED, ""
+    if result.exit_code < 0:
+        return StepStatus.FAILED, f"failed: killed by signal {-result.exit_code}"
+    return StepStatus.FAILED, f"failed: exit code {result.exit_code}"
+
+
+def _record_failure(lease: Lease, step: ExecutionStep, started, reason: str) -> bool:
+    finished = timezone.now()
+    lease.update_step(
+        step.id,
+        status=StepStatus.FAILED,
+        status_reason=reason,
+        finished_at=finished,
+        duration_ms=round((finished - started).total_seconds() * 1000),
+    )
+    return False
+
+
+def _payload(execution: Execution) -> dict:
+    """argv[1]: the run's parameters at the top level, then the platform's keys, which a parameter cannot spoof."""
+    package = execution.package
+    return {
+        **execution.params,
+        "package_name": package.package_name,
+        "package_id": str(package.id),
+        "execution_id": str(execution.id),
+        "_fxexec": str(execution.id),
+        "_fxcid": execution.correlation_id,
+        "trigger_type": execution.trigger_type,
+        "secrets": {},
+    }
+
+
+def _environment(workspace: Workspace, execution: Execution, files: dict[str, bytes]) -> dict[str, str]:
+    env = base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent)
+    env.update(fx_bridge.prepare(workspace.fx_dir, execution.package.package_name, files.get("config.json")))
+    return env
+
+
+def _fail_unfinished(lease: Lease, reason: str) -> None:
+    """After an internal error: close what this worker still owns so nothing stays in progress."""
+    try:
+        ExecutionStep.objects.filter(
+            execution_id=lease.execution_id,
+            execution__lease_owner=lease.token,
+            status__in=[StepStatus.PENDING, StepStatus.RUNNING],
+        ).update(status=StepStatus.FAILED, status_reason=reason, finished_at=timezone.now())
+        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=timezone.now())
+    except LeaseLost:
+        pass
+    except Exception:
+        logger.exception("execution %s: could not record the internal error", lease.execution_id)

@@ -1,0 +1,87 @@
+"""Script side of the FX adapter: FX's backends answered from files the worker wrote (workers/fx_bridge.py).
+
+The real FX libraries from PyPI are imported unchanged; only the network clients they build are swapped for
+file-backed ones, at the moment their module is first imported:
+
+- python-consul's `consul.Consul` -> FileConsul, whose `kv` reads and writes <EXECUTOR_FX_DIR>/consul/<key>.
+  Writes stay inside this run's private directory.
+"""
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+from pathlib import Path
+from urllib.parse import quote, unquote
+
+
+def install() -> None:
+    if "EXECUTOR_FX_DIR" not in os.environ:
+        return
+    sys.meta_path.insert(0, _PatchOnImport({"consul": _patch_consul}))
+
+
+class _PatchOnImport(importlib.abc.MetaPathFinder):
+    """Lets the real module load, then applies a patch to it before anyone else sees it."""
+
+    def __init__(self, patches):
+        self.patches = patches
+
+    def find_spec(self, fullname, path, target=None):
+        patch = self.patches.get(fullname)
+        if patch is None:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None:
+            return None
+        original_exec = spec.loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+def _patch_consul(module) -> None:
+    module.Consul = FileConsul
+
+
+class FileConsul:
+    """Stands in for consul.Consul(host=..., port=..., ...): same `kv` calls, answered from files."""
+
+    def __init__(self, *args, **kwargs):
+        self.kv = FileKV(Path(os.environ["EXECUTOR_FX_DIR"]) / "consul")
+
+
+class FileKV:
+    """The subset of python-consul's Consul.KV that FX libraries use, with python-consul's return shapes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def get(self, key, index=None, recurse=False, **kwargs):
+        if recurse:
+            items = [
+                {"Key": unquote(path.name), "Value": path.read_bytes()}
+                for path in sorted(self.root.iterdir())
+                if unquote(path.name).startswith(key)
+            ]
+            return index, items or None
+        path = self._path(key)
+        if not path.is_file():
+            return index, None
+        return index, {"Key": key, "Value": path.read_bytes()}
+
+    def put(self, key, value, **kwargs):
+        data = value.encode() if isinstance(value, str) else bytes(value or b"")
+        self._path(key).write_bytes(data)
+        return True
+
+    def delete(self, key, **kwargs):
+        self._path(key).unlink(missing_ok=True)
+        return True
+
+    def _path(self, key) -> Path:
+        return self.root / quote(str(key), safe="")

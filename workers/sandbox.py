@@ -1,0 +1,94 @@
+"""Run one command as an isolated child process and capture what it prints.
+
+No Django here: this module knows processes, not executions. Today's isolation is the baseline every step gets
+(argv list, no shell, an environment built by the caller from nothing, stdin closed, its own process group, a
+wall-clock timeout that kills that whole group, output capped per stream). bubblewrap and rlimits wrap this in
+the sandbox issue.
+"""
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+_CHUNK = 64 * 1024
+# After the main process exits, give descendants still holding the pipes this long before killing them.
+_DRAIN_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class ProcessResult:
+    exit_code: int | None  # None when the process was killed for running too long
+    stdout: str
+    stderr: str
+    timed_out: bool
+    duration_ms: int
+
+
+class _CappedReader(threading.Thread):
+    """Drains a pipe to the end (so the child never blocks on a full pipe), keeping only the first `cap` bytes."""
+
+    def __init__(self, pipe, cap: int) -> None:
+        super().__init__(daemon=True)
+        self.pipe, self.cap = pipe, cap
+        self.kept = bytearray()
+        self.dropped = 0
+
+    def run(self) -> None:
+        with self.pipe:
+            while chunk := self.pipe.read1(_CHUNK):
+                room = self.cap - len(self.kept)
+                self.kept += chunk[:room]
+                self.dropped += max(0, len(chunk) - room)
+
+    def text(self) -> str:
+        text = self.kept.decode("utf-8", errors="replace")
+        if self.dropped:
+            text += f"\n[output truncated: {self.dropped} more bytes not kept, limit {self.cap} bytes]\n"
+        return text
+
+
+def run_process(
+    argv: list[str], *, cwd: str, env: dict[str, str], timeout_seconds: float, output_cap_bytes: int
+) -> ProcessResult:
+    """Run argv to completion or until `timeout_seconds`, then make sure nothing it started is left behind."""
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so one signal reaches every descendant
+        close_fds=True,
+    )
+    readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
+    for reader in readers:
+        reader.start()
+    timed_out = False
+    try:
+        proc.wait(timeout=timeout_seconds)
+    except subprocess.TimeoutExpired:
+        timed_out = True
+    finally:
+        _kill_group(proc.pid)
+        proc.wait()
+    for reader in readers:
+        reader.join(timeout=_DRAIN_SECONDS)
+    return ProcessResult(
+        exit_code=None if timed_out else proc.returncode,
+        stdout=readers[0].text(),
+        stderr=readers[1].text(),
+        timed_out=timed_out,
+        duration_ms=round((time.monotonic() - started) * 1000),
+    )
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the whole group is already gone

@@ -1,0 +1,20 @@
+"""Celery entry points. Thin on purpose: a message carries an id, the ledger holds the state."""
+
+import logging
+import uuid
+
+from celery import shared_task
+
+from . import runner
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="executor.run_execution", bind=True, ignore_result=True)
+def run_execution(self, execution_id: str) -> None:
+    try:
+        uuid.UUID(str(execution_id))
+    except ValueError:
+        logger.error("dropping run_execution message with a malformed id %r", execution_id)
+        return
+    runner.run_execution(execution_id, worker_name=self.request.hostname or "unknown")
