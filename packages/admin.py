@@ -64,7 +64,9 @@ class PackageAdmin(admin.ModelAdmin):
     def run(self, package: Package) -> str:
         if not (package.active and package.allow_manual_triggering):
             return ""
-        return format_html('<a class="button" href="{}">Run</a>', reverse("admin:packages_package_run", args=[package.pk]))
+        return format_html(
+            '<a class="button" href="{}">Run</a>', reverse("admin:packages_package_run", args=[package.pk])
+        )
 
     def get_urls(self):
         return [
@@ -84,8 +86,12 @@ class PackageAdmin(admin.ModelAdmin):
             messages.error(request, "You are not allowed to run packages.")
             return HttpResponseRedirect(reverse("admin:packages_package_change", args=[package.pk]))
         if request.method != "POST":
-            context = {**self.admin_site.each_context(request), "package": package, "opts": self.opts,
-                       "title": f"Run {package.name}"}
+            context = {
+                **self.admin_site.each_context(request),
+                "package": package,
+                "opts": self.opts,
+                "title": f"Run {package.name}",
+            }
             return TemplateResponse(request, "admin/packages/package/run_confirm.html", context)
         try:
             execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, user=request.user)

@@ -14,9 +14,7 @@ def base_name(upload) -> str:
 
 
 class ScriptInlineForm(forms.ModelForm):
-    upload = forms.FileField(
-        required=False, label="File", help_text="Upload a new file, or a new version of this one."
-    )
+    upload = forms.FileField(required=False, label="File", help_text="Upload a new file, or a new version of this one.")
     position = forms.IntegerField(required=False, min_value=0, help_text="Blank: after the others.")
 
     class Meta:
@@ -35,9 +33,7 @@ class ScriptInlineForm(forms.ModelForm):
         file_name = base_name(upload)
         file_name_validator(file_name)
         if self.instance.pk and file_name != self.instance.file_name:
-            raise ValidationError(
-                f"This row holds {self.instance.file_name}; add {file_name} as a new script instead."
-            )
+            raise ValidationError(f"This row holds {self.instance.file_name}; add {file_name} as a new script instead.")
         return upload
 
     def save(self, commit=True):

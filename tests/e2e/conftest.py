@@ -1,0 +1,81 @@
+"""Real processes for end-to-end tests: a `celery worker` against the test database and the test Redis."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+from executions.models import Execution
+
+BASE_DIR = Path(settings.BASE_DIR)
+LANES = "priority,default,slow,scheduled"
+
+
+class WorkerProcess:
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_log(self, text: str, count: int = 1, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log().count(text) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{text!r} x{count} not in the worker log after {timeout} s:\n{self.log()[-3000:]}"
+                )
+            time.sleep(0.2)
+
+
+def database_url_for_tests() -> str:
+    """DATABASE_URL pointing at the database pytest-django created (test_<name>)."""
+    url = urlsplit(os.environ["DATABASE_URL"])
+    return url._replace(path="/" + connection.settings_dict["NAME"]).geturl()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    with django_db_blocker.unblock():
+        database_url = database_url_for_tests()
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # no messages left over from an earlier run
+    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
+    env = {**os.environ, "DATABASE_URL": database_url}
+    argv = [
+        sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
+        "--queues", LANES, "--concurrency", "2", "--hostname", f"e2e-{uuid.uuid4().hex[:8]}@%h",
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+    worker = WorkerProcess(log_path)
+    try:
+        worker.wait_for_log(" ready.")
+        yield worker
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def wait_until_finished(execution: Execution, timeout: float = 60) -> Execution:
+    deadline = time.monotonic() + timeout
+    execution.refresh_from_db()
+    while not execution.is_finished:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"execution {execution.id} still {execution.status} after {timeout} s")
+        time.sleep(0.2)
+        execution.refresh_from_db()
+    return execution

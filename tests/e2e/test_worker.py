@@ -1,0 +1,55 @@
+"""A package runs through Redis and a real `celery worker` process, as it does in production."""
+
+import pytest
+
+from executions.models import ExecutionStatus, StepStatus, TriggerType
+from executions.services import trigger_execution
+from tests.e2e.conftest import wait_until_finished
+from tests.factories import make_package, seed_files
+from workers.tasks import run_execution
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def test_the_seed_package_runs_on_a_real_worker(celery_worker):
+    package = make_package("seed_package", seed_files())
+
+    execution = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL))
+
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert execution.worker_name.startswith("e2e-")
+    step = execution.steps.get(file_name="test_scr.py")
+    assert step.status == StepStatus.COMPLETED
+    assert "somekey -> some value 2" in step.stdout.splitlines()
+    assert execution.steps.get(file_name="config.json").status == StepStatus.UNPROCESSED
+
+
+def test_a_failing_script_fails_the_run_and_skips_later_steps(celery_worker):
+    package = make_package("frank_fails", {"a.py": "print('ok')", "b.py": "import sys; sys.exit(2)", "c.py": ""})
+
+    execution = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL))
+
+    assert execution.status == ExecutionStatus.FAILED
+    assert list(execution.steps.order_by("position").values_list("status", flat=True)) == [
+        StepStatus.COMPLETED,
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+    ]
+
+
+def test_a_redelivered_message_does_not_run_a_step_twice(celery_worker, tmp_path):
+    marker = tmp_path / "runs.txt"
+    script = "import json, sys, time\nopen(json.loads(sys.argv[1])['marker'], 'a').write('ran\\n')\ntime.sleep(1)\n"
+    package = make_package("grace_once", {"once.py": script})
+    drops_before = celery_worker.log().count("is not pending")
+
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params={"marker": str(marker)})
+    # The same message twice more: once while the first copy runs, once after it finished.
+    run_execution.apply_async(args=[str(execution.id)], queue="default")
+    wait_until_finished(execution)
+    run_execution.apply_async(args=[str(execution.id)], queue="default")
+    celery_worker.wait_for_log("is not pending", count=drops_before + 2)
+
+    assert marker.read_text() == "ran\n"
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.COMPLETED

@@ -1,0 +1,88 @@
+import json
+
+import pytest
+from django.core.management import CommandError, call_command
+
+from packages.importer import PackageImportError, import_package_dir
+from packages.models import Package
+from tests.factories import SEED_DIR
+
+pytestmark = pytest.mark.django_db
+
+
+def write(directory, files: dict[str, str]):
+    directory.mkdir()
+    for name, content in files.items():
+        (directory / name).write_text(content)
+    return directory
+
+
+def test_it_imports_a_directory_in_name_order_and_binds_the_project():
+    result = import_package_dir(SEED_DIR, project_name="demo")
+
+    package = Package.objects.get(package_name="seed_package")
+    assert result.created and result.package == package
+    assert package.project.name == "demo"
+    assert [(s.position, s.file_name, s.kind) for s in package.scripts.all()] == [
+        (1, "config.json", "config"),
+        (2, "test_scr.py", "python"),
+    ]
+    assert bytes(package.scripts.get(file_name="config.json").content) == (SEED_DIR / "config.json").read_bytes()
+
+
+def test_manifest_execution_order_comes_first_then_the_rest_by_name(tmp_path):
+    directory = write(
+        tmp_path / "bob_etl",
+        {
+            "manifest.json": json.dumps({"description": "Nightly load", "execution_order": ["load.py", "extract.py"]}),
+            "extract.py": "",
+            "load.py": "",
+            "notes.csv": "a,b",
+        },
+    )
+    result = import_package_dir(directory)
+
+    assert result.files == ["load.py", "extract.py", "manifest.json", "notes.csv"]
+    assert result.package.description == "Nightly load"
+
+
+def test_reimporting_replaces_the_scripts(tmp_path):
+    directory = write(tmp_path / "carol", {"a.py": "print('v1')", "b.py": ""})
+    import_package_dir(directory)
+    (directory / "b.py").unlink()
+    (directory / "a.py").write_text("print('v2')")
+
+    result = import_package_dir(directory)
+
+    assert not result.created
+    assert [bytes(s.content) for s in result.package.scripts.all()] == [b"print('v2')"]
+
+
+def test_secrets_json_is_never_stored_as_a_file(tmp_path):
+    directory = write(tmp_path / "dave", {"a.py": "", "secrets.json": '{"token": "s3cr3t"}'})
+    result = import_package_dir(directory)
+    assert result.skipped == ["secrets.json"]
+    assert list(result.package.scripts.values_list("file_name", flat=True)) == ["a.py"]
+
+
+@pytest.mark.parametrize(
+    ("name", "files", "message"),
+    [
+        ("Bad Name", {"a.py": ""}, "directory name 'Bad Name'"),
+        ("erin", {"manifest.json": "{not json"}, "manifest.json is not valid JSON"),
+        ("erin", {"manifest.json": '{"execution_order": ["gone.py"]}'}, "do not exist: gone.py"),
+        ("erin", {"manifest.json": '{"execution_order": "a.py"}', "a.py": ""}, "must be a list"),
+    ],
+)
+def test_a_bad_directory_is_refused_and_changes_nothing(tmp_path, name, files, message):
+    directory = write(tmp_path / name, files)
+    with pytest.raises(PackageImportError, match=message):
+        import_package_dir(directory)
+    assert Package.objects.count() == 0
+
+
+def test_the_command_prints_the_order_and_fails_clearly(tmp_path, capsys):
+    call_command("import_package", str(SEED_DIR), "--project", "demo")
+    assert "1. config.json\n  2. test_scr.py" in capsys.readouterr().out
+    with pytest.raises(CommandError, match="is not a directory"):
+        call_command("import_package", str(tmp_path / "missing"))
