@@ -30,7 +30,7 @@ def main() -> int:
         manager.add_process("redis", _embedded_redis(data_dir), env=env, cwd=str(BASE_DIR))
     _prepare(env)
     _banner(host, port, env)
-    manager.add_process("web", _manage("runserver", f"{host}:{port}", "--noreload"), env=env, cwd=str(BASE_DIR))
+    manager.add_process("web", _manage("runserver", f"{host}:{port}"), env=env, cwd=str(BASE_DIR))
     manager.add_process(
         "worker",
         _celery("worker", "--loglevel", "INFO", "--queues", LANES, "--concurrency", "2", "--hostname", "worker@%h"),
