@@ -56,10 +56,16 @@ def trigger_execution(
 
 
 def enqueue(execution: Execution) -> None:
+    """Publish the execution's id. If the broker is unreachable the execution stays recorded as pending."""
     # Imported here: the web process needs the task's signature only, not the worker machinery.
     from workers.tasks import run_execution
 
-    run_execution.apply_async(args=[str(execution.id)], queue=execution.package.lane)
+    try:
+        run_execution.apply_async(args=[str(execution.id)], queue=execution.package.lane)
+    except Exception:
+        # The row is committed; failing the request now would hide that. Pending executions without a live
+        # message are re-published by the reaper (sandbox issue); until then such a run must be started again.
+        logger.exception("execution %s: could not publish to the broker; it stays pending", execution.id)
 
 
 def _check_allowed(package: Package, trigger_type: TriggerType) -> None:

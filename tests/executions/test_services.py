@@ -69,3 +69,15 @@ def test_a_repeated_trigger_with_the_same_key_creates_one_execution(
     assert first.pk == second.pk
     assert Execution.objects.count() == 1
     assert enqueued.call_count == 1
+
+
+def test_an_unreachable_broker_leaves_the_execution_recorded_as_pending(
+    seed_package, django_capture_on_commit_callbacks, caplog
+):
+    with mock.patch("workers.tasks.run_execution.apply_async", side_effect=ConnectionError("redis down")):
+        with django_capture_on_commit_callbacks(execute=True):
+            execution = trigger_execution(seed_package, trigger_type=TriggerType.MANUAL)
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.PENDING
+    assert "could not publish to the broker" in caplog.text
