@@ -4,8 +4,10 @@ import logging
 import uuid
 
 from celery import shared_task
+from celery.signals import worker_ready
 
 from . import runner
+from .checks import check_script_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -18,3 +20,10 @@ def run_execution(self, execution_id: str) -> None:
         logger.error("dropping run_execution message with a malformed id %r", execution_id)
         return
     runner.run_execution(execution_id, worker_name=self.request.hostname or "unknown")
+
+
+@worker_ready.connect
+def report_script_runtime(sender=None, **kwargs) -> None:
+    """Say loudly at start-up when Python steps cannot run on this worker, instead of at the first run."""
+    for problem in check_script_runtime(None):
+        logger.error("%s %s", problem.msg, problem.hint)
