@@ -47,9 +47,7 @@ def quick_start(tmp_path):
         _wait_for_http(f"{base_url}/healthz", log_path, timeout=120)
         yield base_url, env, log_path, proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        _kill_tree(proc)
 
 
 def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start):
@@ -77,6 +75,18 @@ def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start
     proc.wait(timeout=60)
     gone, alive = psutil.wait_procs(stack, timeout=15)
     assert alive == [], f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """After a failure: honcho gives each child its own process group, so kill them one by one."""
+    if proc.poll() is not None:
+        return
+    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
 
 
 def _wait_for_http(url: str, log_path, timeout: float) -> None:
