@@ -6,6 +6,7 @@ worker never looks for a row that is not there yet, and a rollback never leaves 
 """
 
 import logging
+import time
 import uuid
 
 from django.db import IntegrityError, transaction
@@ -91,4 +92,16 @@ def _create(package, trigger_type, params, user, correlation_id, idempotency_key
         ExecutionStep(execution=execution, position=index, script=script, file_name=script.file_name)
         for index, script in enumerate(scripts, start=1)
     )
+    return execution
+
+
+def wait_until_finished(execution: Execution, timeout: float, poll_seconds: float = 0.2) -> Execution:
+    """Block until the execution reaches a final state (for the CLI and tests); TimeoutError after `timeout`."""
+    deadline = time.monotonic() + timeout
+    execution.refresh_from_db()
+    while not execution.is_finished:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Execution {execution.id} still {execution.status} after {timeout:g} s.")
+        time.sleep(poll_seconds)
+        execution.refresh_from_db()
     return execution

@@ -14,8 +14,6 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from executions.models import Execution
-
 BASE_DIR = Path(settings.BASE_DIR)
 LANES = "priority,default,slow,scheduled"
 
@@ -68,14 +66,3 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-def wait_until_finished(execution: Execution, timeout: float = 60) -> Execution:
-    deadline = time.monotonic() + timeout
-    execution.refresh_from_db()
-    while not execution.is_finished:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"execution {execution.id} still {execution.status} after {timeout} s")
-        time.sleep(0.2)
-        execution.refresh_from_db()
-    return execution

@@ -3,8 +3,7 @@
 import pytest
 
 from executions.models import ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution
-from tests.e2e.conftest import wait_until_finished
+from executions.services import trigger_execution, wait_until_finished
 from tests.factories import make_package, seed_files
 from workers.tasks import run_execution
 
@@ -14,7 +13,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 def test_the_seed_package_runs_on_a_real_worker(celery_worker):
     package = make_package("seed_package", seed_files())
 
-    execution = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL))
+    execution = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL), timeout=60)
 
     assert execution.status == ExecutionStatus.COMPLETED
     assert execution.worker_name.startswith("e2e-")
@@ -27,7 +26,7 @@ def test_the_seed_package_runs_on_a_real_worker(celery_worker):
 def test_a_failing_script_fails_the_run_and_skips_later_steps(celery_worker):
     package = make_package("frank_fails", {"a.py": "print('ok')", "b.py": "import sys; sys.exit(2)", "c.py": ""})
 
-    execution = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL))
+    execution = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL), timeout=60)
 
     assert execution.status == ExecutionStatus.FAILED
     assert list(execution.steps.order_by("position").values_list("status", flat=True)) == [
@@ -46,7 +45,7 @@ def test_a_redelivered_message_does_not_run_a_step_twice(celery_worker, tmp_path
     execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params={"marker": str(marker)})
     # The same message twice more: once while the first copy runs, once after it finished.
     run_execution.apply_async(args=[str(execution.id)], queue="default")
-    wait_until_finished(execution)
+    wait_until_finished(execution, timeout=60)
     run_execution.apply_async(args=[str(execution.id)], queue="default")
     celery_worker.wait_for_log("is not pending", count=drops_before + 2)
 

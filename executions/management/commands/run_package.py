@@ -1,10 +1,9 @@
 import json
-import time
 
 from django.core.management.base import BaseCommand, CommandError
 
-from executions.models import Execution, ExecutionStatus, TriggerType
-from executions.services import TriggerRefused, trigger_execution
+from executions.models import ExecutionStatus, TriggerType
+from executions.services import TriggerRefused, trigger_execution, wait_until_finished
 from executions.summary import execution_as_dict
 from packages.models import Package
 
@@ -41,16 +40,10 @@ class Command(BaseCommand):
         self.stdout.write(str(execution.id))
         if not wait:
             return
-        execution = self._wait(execution, timeout)
+        try:
+            execution = wait_until_finished(execution, timeout, poll_seconds=0.5)
+        except TimeoutError as exc:
+            raise CommandError(str(exc)) from None
         self.stdout.write(json.dumps(execution_as_dict(execution), indent=2))
         if execution.status != ExecutionStatus.COMPLETED:
             raise CommandError(f"Execution {execution.id} ended {execution.status}.", returncode=1)
-
-    def _wait(self, execution: Execution, timeout: float) -> Execution:
-        deadline = time.monotonic() + timeout
-        while not execution.is_finished:
-            if time.monotonic() > deadline:
-                raise CommandError(f"Execution {execution.id} still {execution.status} after {timeout:g} s.")
-            time.sleep(0.5)
-            execution.refresh_from_db()
-        return execution
