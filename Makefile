@@ -18,7 +18,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 # The script runtime: a separate environment with the FX helper libraries (see workers/runtime/README.md).
 $(RUNTIME)/.installed: workers/runtime/requirements.txt
 	test -x $(RUNTIME)/bin/python || $(PYTHON) -m venv $(RUNTIME)
-	$(RUNTIME)/bin/pip install --quiet --disable-pip-version-check -r workers/runtime/requirements.txt
+	$(RUNTIME)/bin/pip install --quiet --disable-pip-version-check --no-deps -r workers/runtime/requirements.txt
 	touch $@
 
 run: install

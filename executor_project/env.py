@@ -52,10 +52,12 @@ def env_int(name: str, default: int, *, minimum: int | None = None, maximum: int
 
 
 def env_list(name: str, default: list[str]) -> list[str]:
-    """A comma-separated list; blanks around items are dropped, empty items are refused."""
+    """A comma-separated list; blanks around items are dropped; empty items are refused, an empty value is []."""
     raw = os.environ.get(name)
     if raw is None:
         return list(default)
+    if not raw.strip():
+        return []
     items = [item.strip() for item in raw.split(",")]
     if any(not item for item in items):
         raise ImproperlyConfigured(f"{name}={raw!r} has an empty item")

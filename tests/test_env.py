@@ -33,6 +33,8 @@ def test_it_checks_integer_bounds(monkeypatch):
 def test_it_splits_lists_and_refuses_empty_items(monkeypatch):
     monkeypatch.setenv("HOSTS", " a.example , b.example")
     assert env_list("HOSTS", []) == ["a.example", "b.example"]
+    monkeypatch.setenv("HOSTS", "")
+    assert env_list("HOSTS", ["default"]) == []
     monkeypatch.setenv("HOSTS", "a.example,,b")
     with pytest.raises(ImproperlyConfigured, match="empty item"):
         env_list("HOSTS", [])
