@@ -46,8 +46,8 @@ class ScriptInlineForm(forms.ModelForm):
         return super().save(commit)
 
     def _next_position(self) -> int:
-        if self.instance.pk:
-            return self.instance.position
+        if self.instance.pk:  # a cleared position on an existing row keeps the one it had
+            return self.initial["position"]
         highest = Script.objects.filter(package=self.instance.package).aggregate(top=Max("position"))["top"]
         return 1 if highest is None else highest + 1
 

@@ -110,3 +110,23 @@ def test_script_download_returns_the_stored_bytes(admin_client, seed_package):
     response = admin_client.get(reverse("admin:packages_script_download", args=[script.pk]))
     assert response.content == (SEED_DIR / "test_scr.py").read_bytes()
     assert 'filename="test_scr.py"' in response["Content-Disposition"]
+
+
+def test_clearing_a_position_keeps_the_script_where_it_was(admin_client, seed_package):
+    first, second = seed_package.scripts.all()
+    data = package_form(
+        **{
+            "scripts-TOTAL_FORMS": "2",
+            "scripts-INITIAL_FORMS": "2",
+            "scripts-0-id": str(first.pk),
+            "scripts-0-position": "",
+            "scripts-0-upload": "",
+            "scripts-1-id": str(second.pk),
+            "scripts-1-position": "7",
+            "scripts-1-upload": "",
+        }
+    )
+    response = admin_client.post(reverse("admin:packages_package_change", args=[seed_package.pk]), data)
+
+    assert response.status_code == 302
+    assert [(s.file_name, s.position) for s in seed_package.scripts.all()] == [("config.json", 1), ("test_scr.py", 7)]
