@@ -1,4 +1,5 @@
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
@@ -82,7 +83,7 @@ class PackageAdmin(admin.ModelAdmin):
     def run_view(self, request, package_id: int):
         """GET: confirm; POST: start a manual execution and show the package's executions."""
         package = get_object_or_404(Package, pk=package_id)
-        if not request.user.has_perm("executions.add_execution"):
+        if not request.user.has_perm("packages.run_package"):
             messages.error(request, "You are not allowed to run packages.")
             return HttpResponseRedirect(reverse("admin:packages_package_change", args=[package.pk]))
         if request.method != "POST":
@@ -104,7 +105,7 @@ class PackageAdmin(admin.ModelAdmin):
 
     def download_view(self, request, script_id: int):
         if not self.has_view_permission(request):
-            return HttpResponse(status=403)
+            raise PermissionDenied
         script = get_object_or_404(Script, pk=script_id)
         response = HttpResponse(bytes(script.content), content_type="application/octet-stream")
         response["Content-Disposition"] = f'attachment; filename="{script.file_name}"'

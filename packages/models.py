@@ -48,6 +48,7 @@ class Package(models.Model):
 
     class Meta:
         ordering = ["name"]
+        permissions = [("run_package", "Can run packages (Run button, run_package)")]
 
     def __str__(self) -> str:
         return self.name

@@ -3,6 +3,7 @@
 from unittest import mock
 
 import pytest
+from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
@@ -130,3 +131,14 @@ def test_clearing_a_position_keeps_the_script_where_it_was(admin_client, seed_pa
 
     assert response.status_code == 302
     assert [(s.file_name, s.position) for s in seed_package.scripts.all()] == [("config.json", 1), ("test_scr.py", 7)]
+
+
+def test_a_user_without_the_run_permission_cannot_run(client, seed_package, django_user_model):
+    bob = django_user_model.objects.create_user("bob", password="pw", is_staff=True)
+    bob.user_permissions.add(Permission.objects.get(codename="view_package"))
+    client.force_login(bob)
+
+    response = client.post(reverse("admin:packages_package_run", args=[seed_package.pk]), follow=True)
+
+    assert "You are not allowed to run packages." in response.content.decode()
+    assert Execution.objects.count() == 0
