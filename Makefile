@@ -27,6 +27,7 @@ run: install
 test: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/executor
 test: export REDIS_URL ?= redis://127.0.0.1:6379/15
 test: export SECRET_KEY ?= test-secret-key-not-for-production
+test: export EXECUTOR_FERNET_KEYS ?= dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 

@@ -8,8 +8,10 @@ worker never looks for a row that is not there yet, and a rollback never leaves 
 import logging
 import time
 import uuid
+from datetime import UTC
 
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from packages.models import Package
 
@@ -62,11 +64,42 @@ def enqueue(execution: Execution) -> None:
     from workers.tasks import run_execution
 
     try:
-        run_execution.apply_async(args=[str(execution.id)], queue=execution.package.lane)
+        run_execution.apply_async(args=[str(execution.id)], queue=lane_for(execution))
     except Exception:
         # The row is committed; failing the request now would hide that. Pending executions without a live
         # message are re-published by the reaper (sandbox issue); until then such a run must be started again.
         logger.exception("execution %s: could not publish to the broker; it stays pending", execution.id)
+
+
+def lane_for(execution: Execution) -> str:
+    """Scheduled runs have their own lane so a burst of manual runs cannot delay a schedule, and vice versa."""
+    if execution.trigger_type == TriggerType.SCHEDULED:
+        return "scheduled"
+    return execution.package.lane
+
+
+def trigger_scheduled_tick(package_id: int) -> Execution | None:
+    """A beat tick for a package: one execution per (package, fire time), however many ticks arrive for it.
+
+    Two beat processes, or a redelivered tick message, map to the same fire time and so to the same
+    idempotency key; the UNIQUE constraint on it lets exactly one execution through.
+    """
+    from packages.schedules import current_fire_time
+
+    package = Package.objects.filter(pk=package_id).first()
+    if package is None:
+        logger.info("tick for package %s, which no longer exists: ignored", package_id)
+        return None
+    fire_time = current_fire_time(package, timezone.now())
+    if fire_time is None:
+        logger.warning("tick for package %s matches no fire time of %r: ignored", package_id, package.schedule)
+        return None
+    key = f"schedule:{package.pk}:{fire_time.astimezone(UTC).isoformat()}"
+    try:
+        return trigger_execution(package, trigger_type=TriggerType.SCHEDULED, idempotency_key=key)
+    except TriggerRefused as exc:
+        logger.info("scheduled run of %s not started: %s", package.package_name, exc)
+        return None
 
 
 def _check_allowed(package: Package, trigger_type: TriggerType) -> None:
@@ -77,9 +110,13 @@ def _check_allowed(package: Package, trigger_type: TriggerType) -> None:
 
 
 def _create(package, trigger_type, params, user, correlation_id, idempotency_key) -> Execution:
-    scripts = list(package.scripts.order_by("position", "file_name").only("id", "file_name", "position"))
+    scripts = package.scripts.order_by("position", "file_name").only("id", "file_name", "position")
+    if package.entrypoint:  # only the entrypoint runs; the other files are shipped with it
+        scripts = scripts.filter(file_name=package.entrypoint)
+    scripts = list(scripts)
     if not scripts:
-        raise TriggerRefused(f"Package {package.name!r} has no scripts to run.")
+        missing = f"its entrypoint {package.entrypoint!r}" if package.entrypoint else "scripts to run"
+        raise TriggerRefused(f"Package {package.name!r} has no {missing}.")
     execution = Execution.objects.create(
         package=package,
         trigger_type=trigger_type,

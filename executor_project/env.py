@@ -4,7 +4,9 @@ Each reader returns a parsed value or raises ImproperlyConfigured naming the var
 it, so a typo in a deployment fails at start-up instead of surfacing later as odd behaviour.
 """
 
+import base64
 import os
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -60,7 +62,9 @@ def env_list(name: str, default: list[str]) -> list[str]:
         return []
     items = [item.strip() for item in raw.split(",")]
     if any(not item for item in items):
-        raise ImproperlyConfigured(f"{name}={raw!r} has an empty item")
+        # Not echoing the value: lists hold keys too (EXECUTOR_FERNET_KEYS).
+        empty = ", ".join(str(n) for n, item in enumerate(items, start=1) if not item)
+        raise ImproperlyConfigured(f"{name} has an empty item (position {empty})")
     return items
 
 
@@ -84,3 +88,22 @@ def env_redis_url(name: str, default: str) -> str:
             f"{name} must start with one of {', '.join(sorted(s + '://' for s in _REDIS_SCHEMES))}, got {scheme!r}"
         )
     return url
+
+
+def quick_start_fernet_key(data_dir: Path) -> str:
+    """The quick start's secret-encryption key: generated once into the data directory, then reused."""
+    path = data_dir / "fernet.key"
+    if not path.exists():
+        data_dir.mkdir(parents=True, exist_ok=True)
+        # A Fernet key is 32 random bytes, urlsafe-base64 encoded. Written aside, then linked into place: link()
+        # fails if the file exists, so web, worker and beat starting together all end up with the same key.
+        draft = data_dir / f"fernet.key.{os.getpid()}"
+        draft.write_text(base64.urlsafe_b64encode(os.urandom(32)).decode())
+        draft.chmod(0o600)
+        try:
+            os.link(draft, path)
+        except FileExistsError:
+            pass
+        finally:
+            draft.unlink()
+    return path.read_text().strip()

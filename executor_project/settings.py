@@ -10,7 +10,7 @@ from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
-from .env import env_bool, env_database, env_int, env_list, env_redis_url, env_str
+from .env import env_bool, env_database, env_int, env_list, env_redis_url, env_str, quick_start_fernet_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(env_str("EXECUTOR_DATA_DIR", str(BASE_DIR / ".devdata")))
@@ -120,6 +120,11 @@ LOGGING = {
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# --- Secrets ---------------------------------------------------------------------------------------------
+# Fernet keys for secrets at rest, newest first, comma-separated. Rotation: put a new key first, run
+# `manage.py rotate_secrets`, then drop the old key. The quick start keeps a generated key in its data directory.
+EXECUTOR_FERNET_KEYS = env_list("EXECUTOR_FERNET_KEYS", [quick_start_fernet_key(DATA_DIR)] if QUICK_START else [])
 
 # --- Script execution --------------------------------------------------------------------------------------
 # The interpreter of the script runtime (.runtime/, built by `make install`). It is the virtualenv's own

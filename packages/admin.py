@@ -1,3 +1,7 @@
+import json
+import uuid
+
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
@@ -5,19 +9,94 @@ from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
 
 from executions.models import TriggerType
 from executions.services import TriggerRefused, trigger_execution
 
-from .forms import ScriptInlineForm, ScriptInlineFormSet
-from .models import Package, Project, Script
+from .forms import ScriptInlineForm, ScriptInlineFormSet, json_object
+from .models import (
+    EnvironmentVariable,
+    EventType,
+    Package,
+    PlatformSecret,
+    Project,
+    Script,
+    Secret,
+    SecretScope,
+    Tag,
+    secret_name_validator,
+    store_package_secrets,
+)
+from .schedule_preview import schedule_preview_html
+from .schedules import remove_package_schedule, sync_package_schedule
+from .secret_forms import PackageSecretForm, PlatformSecretForm, ProjectSecretForm, UniqueNamesFormSet
+from .trigger_events import trigger_event_for
+
+
+class SecretInlineBase(admin.TabularInline):
+    model = Secret
+    formset = UniqueNamesFormSet
+    extra = 1
+    fields = ["name", "value", "updated_at"]
+    readonly_fields = ["updated_at"]
+    verbose_name_plural = "Secrets (write-only: values are never shown again)"
+
+
+class PackageSecretInline(SecretInlineBase):
+    form = PackageSecretForm
+    fk_name = "package"
+
+
+class ProjectSecretInline(SecretInlineBase):
+    form = ProjectSecretForm
+    fk_name = "project"
 
 
 @admin.register(Project)
 class ProjectAdmin(admin.ModelAdmin):
-    list_display = ["name", "description"]
+    inlines = [ProjectSecretInline]
+    list_display = ["name", "description", "package_count"]
     search_fields = ["name"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(package_total=Count("packages"))
+
+    @admin.display(description="Packages", ordering="package_total")
+    def package_count(self, project: Project) -> int:
+        return project.package_total
+
+
+@admin.register(PlatformSecret)
+class PlatformSecretAdmin(admin.ModelAdmin):
+    form = PlatformSecretForm
+    list_display = ["name", "updated_at"]
+    search_fields = ["name"]
+    fields = ["name", "value"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).filter(scope=SecretScope.PLATFORM)
+
+
+@admin.register(Tag)
+class TagAdmin(admin.ModelAdmin):
+    list_display = ["name"]
+    search_fields = ["name"]
+
+
+@admin.register(EventType)
+class EventTypeAdmin(admin.ModelAdmin):
+    list_display = ["name", "subscriber_list", "created_at"]
+    search_fields = ["name"]
+    readonly_fields = ["subscriber_list"]
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).prefetch_related("subscribers")
+
+    @admin.display(description="Subscribed packages")
+    def subscriber_list(self, event_type: EventType) -> str:
+        return ", ".join(package.name for package in event_type.subscribers.all()) or "—"
 
 
 class ScriptInline(admin.TabularInline):
@@ -44,30 +123,143 @@ class ScriptInline(admin.TabularInline):
         return format_html('<a href="{}">Download</a>', reverse("admin:packages_script_download", args=[script.pk]))
 
 
+class EnvironmentVariableInline(admin.TabularInline):
+    model = EnvironmentVariable
+    formset = UniqueNamesFormSet
+    extra = 0
+    fields = ["name", "value"]
+
+
+class PackageForm(forms.ModelForm):
+    new_tags = forms.CharField(
+        required=False, help_text="Comma-separated tags to create and add, besides the ones picked above."
+    )
+    secrets_file = forms.FileField(
+        required=False,
+        label="Import secrets.json",
+        help_text="A JSON object of names to values; stored encrypted as package secrets, the file is not kept.",
+    )
+
+    class Meta:
+        model = Package
+        fields = [
+            "name", "package_name", "description", "project", "tags", "schedule", "timezone", "trigger_event_types",
+            "allow_manual_triggering", "active", "priority", "step_timeout_seconds", "network_access",
+            "continue_on_failure", "entrypoint",
+        ]  # fmt: skip
+
+    def clean_new_tags(self) -> list[str]:
+        return [name.strip() for name in self.cleaned_data["new_tags"].split(",") if name.strip()]
+
+    def clean_secrets_file(self) -> dict[str, str]:
+        upload = self.cleaned_data.get("secrets_file")
+        if upload is None:
+            return {}
+        values = json_object(upload.read(), "secrets.json")
+        if not all(isinstance(value, str) for value in values.values()):
+            raise forms.ValidationError("secrets.json values must be strings.")
+        for name in values:
+            try:
+                secret_name_validator(name)
+            except forms.ValidationError:
+                raise forms.ValidationError(f"secrets.json: {name!r} is not a valid secret name.") from None
+        return values
+
+
+class ScheduledFilter(admin.SimpleListFilter):
+    title = "scheduled"
+    parameter_name = "scheduled"
+
+    def lookups(self, request, model_admin):
+        return [("yes", "Scheduled"), ("no", "Not scheduled")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.exclude(schedule="")
+        if self.value() == "no":
+            return queryset.filter(schedule="")
+        return queryset
+
+
 @admin.register(Package)
 class PackageAdmin(admin.ModelAdmin):
-    inlines = [ScriptInline]
-    list_display = ["name", "package_name", "project", "script_count", "active", "allow_manual_triggering", "run"]
-    list_filter = ["active", "project"]
+    form = PackageForm
+    inlines = [ScriptInline, EnvironmentVariableInline, PackageSecretInline]
+    list_display = ["name", "project", "tag_list", "script_count", "schedule", "active", "priority", "run"]
+    list_filter = ["project", "tags", "active", ScheduledFilter, "trigger_event_types"]
     list_select_related = ["project"]
     search_fields = ["name", "package_name", "description"]
     prepopulated_fields = {"package_name": ["name"]}
-    fields = ["name", "package_name", "description", "project", "active", "allow_manual_triggering"]
+    filter_horizontal = ["tags", "trigger_event_types"]
+    readonly_fields = ["schedule_preview", "trigger_event"]
+    fieldsets = [
+        (None, {"fields": ["name", "package_name", "description", "project", "tags", "new_tags", "secrets_file"]}),
+        (
+            "Triggers",
+            {
+                "fields": [
+                    "schedule",
+                    "timezone",
+                    "schedule_preview",
+                    "trigger_event_types",
+                    "allow_manual_triggering",
+                    "active",
+                ]
+            },
+        ),
+        (
+            "Execution",
+            {"fields": ["priority", "step_timeout_seconds", "network_access", "continue_on_failure", "entrypoint"]},
+        ),
+        ("Show Trigger Event", {"classes": ["collapse"], "fields": ["trigger_event"]}),
+    ]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(script_total=Count("scripts"))
+        return super().get_queryset(request).annotate(script_total=Count("scripts")).prefetch_related("tags")
 
     @admin.display(description="Scripts", ordering="script_total")
     def script_count(self, package: Package) -> int:
         return package.script_total
 
+    @admin.display(description="Tags")
+    def tag_list(self, package: Package) -> str:
+        return ", ".join(tag.name for tag in package.tags.all())
+
+    @admin.display(description="Schedule")
+    def schedule_preview(self, package: Package) -> str:
+        return schedule_preview_html(package.schedule, package.timezone, timezone.now())
+
+    @admin.display(description="Event that starts this package")
+    def trigger_event(self, package: Package) -> str:
+        if not package.pk:
+            return "Save the package first."
+        event = trigger_event_for(package, event_id=uuid.uuid4().hex, time=timezone.now())
+        return format_html('<pre class="executor-output">{}</pre>', json.dumps(event, indent=2))
+
     @admin.display(description="")
     def run(self, package: Package) -> str:
         if not (package.active and package.allow_manual_triggering):
             return ""
-        return format_html(
-            '<a class="button" href="{}">Run</a>', reverse("admin:packages_package_run", args=[package.pk])
-        )
+        url = reverse("admin:packages_package_run", args=[package.pk])
+        return format_html('<a class="button" href="{}">Run</a>', url)
+
+    def save_related(self, request, form, formsets, change):
+        super().save_related(request, form, formsets, change)
+        package = form.instance
+        package.tags.add(*[Tag.objects.get_or_create(name=name)[0] for name in form.cleaned_data["new_tags"]])
+        store_package_secrets(package, form.cleaned_data["secrets_file"])
+        sync_package_schedule(package)
+
+    def delete_model(self, request, obj):
+        package_id = obj.pk
+        super().delete_model(request, obj)
+        remove_package_schedule(package_id)
+
+    def delete_queryset(self, request, queryset):
+        ids = list(queryset.values_list("pk", flat=True))
+        super().delete_queryset(request, queryset)
+        for package_id in ids:
+            remove_package_schedule(package_id)
 
     def get_urls(self):
         return [

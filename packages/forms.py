@@ -1,11 +1,26 @@
 """Admin forms: a package's scripts are uploaded as files and stored in the database."""
 
+import json
+
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import Max
 
 from .models import Script, file_name_validator
+
+JSON_OBJECT_FILES = ("config.json", "parameters.json", "manifest.json")
+
+
+def json_object(data: bytes, file_name: str) -> dict:
+    """Parse an uploaded JSON file that must hold an object; the error never quotes the content."""
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ValidationError(f"{file_name} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValidationError(f"{file_name} must hold a JSON object.")
+    return value
 
 
 def base_name(upload) -> str:
@@ -32,6 +47,12 @@ class ScriptInlineForm(forms.ModelForm):
             raise ValidationError(f"{upload.name} is {upload.size} bytes; the limit is {limit} bytes.")
         file_name = base_name(upload)
         file_name_validator(file_name)
+        if file_name == "secrets.json":
+            raise ValidationError("secrets.json is never stored as a file: use “Import secrets.json” above.")
+        if file_name in JSON_OBJECT_FILES:
+            upload.seek(0)
+            json_object(upload.read(), file_name)
+            upload.seek(0)
         if self.instance.pk and file_name != self.instance.file_name:
             raise ValidationError(f"This row holds {self.instance.file_name}; add {file_name} as a new script instead.")
         return upload

@@ -6,8 +6,13 @@ with nothing but a database connection.
 
 from pathlib import PurePosixPath
 
-from django.core.validators import RegexValidator
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
+from timezone_field import TimeZoneField
+
+from . import cron
 
 package_name_validator = RegexValidator(
     r"^[a-z0-9][a-z0-9_-]*\Z",
@@ -19,9 +24,53 @@ file_name_validator = RegexValidator(
 )
 
 
+env_var_name_validator = RegexValidator(
+    r"^[A-Za-z_][A-Za-z0-9_]*\Z", "Letters, digits and '_', not starting with a digit (a shell variable name)."
+)
+# Set by the executor for every step; a package variable may not replace them.
+RESERVED_ENV_VARS = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PYTHONPATH", "PYTHONHOME"})
+
+
+def validate_env_var_name(name: str) -> None:
+    env_var_name_validator(name)
+    if name in RESERVED_ENV_VARS or name.startswith(("EXECUTOR_", "CONSUL_")):
+        raise ValidationError(f"{name} is set by the executor and cannot be overridden.")
+
+
+def validate_cron(expression: str) -> None:
+    try:
+        cron.parse(expression)
+    except cron.CronError as exc:
+        raise ValidationError(str(exc)) from None
+
+
 class Project(models.Model):
     name = models.CharField(max_length=200, unique=True)
     description = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Tag(models.Model):
+    name = models.CharField(max_length=100, unique=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class EventType(models.Model):
+    """A registry of event type names; packages subscribe to them (Package.trigger_event_types)."""
+
+    name = models.CharField(max_length=255, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["name"]
@@ -41,8 +90,38 @@ class Package(models.Model):
     )
     description = models.TextField(blank=True)
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.PROTECT, related_name="packages")
+    tags = models.ManyToManyField(Tag, blank=True, related_name="packages")
+    schedule = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_cron],
+        help_text="Cron: minute hour day-of-month month day-of-week. Day of week 0 = Monday ... 6 = Sunday. "
+        "Example: 20 * * * * (every hour at :20). Empty: not scheduled.",
+    )
+    timezone = TimeZoneField(default="UTC", use_pytz=False, help_text="The schedule's time zone.")
+    trigger_event_types = models.ManyToManyField(
+        EventType, blank=True, related_name="subscribers", help_text="Events of these types start the package."
+    )
     active = models.BooleanField(default=True)
     allow_manual_triggering = models.BooleanField(default=True)
+    priority = models.PositiveSmallIntegerField(
+        default=5,
+        validators=[MinValueValidator(1), MaxValueValidator(10)],
+        help_text="1 highest ... 10 lowest. 1-3 run on the priority lane, 4-7 default, 8-10 slow.",
+    )
+    step_timeout_seconds = models.PositiveIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty: the executor's default."
+    )
+    network_access = models.BooleanField(
+        default=False, help_text="Let scripts use the network (takes effect with the bubblewrap sandbox)."
+    )
+    continue_on_failure = models.BooleanField(
+        "continue after a failed step", default=False, help_text="Run the remaining steps after a failure."
+    )
+    entrypoint = models.CharField(
+        max_length=200, blank=True, help_text="If set, only this file runs; the other files are shipped with it."
+    )
+    output_events = models.JSONField(default=list, blank=True, help_text="Informational (manifest.json).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -55,8 +134,14 @@ class Package(models.Model):
 
     @property
     def lane(self) -> str:
-        """The Celery queue this package's executions go to (priorities map onto lanes in a later issue)."""
-        return "default"
+        """The Celery queue for this package's manual and triggered runs (scheduled runs use `scheduled`)."""
+        if self.priority <= 3:
+            return "priority"
+        return "default" if self.priority <= 7 else "slow"
+
+    @property
+    def effective_step_timeout(self) -> int:
+        return self.step_timeout_seconds or settings.EXECUTOR_STEP_TIMEOUT_SECONDS
 
 
 class ScriptKind(models.TextChoices):
@@ -98,3 +183,102 @@ class Script(models.Model):
     @property
     def size(self) -> int:
         return len(self.content)
+
+
+class EnvironmentVariable(models.Model):
+    package = models.ForeignKey(Package, on_delete=models.CASCADE, related_name="environment_variables")
+    name = models.CharField(max_length=200, validators=[validate_env_var_name])
+    value = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.UniqueConstraint(fields=["package", "name"], name="env_var_name_unique_per_package")]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class SecretScope(models.TextChoices):
+    PACKAGE = "package", "Package"
+    PROJECT = "project", "Project"
+    PLATFORM = "platform", "Platform"
+
+
+secret_name_validator = RegexValidator(r"^[A-Za-z0-9_.-]+\Z", "Letters, digits, '_', '.' and '-'.")
+
+
+class Secret(models.Model):
+    """A named secret, encrypted at rest (packages/encryption.py). The value is never shown again after saving.
+
+    Scripts get the secrets of their package, their project and the platform in argv[1]["secrets"]; a package
+    secret wins over a project secret of the same name, which wins over a platform secret.
+    """
+
+    scope = models.CharField(max_length=20, choices=SecretScope)
+    package = models.ForeignKey(Package, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="secrets")
+    name = models.CharField(max_length=200, validators=[secret_name_validator])
+    encrypted_value = models.TextField(editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["scope", "name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["package", "name"], condition=models.Q(scope="package"), name="secret_unique_per_package"
+            ),
+            models.UniqueConstraint(
+                fields=["project", "name"], condition=models.Q(scope="project"), name="secret_unique_per_project"
+            ),
+            models.UniqueConstraint(
+                fields=["name"], condition=models.Q(scope="platform"), name="secret_unique_platform"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(scope="package", package__isnull=False, project__isnull=True)
+                    | models.Q(scope="project", project__isnull=False, package__isnull=True)
+                    | models.Q(scope="platform", project__isnull=True, package__isnull=True)
+                ),
+                name="secret_owner_matches_scope",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def set_value(self, value: str) -> None:
+        from .encryption import encrypt
+
+        self.encrypted_value = encrypt(value)
+
+    def reveal(self) -> str:
+        from .encryption import decrypt
+
+        return decrypt(self.encrypted_value)
+
+
+def secrets_for(package: Package) -> dict[str, str]:
+    """Decrypted secrets a run of `package` receives: platform, then project, then package (later wins)."""
+    scoped = models.Q(scope=SecretScope.PLATFORM) | models.Q(scope=SecretScope.PACKAGE, package=package)
+    if package.project_id:
+        scoped |= models.Q(scope=SecretScope.PROJECT, project_id=package.project_id)
+    rank = {SecretScope.PLATFORM: 0, SecretScope.PROJECT: 1, SecretScope.PACKAGE: 2}
+    found = sorted(Secret.objects.filter(scoped), key=lambda secret: rank[secret.scope])
+    return {secret.name: secret.reveal() for secret in found}
+
+
+class PlatformSecret(Secret):
+    """Platform-wide secrets (every package sees them unless its project or itself has one of the same name)."""
+
+    class Meta:
+        proxy = True
+        verbose_name = "platform secret"
+
+
+def store_package_secrets(package: Package, values: dict[str, str]) -> None:
+    """Create or replace package secrets from a name -> value mapping (secrets.json)."""
+    for name, value in values.items():
+        secret = Secret.objects.filter(scope=SecretScope.PACKAGE, package=package, name=name).first()
+        secret = secret or Secret(scope=SecretScope.PACKAGE, package=package, name=name)
+        secret.set_value(value)
+        secret.save()

@@ -36,7 +36,7 @@ def test_it_splits_lists_and_refuses_empty_items(monkeypatch):
     monkeypatch.setenv("HOSTS", "")
     assert env_list("HOSTS", ["default"]) == []
     monkeypatch.setenv("HOSTS", "a.example,,b")
-    with pytest.raises(ImproperlyConfigured, match="empty item"):
+    with pytest.raises(ImproperlyConfigured, match=r"^HOSTS has an empty item \(position 2\)$"):
         env_list("HOSTS", [])
 
 

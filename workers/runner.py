@@ -1,26 +1,39 @@
 """The step loop: run a claimed execution's steps in order and record every outcome in the ledger.
 
 Record first, act, then update: a step is marked `running` before its process starts and gets its result
-right after, so a crash leaves a visible row, not a mystery.
+right after, so a crash leaves a visible row, not a mystery. Secret values are masked in everything stored.
 """
 
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
-from packages.models import kind_for_file_name
+from packages.encryption import EncryptionError
+from packages.models import kind_for_file_name, secrets_for
 
-from . import fx_bridge
+from . import fx_bridge, masking
 from .handlers import StepRun, handler_for
 from .lease import Lease, LeaseLost, claim
-from .sandbox import ProcessResult
+from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every step of one execution shares."""
+
+    execution: Execution
+    workspace: Workspace
+    files: dict[str, bytes]
+    env: dict[str, str]
+    secrets: dict[str, str]
 
 
 def run_execution(execution_id: str, worker_name: str) -> None:
@@ -33,6 +46,9 @@ def run_execution(execution_id: str, worker_name: str) -> None:
         _run_claimed(lease)
     except LeaseLost:
         logger.warning("execution %s: lease lost, another worker owns it now; stopping", execution_id)
+    except EncryptionError as exc:
+        logger.error("execution %s: %s", execution_id, exc)
+        _fail_unfinished(lease, f"failed: {exc}")
     except Exception as exc:
         logger.exception("execution %s: internal error", execution_id)
         _fail_unfinished(lease, f"failed: internal error in the worker ({type(exc).__name__})")
@@ -40,44 +56,55 @@ def run_execution(execution_id: str, worker_name: str) -> None:
 
 def _run_claimed(lease: Lease) -> None:
     execution = Execution.objects.select_related("package").get(pk=lease.execution_id)
+    package = execution.package
     steps = list(execution.steps.order_by("position"))
-    files = {script.file_name: bytes(script.content) for script in execution.package.scripts.all()}
+    files = {script.file_name: bytes(script.content) for script in package.scripts.all()}
+    secrets = secrets_for(package)
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
-        env = _environment(workspace, execution, files)
-        failed_step = None
-        for step in steps:
-            if failed_step is not None:
-                lease.update_step(step.id, status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed")
-                continue
-            if not _run_step(lease, execution, step, workspace, env, step.file_name in files):
-                failed_step = step
-    if failed_step is None:
+        context = RunContext(execution, workspace, files, _environment(workspace, execution, files), secrets)
+        failed = [step for step in _run_steps(lease, context, steps) if step.status == StepStatus.FAILED]
+    if not failed:
         lease.update_execution(status=ExecutionStatus.COMPLETED, finished_at=timezone.now())
     else:
-        reason = f"failed: step {failed_step.position} ({failed_step.file_name}) failed"
+        names = ", ".join(f"{step.position} ({step.file_name})" for step in failed)
+        reason = f"failed: step {names} failed" if len(failed) == 1 else f"failed: steps {names} failed"
         lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=timezone.now())
     logger.info("execution %s finished", execution.id)
 
 
-def _run_step(lease, execution, step: ExecutionStep, workspace: Workspace, env, file_present: bool) -> bool:
-    """Run one step and record its outcome; returns False when the step failed."""
+def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]):
+    """Run steps in order, yielding each with its final status; after a failure the rest are skipped unless
+    the package continues after failed steps."""
+    stop = False
+    for step in steps:
+        if stop:
+            lease.update_step(step.id, status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed")
+            step.status = StepStatus.SKIPPED
+        else:
+            step.status = _run_step(lease, context, step)
+            stop = step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure
+        yield step
+
+
+def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStatus:
+    """Run one step and record its outcome."""
     handler = handler_for(kind_for_file_name(step.file_name))
     if handler is None:
         lease.update_step(step.id, status=StepStatus.UNPROCESSED, status_reason="no handler for this file type")
-        return True
+        return StepStatus.UNPROCESSED
     started = timezone.now()
     lease.update_step(step.id, status=StepStatus.RUNNING, started_at=started)
     lease.update_execution()  # heartbeat
-    if not file_present:
+    if step.file_name not in context.files:
         return _record_failure(lease, step, started, "failed: the script was removed from the package")
     run = StepRun(
         file_name=step.file_name,
-        package_dir=workspace.package_dir,
-        payload=_payload(execution),
-        env=env,
+        package_dir=context.workspace.package_dir,
+        payload=_payload(context.execution, context.secrets),
+        env=context.env,
         interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
-        timeout_seconds=settings.EXECUTOR_STEP_TIMEOUT_SECONDS,
+        timeout_seconds=context.execution.package.effective_step_timeout,
         output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
     )
     try:
@@ -85,17 +112,21 @@ def _run_step(lease, execution, step: ExecutionStep, workspace: Workspace, env, 
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
     status, reason = _outcome(result, run.timeout_seconds)
+    secret_values = context.secrets.values()
+    cap = run.output_cap_bytes
     lease.update_step(
         step.id,
         status=status,
         status_reason=reason,
         exit_code=result.exit_code,
-        stdout=result.stdout,
-        stderr=result.stderr,
+        stdout=masking.mask(result.stdout, secret_values, truncated=result.stdout_dropped > 0)
+        + truncation_marker(result.stdout_dropped, cap),
+        stderr=masking.mask(result.stderr, secret_values, truncated=result.stderr_dropped > 0)
+        + truncation_marker(result.stderr_dropped, cap),
         finished_at=timezone.now(),
         duration_ms=result.duration_ms,
     )
-    return status == StepStatus.COMPLETED
+    return status
 
 
 def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus, str]:
@@ -108,7 +139,7 @@ def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus,
     return StepStatus.FAILED, f"failed: exit code {result.exit_code}"
 
 
-def _record_failure(lease: Lease, step: ExecutionStep, started, reason: str) -> bool:
+def _record_failure(lease: Lease, step: ExecutionStep, started, reason: str) -> StepStatus:
     finished = timezone.now()
     lease.update_step(
         step.id,
@@ -117,10 +148,10 @@ def _record_failure(lease: Lease, step: ExecutionStep, started, reason: str) -> 
         finished_at=finished,
         duration_ms=round((finished - started).total_seconds() * 1000),
     )
-    return False
+    return StepStatus.FAILED
 
 
-def _payload(execution: Execution) -> dict:
+def _payload(execution: Execution, secrets: dict[str, str]) -> dict:
     """argv[1]: the run's parameters at the top level, then the platform's keys, which a parameter cannot spoof."""
     package = execution.package
     return {
@@ -131,18 +162,20 @@ def _payload(execution: Execution) -> dict:
         "_fxexec": str(execution.id),
         "_fxcid": execution.correlation_id,
         "trigger_type": execution.trigger_type,
-        "secrets": {},
+        "secrets": secrets,
     }
 
 
 def _environment(workspace: Workspace, execution: Execution, files: dict[str, bytes]) -> dict[str, str]:
-    env = base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent)
+    """The package's own variables first: the executor's (PATH, HOME, the FX adapter's) cannot be replaced."""
+    env = {variable.name: variable.value for variable in execution.package.environment_variables.all()}
+    env.update(base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent))
     env.update(fx_bridge.prepare(workspace.fx_dir, execution.package.package_name, files.get("config.json")))
     return env
 
 
 def _fail_unfinished(lease: Lease, reason: str) -> None:
-    """After an internal error: close what this worker still owns so nothing stays in progress."""
+    """After an error outside any step: close what this worker still owns so nothing stays in progress."""
     try:
         ExecutionStep.objects.filter(
             execution_id=lease.execution_id,
@@ -153,4 +186,4 @@ def _fail_unfinished(lease: Lease, reason: str) -> None:
     except LeaseLost:
         pass
     except Exception:
-        logger.exception("execution %s: could not record the internal error", lease.execution_id)
+        logger.exception("execution %s: could not record the error", lease.execution_id)

@@ -21,10 +21,17 @@ _DRAIN_SECONDS = 2.0
 @dataclass(frozen=True)
 class ProcessResult:
     exit_code: int | None  # None when the process was killed for running too long
-    stdout: str
+    stdout: str  # the first output_cap_bytes, decoded
     stderr: str
     timed_out: bool
     duration_ms: int
+    stdout_dropped: int = 0  # bytes printed beyond the cap and not kept
+    stderr_dropped: int = 0
+
+
+def truncation_marker(dropped: int, cap: int) -> str:
+    """The visible note that ends a capped stream (empty when nothing was dropped)."""
+    return f"\n[output truncated: {dropped} more bytes not kept, limit {cap} bytes]\n" if dropped else ""
 
 
 class _CappedReader(threading.Thread):
@@ -44,10 +51,7 @@ class _CappedReader(threading.Thread):
                 self.dropped += max(0, len(chunk) - room)
 
     def text(self) -> str:
-        text = self.kept.decode("utf-8", errors="replace")
-        if self.dropped:
-            text += f"\n[output truncated: {self.dropped} more bytes not kept, limit {self.cap} bytes]\n"
-        return text
+        return self.kept.decode("utf-8", errors="replace")
 
 
 def run_process(
@@ -84,6 +88,8 @@ def run_process(
         stderr=readers[1].text(),
         timed_out=timed_out,
         duration_ms=round((time.monotonic() - started) * 1000),
+        stdout_dropped=readers[0].dropped,
+        stderr_dropped=readers[1].dropped,
     )
 
 

@@ -6,6 +6,8 @@ import uuid
 from celery import shared_task
 from celery.signals import worker_ready
 
+from executions.services import trigger_scheduled_tick
+
 from . import runner
 from .checks import check_script_runtime
 
@@ -20,6 +22,12 @@ def run_execution(self, execution_id: str) -> None:
         logger.error("dropping run_execution message with a malformed id %r", execution_id)
         return
     runner.run_execution(execution_id, worker_name=self.request.hostname or "unknown")
+
+
+@shared_task(name="executor.scheduled_tick", ignore_result=True)
+def scheduled_tick(package_id: int) -> None:
+    """Sent by beat for a package's PeriodicTask (packages/schedules.py)."""
+    trigger_scheduled_tick(package_id)
 
 
 @worker_ready.connect

@@ -6,12 +6,18 @@ import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
+from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from packages.models import Package
+from packages.models import EventType, Package, Project, Secret, Tag
 from tests.factories import SEED_DIR, make_package
 
 pytestmark = pytest.mark.django_db
+
+
+def empty_inline(prefix: str) -> dict:
+    return {f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0",
+            f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
 
 
 def package_form(**overrides) -> dict:
@@ -21,10 +27,14 @@ def package_form(**overrides) -> dict:
         "description": "Prints its configuration",
         "active": "on",
         "allow_manual_triggering": "on",
+        "timezone": "UTC",
+        "priority": "5",
         "scripts-TOTAL_FORMS": "2",
         "scripts-INITIAL_FORMS": "0",
         "scripts-MIN_NUM_FORMS": "0",
         "scripts-MAX_NUM_FORMS": "1000",
+        **empty_inline("environment_variables"),
+        **empty_inline("secrets"),
     }
     for index, name in enumerate(["config.json", "test_scr.py"]):
         data[f"scripts-{index}-upload"] = SimpleUploadedFile(name, (SEED_DIR / name).read_bytes())
@@ -142,3 +152,98 @@ def test_a_user_without_the_run_permission_cannot_run(client, seed_package, djan
 
     assert "You are not allowed to run packages." in response.content.decode()
     assert Execution.objects.count() == 0
+
+
+def test_the_seed_package_is_created_as_the_seed_describes(admin_client):
+    Tag.objects.create(name="demo")
+    event_type = EventType.objects.create(name="demo.file_uploaded")
+    data = package_form(
+        project=str(Project.objects.create(name="Roboto").pk),
+        tags=[str(Tag.objects.get(name="demo").pk)],
+        new_tags="seed, walkthrough",
+        schedule="20 * * * *",
+        trigger_event_types=[str(event_type.pk)],
+    )
+    response = admin_client.post(reverse("admin:packages_package_add"), data)
+
+    assert response.status_code == 302, response.context["adminform"].errors
+    package = Package.objects.get(package_name="seed_package")
+    assert sorted(package.tags.values_list("name", flat=True)) == ["demo", "seed", "walkthrough"]
+    assert list(package.trigger_event_types.all()) == [event_type]
+    task = PeriodicTask.objects.get(name=f"executor.package.{package.pk}")
+    assert (task.crontab.minute, task.crontab.hour, task.enabled) == ("20", "*", True)
+
+    page = admin_client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
+    assert "ferris_executor.run_execution.triggered_run" in page
+    assert "Next runs (UTC)" in page
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("schedule", "20 * * * 7", "day of week"),
+        ("schedule", "20 * *", "5 fields"),
+        ("timezone", "Mars/Olympus_Mons", "Select a valid choice"),
+        ("priority", "11", "less than or equal to 10"),
+    ],
+)
+def test_bad_package_settings_are_refused_with_a_message(admin_client, field, value, message):
+    response = admin_client.post(reverse("admin:packages_package_add"), package_form(**{field: value}))
+    assert response.status_code == 200
+    assert message in response.content.decode()
+    assert Package.objects.count() == 0
+
+
+def test_a_malformed_config_json_is_refused(admin_client):
+    data = package_form(**{"scripts-0-upload": SimpleUploadedFile("config.json", b"{not json")})
+    response = admin_client.post(reverse("admin:packages_package_add"), data)
+    assert "config.json is not valid JSON" in response.content.decode()
+    assert Package.objects.count() == 0
+
+
+def test_invalid_environment_variable_names_are_refused(admin_client):
+    data = package_form(
+        **{"environment_variables-TOTAL_FORMS": "2", "environment_variables-0-name": "1BAD",
+           "environment_variables-0-value": "x", "environment_variables-1-name": "PATH",
+           "environment_variables-1-value": "/evil"}
+    )  # fmt: skip
+    page = admin_client.post(reverse("admin:packages_package_add"), data).content.decode()
+    assert "not starting with a digit" in page
+    assert "PATH is set by the executor" in page
+    assert Package.objects.count() == 0
+
+
+def test_secrets_are_write_only(admin_client):
+    data = package_form(
+        **{"secrets-TOTAL_FORMS": "1", "secrets-0-name": "api_token", "secrets-0-value": "tok-very-secret-1"},
+        secrets_file=SimpleUploadedFile("secrets.json", b'{"db_password": "pw-very-secret-2"}'),
+    )
+    assert admin_client.post(reverse("admin:packages_package_add"), data).status_code == 302
+    package = Package.objects.get()
+
+    assert {s.name: s.reveal() for s in Secret.objects.filter(package=package)} == {
+        "api_token": "tok-very-secret-1",
+        "db_password": "pw-very-secret-2",
+    }
+    page = admin_client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
+    assert "api_token" in page and "db_password" in page
+    assert "tok-very-secret-1" not in page and "pw-very-secret-2" not in page
+    for secret in Secret.objects.all():
+        assert secret.encrypted_value not in page
+
+
+def test_an_empty_value_keeps_an_existing_secret(admin_client, seed_package):
+    secret = Secret(scope="package", package=seed_package, name="k")
+    secret.set_value("original")
+    secret.save()
+    change_url = reverse("admin:packages_package_change", args=[seed_package.pk])
+    first, second = seed_package.scripts.all()
+    data = package_form(
+        **{"scripts-TOTAL_FORMS": "2", "scripts-INITIAL_FORMS": "2", "scripts-0-id": str(first.pk),
+           "scripts-0-upload": "", "scripts-1-id": str(second.pk), "scripts-1-upload": "",
+           "secrets-TOTAL_FORMS": "1", "secrets-INITIAL_FORMS": "1", "secrets-0-id": str(secret.pk),
+           "secrets-0-name": "k", "secrets-0-value": ""}
+    )  # fmt: skip
+    assert admin_client.post(change_url, data).status_code == 302
+    secret.refresh_from_db()
+    assert secret.reveal() == "original"

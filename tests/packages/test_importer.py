@@ -2,9 +2,10 @@ import json
 
 import pytest
 from django.core.management import CommandError, call_command
+from django_celery_beat.models import PeriodicTask
 
 from packages.importer import PackageImportError, import_package_dir
-from packages.models import Package
+from packages.models import Package, Secret
 from tests.factories import SEED_DIR
 
 pytestmark = pytest.mark.django_db
@@ -58,11 +59,52 @@ def test_reimporting_replaces_the_scripts(tmp_path):
     assert [bytes(s.content) for s in result.package.scripts.all()] == [b"print('v2')"]
 
 
-def test_secrets_json_is_never_stored_as_a_file(tmp_path):
-    directory = write(tmp_path / "dave", {"a.py": "", "secrets.json": '{"token": "s3cr3t"}'})
+def test_secrets_json_goes_to_encrypted_storage_and_is_not_kept(tmp_path):
+    directory = write(tmp_path / "dave", {"a.py": "", "secrets.json": '{"token": "s3cr3t-value"}'})
     result = import_package_dir(directory)
-    assert result.skipped == ["secrets.json"]
+
+    assert result.secrets == ["token"]
     assert list(result.package.scripts.values_list("file_name", flat=True)) == ["a.py"]
+    secret = Secret.objects.get(package=result.package, name="token")
+    assert "s3cr3t-value" not in secret.encrypted_value
+    assert secret.reveal() == "s3cr3t-value"
+
+
+def test_the_full_manifest_describes_the_package(tmp_path):
+    manifest = {
+        "description": "Hourly report",
+        "execution_order": ["run.py"],
+        "tags": ["finance", "reports"],
+        "trigger_events": ["invoice.created"],
+        "schedule": "20 * * * *",
+        "priority": 2,
+        "allow_manual_triggering": False,
+        "active": True,
+        "output_events": ["report.ready"],
+    }
+    directory = write(tmp_path / "erin_report", {"manifest.json": json.dumps(manifest), "run.py": ""})
+
+    package = import_package_dir(directory).package
+
+    assert (package.description, package.schedule, package.priority, package.lane) == (
+        "Hourly report", "20 * * * *", 2, "priority"
+    )  # fmt: skip
+    assert package.allow_manual_triggering is False
+    assert sorted(package.tags.values_list("name", flat=True)) == ["finance", "reports"]
+    assert list(package.trigger_event_types.values_list("name", flat=True)) == ["invoice.created"]
+    assert package.output_events == ["report.ready"]
+    assert PeriodicTask.objects.get(name=f"executor.package.{package.pk}").crontab.minute == "20"
+
+
+def test_reimporting_updates_scripts_in_place(tmp_path):
+    directory = write(tmp_path / "frank", {"a.py": "print('v1')"})
+    before = import_package_dir(directory).package.scripts.get()
+    (directory / "a.py").write_text("print('v2')")
+
+    after = import_package_dir(directory).package.scripts.get()
+
+    assert after.pk == before.pk
+    assert bytes(after.content) == b"print('v2')"
 
 
 @pytest.mark.parametrize(
@@ -72,6 +114,12 @@ def test_secrets_json_is_never_stored_as_a_file(tmp_path):
         ("erin", {"manifest.json": "{not json"}, "manifest.json is not valid JSON"),
         ("erin", {"manifest.json": '{"execution_order": ["gone.py"]}'}, "do not exist: gone.py"),
         ("erin", {"manifest.json": '{"execution_order": "a.py"}', "a.py": ""}, "must be a list"),
+        ("erin", {"manifest.json": '{"schedule": "61 * * * *"}'}, "schedule: minute"),
+        ("erin", {"manifest.json": '{"shedule": "* * * * *"}'}, "unknown key 'shedule'"),
+        ("erin", {"manifest.json": '{"priority": 11}'}, "priority"),
+        ("erin", {"config.json": "[1, 2]"}, "config.json must hold a JSON object"),
+        ("erin", {"config.json": "{oops"}, "config.json is not valid JSON"),
+        ("erin", {"manifest.json": '{"entrypoint": "gone.py"}'}, "entrypoint gone.py does not exist"),
     ],
 )
 def test_a_bad_directory_is_refused_and_changes_nothing(tmp_path, name, files, message):

@@ -3,12 +3,15 @@
 import json
 
 import pytest
+from cryptography.fernet import Fernet
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
+from packages.models import EnvironmentVariable, Project, Secret, SecretScope
 from tests.factories import make_package
 from workers import runner
 from workers.lease import LeaseLost, claim
+from workers.masking import MASK
 
 pytestmark = pytest.mark.django_db
 
@@ -141,3 +144,82 @@ def test_writes_after_losing_the_lease_are_refused(seed_package):
     with pytest.raises(LeaseLost):
         lease.update_execution(status=ExecutionStatus.COMPLETED)
     assert execution.steps.first().status == StepStatus.PENDING
+
+
+def add_secret(package=None, project=None, *, name: str, value: str, scope: str) -> None:
+    secret = Secret(scope=scope, package=package, project=project, name=name)
+    secret.set_value(value)
+    secret.save()
+
+
+def test_scripts_get_secrets_package_over_project_over_platform_and_output_masks_them():
+    project = Project.objects.create(name="finance")
+    package = make_package(
+        project=project,
+        files={"leak.py": "import json, sys\nargs = json.loads(sys.argv[1])\nprint(json.dumps(args['secrets']))\n"
+               "print('token is', args['secrets']['api_token'], file=sys.stderr)"},
+    )  # fmt: skip
+    add_secret(name="api_token", value="platform-tok-1", scope=SecretScope.PLATFORM)
+    add_secret(project=project, name="api_token", value="project-tok-22", scope=SecretScope.PROJECT)
+    add_secret(project=project, name="db_password", value="project-pw-333", scope=SecretScope.PROJECT)
+    add_secret(package=package, name="api_token", value="package-tok-4444", scope=SecretScope.PACKAGE)
+
+    step = run(package).steps.get()
+
+    assert step.status == StepStatus.COMPLETED
+    assert json.loads(step.stdout) == {"api_token": MASK, "db_password": MASK}
+    assert step.stderr == f"token is {MASK}\n"
+    assert "package-tok-4444" not in step.stdout + step.stderr
+
+
+def test_the_script_itself_sees_the_real_secret_values():
+    package = make_package(files={"check.py": "import json, sys\nassert json.loads(sys.argv[1])['secrets'] == "
+                                  "{'k': 's3cr3t-value'}\nprint('ok')"})  # fmt: skip
+    add_secret(package=package, name="k", value="s3cr3t-value", scope=SecretScope.PACKAGE)
+    step = run(package).steps.get()
+    assert (step.status, step.stdout) == (StepStatus.COMPLETED, "ok\n")
+
+
+def test_package_environment_variables_reach_the_script():
+    package = make_package(files={"env.py": "import os; print(os.environ['REGION'], os.environ['HOME'] != '/x')"})
+    EnvironmentVariable.objects.create(package=package, name="REGION", value="eu-west")
+    assert run(package).steps.get().stdout == "eu-west True\n"
+
+
+def test_continue_on_failure_runs_the_remaining_steps():
+    package = make_package(
+        files={"1.py": "import sys; sys.exit(1)", "2.py": "print('still ran')"}, continue_on_failure=True
+    )
+    execution = run(package)
+    assert execution.status == ExecutionStatus.FAILED
+    assert list(execution.steps.order_by("position").values_list("status", flat=True)) == [
+        StepStatus.FAILED,
+        StepStatus.COMPLETED,
+    ]
+
+
+def test_the_package_step_timeout_applies():
+    package = make_package(files={"slow.py": "import time; time.sleep(30)"}, step_timeout_seconds=1)
+    assert run(package).steps.get().status_reason == "failed: timed out after 1 s"
+
+
+def test_with_an_entrypoint_only_that_file_runs_and_the_others_are_importable():
+    package = make_package(
+        files={"lib.py": "VALUE = 41", "main.py": "import lib; print(lib.VALUE + 1)"}, entrypoint="main.py"
+    )
+    execution = run(package)
+    assert list(execution.steps.values_list("file_name", "status", "stdout")) == [
+        ("main.py", StepStatus.COMPLETED, "42\n")
+    ]
+
+
+def test_an_undecryptable_secret_fails_the_run_with_a_clear_reason(settings):
+    package = make_package(files={"a.py": "print(1)"})
+    add_secret(package=package, name="k", value="v", scope=SecretScope.PACKAGE)
+    settings.EXECUTOR_FERNET_KEYS = [Fernet.generate_key().decode()]
+
+    execution = run(package)
+
+    assert execution.status == ExecutionStatus.FAILED
+    assert "cannot be decrypted" in execution.status_reason
+    assert execution.steps.get().status == StepStatus.FAILED

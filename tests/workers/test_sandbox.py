@@ -3,7 +3,7 @@ import sys
 import textwrap
 import time
 
-from workers.sandbox import run_process
+from workers.sandbox import run_process, truncation_marker
 
 
 def _python(code: str, tmp_path, *, env=None, timeout=10.0, cap=1024 * 1024):
@@ -56,11 +56,15 @@ def test_it_kills_the_whole_process_group_on_timeout(tmp_path):
     assert not _alive(grandchild)
 
 
-def test_it_caps_output_with_a_visible_marker(tmp_path):
+def test_it_caps_output_and_counts_what_it_dropped(tmp_path):
     result = _python("import sys; sys.stdout.write('x' * 50_000)", tmp_path, cap=1024)
-    assert result.stdout.startswith("x" * 1024)
-    assert "[output truncated: 48976 more bytes not kept, limit 1024 bytes]" in result.stdout
+    assert result.stdout == "x" * 1024
+    assert result.stdout_dropped == 48_976
     assert result.exit_code == 0
+    assert truncation_marker(result.stdout_dropped, 1024) == (
+        "\n[output truncated: 48976 more bytes not kept, limit 1024 bytes]\n"
+    )
+    assert truncation_marker(0, 1024) == ""
 
 
 def _alive(pid: int) -> bool:

@@ -21,5 +21,5 @@ class Command(BaseCommand):
         self.stdout.write(f"{verb} package {result.package.package_name} (id {result.package.pk})")
         for position, name in enumerate(result.files, start=1):
             self.stdout.write(f"  {position}. {name}")
-        for name in result.skipped:
-            self.stderr.write(f"  skipped {name}: secrets are not imported as files")
+        if result.secrets:
+            self.stdout.write(f"  secrets stored encrypted: {', '.join(result.secrets)} (secrets.json not kept)")

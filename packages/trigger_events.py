@@ -1,0 +1,21 @@
+"""The ready-to-send event that starts a package from outside ("Show Trigger Event", FX_REFERENCE.md)."""
+
+import json
+from datetime import datetime
+
+from .models import Package
+
+TRIGGERED_RUN = "ferris_executor.run_execution.triggered_run"
+
+
+def trigger_event_for(package: Package, *, event_id: str, time: datetime) -> dict:
+    """A CloudEvent 1.0 in structured JSON form; `data` is a JSON string, as FX sends it."""
+    return {
+        "specversion": "1.0",
+        "id": event_id,
+        "source": "executor.admin",
+        "type": TRIGGERED_RUN,
+        "time": time.isoformat(),
+        "datacontenttype": "application/json",
+        "data": json.dumps({"package_id": package.pk, "package_name": package.package_name}),
+    }

@@ -1,0 +1,129 @@
+import json
+import threading
+from datetime import UTC, datetime
+from unittest import mock
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+from django_celery_beat.models import IntervalSchedule, PeriodicTask
+
+from executions.models import Execution, TriggerType
+from executions.services import lane_for, trigger_scheduled_tick
+from packages.schedules import current_fire_time, periodic_task_name, sync_package_schedule
+from tests.factories import make_package
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+
+
+def scheduled(schedule="0 9 * * 0-4", **fields):
+    package = make_package(files={"a.py": "print(1)"}, schedule=schedule, **fields)
+    sync_package_schedule(package)
+    return package
+
+
+def task_of(package) -> PeriodicTask:
+    return PeriodicTask.objects.select_related("crontab").get(name=periodic_task_name(package.pk))
+
+
+def test_a_scheduled_package_gets_one_periodic_task_in_celery_numbering():
+    package = scheduled("0 9 * * 0-4", timezone="Europe/Zurich")
+
+    task = task_of(package)
+    assert (task.task, task.queue, task.enabled) == ("executor.scheduled_tick", "scheduled", True)
+    assert json.loads(task.kwargs) == {"package_id": package.pk}
+    # FX Monday-Friday (0-4) is Celery's 1-5 (Celery counts from Sunday = 0).
+    assert (task.crontab.minute, task.crontab.hour, task.crontab.day_of_week) == ("0", "9", "1,2,3,4,5")
+    assert str(task.crontab.timezone) == "Europe/Zurich"
+
+
+def test_syncing_again_updates_the_same_task():
+    package = scheduled("0 9 * * *")
+    package.schedule = "30 18 * * 6"
+    sync_package_schedule(package)
+
+    assert PeriodicTask.objects.filter(name__startswith="executor.package.").count() == 1
+    assert (task_of(package).crontab.minute, task_of(package).crontab.day_of_week) == ("30", "0")
+
+
+def test_an_inactive_package_or_an_empty_schedule_disables_the_task():
+    package = scheduled()
+    package.active = False
+    sync_package_schedule(package)
+    assert task_of(package).enabled is False
+
+    package.active, package.schedule = True, ""
+    sync_package_schedule(package)
+    assert task_of(package).enabled is False
+
+
+def test_sync_schedules_repairs_drift_and_removes_orphans():
+    package = scheduled("20 * * * *")
+    task_of(package).delete()
+    every_minute = IntervalSchedule.objects.create(every=1, period=IntervalSchedule.MINUTES)
+    PeriodicTask.objects.create(name="executor.package.999999", task="executor.scheduled_tick", interval=every_minute)
+
+    call_command("sync_schedules")
+
+    assert task_of(package).crontab.minute == "20"
+    assert not PeriodicTask.objects.filter(name="executor.package.999999").exists()
+
+
+def test_a_tick_is_attributed_to_the_fire_time_it_stands_for():
+    package = scheduled("20 * * * *")
+    assert current_fire_time(package, datetime(2026, 3, 2, 10, 20, 0, 300000, tzinfo=UTC)) == datetime(
+        2026, 3, 2, 10, 20, tzinfo=UTC
+    )
+    # Sent a moment early by beat: still the 10:20 run.
+    assert current_fire_time(package, datetime(2026, 3, 2, 10, 19, 58, tzinfo=UTC)) == datetime(
+        2026, 3, 2, 10, 20, tzinfo=UTC
+    )
+
+
+def test_a_repeated_tick_creates_one_execution():
+    package = scheduled("* * * * *")
+    with mock.patch("executions.services.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 1, tzinfo=UTC)):
+        first = trigger_scheduled_tick(package.pk)
+    with mock.patch("executions.services.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 40, tzinfo=UTC)):
+        second = trigger_scheduled_tick(package.pk)
+
+    assert first.pk == second.pk
+    assert first.trigger_type == TriggerType.SCHEDULED
+    assert lane_for(first) == "scheduled"
+
+
+def test_ticks_for_an_inactive_or_deleted_package_start_nothing():
+    package = scheduled(active=False)
+    assert trigger_scheduled_tick(package.pk) is None
+    assert trigger_scheduled_tick(123456789) is None
+    assert Execution.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_ticks_for_one_fire_time_create_exactly_one_execution():
+    package = scheduled("* * * * *")
+    barrier = threading.Barrier(8)
+    results = []
+
+    def tick():
+        barrier.wait()
+        try:
+            results.append(trigger_scheduled_tick(package.pk).pk)
+        finally:
+            connection.close()
+
+    # Patched once for all threads: patching inside each thread would race on the module attribute.
+    with mock.patch("executions.services.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 2, tzinfo=UTC)):
+        threads = [threading.Thread(target=tick) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    assert len(results) == 8 and len(set(results)) == 1
+    assert Execution.objects.count() == 1
