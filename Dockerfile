@@ -47,7 +47,8 @@ COPY . .
 # all collectstatic needs. DEBUG=false is essential: it selects WhiteNoise's manifest storage, the one the
 # containers run with (DEBUG is off whenever DATABASE_URL is set); collected in DEBUG mode there would be no
 # staticfiles.json and every page using {% static %} would fail.
-RUN DEBUG=false python manage.py collectstatic --noinput
+# EXECUTOR_FERNET_KEYS: a placeholder, so the quick-start settings do not generate a key into the image.
+RUN DEBUG=false EXECUTOR_FERNET_KEYS=build-time-placeholder python manage.py collectstatic --noinput
 # Numeric, so orchestrators can verify the image does not run as root (runAsNonRoot).
 USER 10001:10001
 EXPOSE 8000

@@ -3,6 +3,9 @@
 import json
 from datetime import datetime
 
+from cloudevents.v1.conversion import to_dict
+from cloudevents.v1.http import CloudEvent
+
 from .models import Package
 
 TRIGGERED_RUN = "ferris_executor.run_execution.triggered_run"
@@ -10,12 +13,12 @@ TRIGGERED_RUN = "ferris_executor.run_execution.triggered_run"
 
 def trigger_event_for(package: Package, *, event_id: str, time: datetime) -> dict:
     """A CloudEvent 1.0 in structured JSON form; `data` is a JSON string, as FX sends it."""
-    return {
-        "specversion": "1.0",
+    attributes = {
         "id": event_id,
         "source": "executor.admin",
         "type": TRIGGERED_RUN,
         "time": time.isoformat(),
         "datacontenttype": "application/json",
-        "data": json.dumps({"package_id": package.pk, "package_name": package.package_name}),
     }
+    data = json.dumps({"package_id": package.pk, "package_name": package.package_name})
+    return to_dict(CloudEvent(attributes, data))

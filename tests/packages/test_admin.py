@@ -10,6 +10,7 @@ from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionStatus, StepStatus
 from packages.models import EventType, Package, Project, Secret, Tag
+from packages.schedules import sync_package_schedule
 from tests.factories import SEED_DIR, make_package
 
 pytestmark = pytest.mark.django_db
@@ -247,3 +248,27 @@ def test_an_empty_value_keeps_an_existing_secret(admin_client, seed_package):
     assert admin_client.post(change_url, data).status_code == 302
     secret.refresh_from_db()
     assert secret.reveal() == "original"
+
+
+def test_deleting_a_package_in_the_admin_removes_its_schedule(admin_client):
+    package = make_package("gone_soon", files={"a.py": ""}, schedule="0 * * * *")
+    sync_package_schedule(package)
+    assert PeriodicTask.objects.filter(name=f"executor.package.{package.pk}").exists()
+
+    response = admin_client.post(reverse("admin:packages_package_delete", args=[package.pk]), {"post": "yes"})
+
+    assert response.status_code == 302
+    assert not Package.objects.filter(pk=package.pk).exists()
+    assert not PeriodicTask.objects.filter(name=f"executor.package.{package.pk}").exists()
+
+
+def test_editing_the_schedule_in_the_admin_updates_beat(admin_client, seed_package):
+    first, second = seed_package.scripts.all()
+    data = package_form(
+        schedule="0 9 * * 0",
+        **{"scripts-TOTAL_FORMS": "2", "scripts-INITIAL_FORMS": "2", "scripts-0-id": str(first.pk),
+           "scripts-0-upload": "", "scripts-1-id": str(second.pk), "scripts-1-upload": ""},
+    )  # fmt: skip
+    assert admin_client.post(reverse("admin:packages_package_change", args=[seed_package.pk]), data).status_code == 302
+    task = PeriodicTask.objects.get(name=f"executor.package.{seed_package.pk}")
+    assert (task.crontab.hour, task.crontab.day_of_week) == ("9", "1")  # FX Monday = Celery 1

@@ -1,7 +1,10 @@
 import pytest
 from cryptography.fernet import Fernet
+from django.core.management import CommandError, call_command
 
+from packages.checks import check_fernet_keys
 from packages.encryption import EncryptionError, check_keys, decrypt, encrypt, generate_key, rotate
+from packages.models import Secret, SecretScope
 
 # Two fixed keys, so a failure is reproducible: Alice's key is the old one, Bob's the new one.
 ALICE_KEY = "QWxpY2UtYWxpY2UtYWxpY2UtYWxpY2UtYWxpY2UtISE="
@@ -155,3 +158,40 @@ def test_it_fails_loudly_for_values_not_rotated_before_the_old_key_was_dropped(s
 def test_it_rejects_two_keys_pasted_together_without_a_comma():
     with pytest.raises(EncryptionError, match="#1 of 1"):
         check_keys([BOB_KEY + ALICE_KEY])
+
+
+@pytest.mark.django_db
+def test_rotate_secrets_re_encrypts_everything_under_the_new_key(settings):
+    old_key, new_key = generate_key(), generate_key()
+    settings.EXECUTOR_FERNET_KEYS = [old_key]
+    secret = Secret(scope=SecretScope.PLATFORM, name="alice_token")
+    secret.set_value("v-123")
+    secret.save()
+
+    settings.EXECUTOR_FERNET_KEYS = [new_key, old_key]
+    call_command("rotate_secrets")
+
+    settings.EXECUTOR_FERNET_KEYS = [new_key]
+    secret.refresh_from_db()
+    assert secret.reveal() == "v-123"
+
+
+@pytest.mark.django_db
+def test_rotate_secrets_stops_without_changes_when_a_value_is_unreadable(settings):
+    settings.EXECUTOR_FERNET_KEYS = [generate_key()]
+    secret = Secret(scope=SecretScope.PLATFORM, name="bob_token")
+    secret.set_value("v-456")
+    secret.save()
+    before = Secret.objects.get().encrypted_value
+
+    settings.EXECUTOR_FERNET_KEYS = [generate_key()]
+    with pytest.raises(CommandError, match="cannot be decrypted"):
+        call_command("rotate_secrets")
+    assert Secret.objects.get().encrypted_value == before
+
+
+def test_the_system_check_reports_a_missing_key(settings):
+    settings.EXECUTOR_FERNET_KEYS = []
+    errors = check_fernet_keys(None)
+    assert [error.id for error in errors] == ["packages.E001"]
+    assert "EXECUTOR_FERNET_KEYS is not set" in errors[0].msg
