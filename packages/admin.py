@@ -225,7 +225,7 @@ class PackageAdmin(admin.ModelAdmin):
     def tag_list(self, package: Package) -> str:
         return ", ".join(tag.name for tag in package.tags.all())
 
-    @admin.display(description="Schedule")
+    @admin.display(description="In words, next runs")
     def schedule_preview(self, package: Package) -> str:
         return schedule_preview_html(package.schedule, package.timezone, timezone.now())
 
