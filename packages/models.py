@@ -132,6 +132,12 @@ class Package(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        limit = settings.EXECUTOR_MAX_EXECUTION_SECONDS
+        if self.step_timeout_seconds and self.step_timeout_seconds > limit:
+            # Above it, Redis would redeliver the run's message while the step still runs.
+            raise ValidationError({"step_timeout_seconds": f"At most {limit} s (EXECUTOR_MAX_EXECUTION_SECONDS)."})
+
     @property
     def lane(self) -> str:
         """The Celery queue for this package's manual and triggered runs (scheduled runs use `scheduled`)."""

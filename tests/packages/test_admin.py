@@ -186,6 +186,7 @@ def test_the_seed_package_is_created_as_the_seed_describes(admin_client):
         ("schedule", "20 * *", "5 fields"),
         ("timezone", "Mars/Olympus_Mons", "Select a valid choice"),
         ("priority", "11", "less than or equal to 10"),
+        ("step_timeout_seconds", "99999999", "At most 21600 s"),
     ],
 )
 def test_bad_package_settings_are_refused_with_a_message(admin_client, field, value, message):
