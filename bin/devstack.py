@@ -16,7 +16,7 @@ from honcho.manager import Manager
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
-LANES = "priority,default,slow,scheduled"
+LANES = "priority,default,slow,scheduled,maintenance"
 
 
 def main() -> int:

@@ -62,6 +62,7 @@ class Execution(models.Model):
     worker_name = models.CharField(max_length=200, blank=True)
     lease_owner = models.CharField(max_length=64, blank=True, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
+    enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When its message was last published.")
 
     name = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)

@@ -66,9 +66,11 @@ def enqueue(execution: Execution) -> None:
     try:
         run_execution.apply_async(args=[str(execution.id)], queue=lane_for(execution))
     except Exception:
-        # The row is committed; failing the request now would hide that. Pending executions without a live
-        # message are re-published by the reaper (sandbox issue); until then such a run must be started again.
+        # The row is committed; failing the request now would hide that. The reaper publishes pending
+        # executions again (workers/reaper.py).
         logger.exception("execution %s: could not publish to the broker; it stays pending", execution.id)
+        return
+    Execution.objects.filter(pk=execution.pk).update(enqueued_at=timezone.now())
 
 
 def lane_for(execution: Execution) -> str:

@@ -158,3 +158,17 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # must stay above that or a second copy of a long run would be delivered while the first still works.
 EXECUTOR_MAX_EXECUTION_SECONDS = env_int("EXECUTOR_MAX_EXECUTION_SECONDS", 6 * 3600, minimum=60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": EXECUTOR_MAX_EXECUTION_SECONDS + 600}
+
+# --- Crash recovery (workers/reaper.py) ----------------------------------------------------------------------
+# A worker running a step refreshes its execution's heartbeat this often; an execution whose heartbeat is older
+# than the lease is considered abandoned (its worker died) and failed by the reaper.
+EXECUTOR_HEARTBEAT_SECONDS = env_int("EXECUTOR_HEARTBEAT_SECONDS", 10, minimum=1)
+EXECUTOR_LEASE_SECONDS = env_int("EXECUTOR_LEASE_SECONDS", 60, minimum=5)
+if EXECUTOR_LEASE_SECONDS < 3 * EXECUTOR_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("EXECUTOR_LEASE_SECONDS must be at least 3 x EXECUTOR_HEARTBEAT_SECONDS")
+# A pending execution whose message was published this long ago (or never) is published again.
+EXECUTOR_REPUBLISH_AFTER_SECONDS = env_int("EXECUTOR_REPUBLISH_AFTER_SECONDS", 300, minimum=30)
+# DatabaseScheduler copies this into django-celery-beat's tables at start-up.
+CELERY_BEAT_SCHEDULE = {
+    "executor.reap": {"task": "executor.reap", "schedule": 30.0, "options": {"queue": "maintenance", "expires": 30}}
+}

@@ -6,9 +6,13 @@ random lease token. Every later write filters on that token, so a worker that lo
 network split, say) updates zero rows and stops instead of overwriting someone else's results.
 """
 
+import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
+from django.db import connection
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep
@@ -49,3 +53,32 @@ def claim(execution_id: str, worker_name: str) -> Lease | None:
         heartbeat_at=now,
     )
     return Lease(str(execution_id), token) if rows == 1 else None
+
+
+@contextmanager
+def keep_alive(lease: Lease, interval_seconds: float) -> Iterator[None]:
+    """Refresh the execution's heartbeat every `interval_seconds` while the block runs (a step's process).
+
+    The reaper fails executions whose heartbeat is older than EXECUTOR_LEASE_SECONDS, so this is what tells a
+    long step from a dead worker. The thread has its own database connection and closes it when done.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            while not stop.wait(interval_seconds):
+                alive = Execution.objects.filter(pk=lease.execution_id, lease_owner=lease.token).update(
+                    heartbeat_at=timezone.now()
+                )
+                if not alive:
+                    return  # lease lost: the step loop finds out at its next fenced write
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{lease.execution_id[:8]}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -18,7 +18,7 @@ from packages.models import kind_for_file_name, secrets_for
 
 from . import fx_bridge, masking
 from .handlers import StepRun, handler_for
-from .lease import Lease, LeaseLost, claim
+from .lease import Lease, LeaseLost, claim, keep_alive
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
 
@@ -108,7 +108,8 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
     )
     try:
-        result = handler(run)
+        with keep_alive(lease, settings.EXECUTOR_HEARTBEAT_SECONDS):
+            result = handler(run)
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
     status, reason = _outcome(result, run.timeout_seconds)

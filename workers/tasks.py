@@ -8,7 +8,7 @@ from celery.signals import worker_ready
 
 from executions.services import trigger_scheduled_tick
 
-from . import runner
+from . import reaper, runner
 from .checks import check_script_runtime
 
 logger = logging.getLogger(__name__)
@@ -28,6 +28,14 @@ def run_execution(self, execution_id: str) -> None:
 def scheduled_tick(package_id: int) -> None:
     """Sent by beat for a package's PeriodicTask (packages/schedules.py)."""
     trigger_scheduled_tick(package_id)
+
+
+@shared_task(name="executor.reap", ignore_result=True)
+def reap() -> None:
+    """Periodic (CELERY_BEAT_SCHEDULE): resolve executions whose worker died, republish lost messages."""
+    report = reaper.reap()
+    if report.failed or report.republished:
+        logger.info("reaper: %s failed as worker lost, %s published again", report.failed, report.republished)
 
 
 @worker_ready.connect

@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import connection
 
 BASE_DIR = Path(settings.BASE_DIR)
-LANES = "priority,default,slow,scheduled"
+LANES = "priority,default,slow,scheduled,maintenance"
 
 
 class WorkerProcess:

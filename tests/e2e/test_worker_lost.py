@@ -1,0 +1,73 @@
+"""A worker SIGKILLed mid-step: the reaper resolves its execution, and no step ever runs twice."""
+
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
+from executions.services import trigger_execution
+from tests.e2e.conftest import BASE_DIR, WorkerProcess, database_url_for_tests
+from tests.factories import make_package
+from workers.reaper import reap
+from workers.tasks import run_execution
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def start_victim_worker(log_path) -> subprocess.Popen:
+    """A worker on its own queue, heartbeating every second with a 5 s lease."""
+    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "EXECUTOR_HEARTBEAT_SECONDS": "1",
+           "EXECUTOR_LEASE_SECONDS": "5"}  # fmt: skip
+    argv = [sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
+            "--queues", "victim", "--concurrency", "1", "--hostname", "victim@%h", "--without-mingle",
+            "--without-gossip"]  # fmt: skip
+    with open(log_path, "w") as log:
+        return subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
+    celery_worker, tmp_path, settings, monkeypatch
+):
+    settings.EXECUTOR_LEASE_SECONDS = 5
+    marker = tmp_path / "started.txt"
+    script = (
+        "import json, sys, time\nopen(json.loads(sys.argv[1])['marker'], 'a').write('started\\n')\ntime.sleep(60)\n"
+    )
+    package = make_package("henry_long", {"long.py": script, "after.py": "print('after')"})
+    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params={"marker": str(marker)})
+    victim = start_victim_worker(tmp_path / "victim.log")
+    try:
+        WorkerProcess(tmp_path / "victim.log").wait_for_log(" ready.")
+        run_execution.apply_async(args=[str(execution.id)], queue="victim")
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert time.monotonic() < deadline, (tmp_path / "victim.log").read_text()
+            time.sleep(0.1)
+    finally:
+        # SIGKILL the worker and everything under it (pool process and the script), as the OOM killer would.
+        for process in [*psutil.Process(victim.pid).children(recursive=True), psutil.Process(victim.pid)]:
+            process.kill()
+        victim.wait()
+    killed_at = time.monotonic()
+
+    while reap().failed == 0:
+        assert time.monotonic() - killed_at < 60, "the reaper did not resolve the execution within 60 s"
+        time.sleep(0.5)
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.FAILED
+    assert execution.status_reason.startswith("failed: worker lost (victim@")
+    assert list(execution.steps.order_by("position").values_list("status", flat=True)) == [
+        StepStatus.FAILED,
+        StepStatus.SKIPPED,
+    ]
+    # The message is redelivered one day; a healthy worker that gets it must run nothing.
+    run_execution.apply_async(args=[str(execution.id)], queue="default")
+    celery_worker.wait_for_log(f"execution {execution.id} is not pending")
+    assert marker.read_text() == "started\n"
+    assert Execution.objects.get(pk=execution.pk).status == ExecutionStatus.FAILED
