@@ -1,12 +1,14 @@
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
+from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
 from .models import Execution, ExecutionStep, StepStatus
+from .services import NothingToCancel, request_cancel
 
 _PROCESSED = ~Q(steps__status__in=[StepStatus.PENDING, StepStatus.RUNNING])
 
@@ -114,12 +116,27 @@ class ExecutionAdmin(admin.ModelAdmin):
     def get_urls(self):
         return [
             path(
+                "<uuid:execution_id>/cancel/",
+                self.admin_site.admin_view(self.cancel_view),
+                name="executions_execution_cancel",
+            ),
+            path(
                 "<uuid:execution_id>/steps/<int:step_id>/results/",
                 self.admin_site.admin_view(self.step_results_view),
                 name="executions_execution_step_results",
             ),
             *super().get_urls(),
         ]
+
+    def cancel_view(self, request, execution_id):
+        execution = get_object_or_404(Execution, pk=execution_id)
+        if request.method != "POST" or not self.has_change_permission(request, execution):
+            raise PermissionDenied
+        try:
+            messages.success(request, request_cancel(execution, request.user))
+        except NothingToCancel as exc:
+            messages.warning(request, str(exc))
+        return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
 
     def step_results_view(self, request, execution_id, step_id: int):
         step = get_object_or_404(

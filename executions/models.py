@@ -63,6 +63,11 @@ class Execution(models.Model):
     lease_owner = models.CharField(max_length=64, blank=True, editable=False)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     enqueued_at = models.DateTimeField(null=True, blank=True, help_text="When its message was last published.")
+    # Set by a person's Cancel; the worker running it stops the current step (workers/lease.py watches this).
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
 
     name = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
@@ -89,6 +94,10 @@ class Execution(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in TERMINAL_EXECUTION_STATUSES
+
+    @property
+    def cancelled_reason(self) -> str:
+        return f"cancelled by {self.cancel_requested_by or 'an administrator'}"
 
     @property
     def duration_ms(self) -> int | None:

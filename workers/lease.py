@@ -7,6 +7,7 @@ network split, say) updates zero rows and stops instead of overwriting someone e
 """
 
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +17,9 @@ from django.db import connection
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep
+
+# How often a running step looks for a Cancel: a cancelled step stops within about this long.
+CANCEL_POLL_SECONDS = 1.0
 
 
 class LeaseLost(Exception):
@@ -56,29 +60,33 @@ def claim(execution_id: str, worker_name: str) -> Lease | None:
 
 
 @contextmanager
-def keep_alive(lease: Lease, interval_seconds: float) -> Iterator[None]:
-    """Refresh the execution's heartbeat every `interval_seconds` while the block runs (a step's process).
+def keep_alive(lease: Lease, interval_seconds: float) -> Iterator[threading.Event]:
+    """While the block runs (a step's process): refresh the heartbeat every `interval_seconds`, and watch for a
+    person's Cancel. Yields an Event that is set once a cancel was requested.
 
-    The reaper fails executions whose heartbeat is older than EXECUTOR_LEASE_SECONDS, so this is what tells a
-    long step from a dead worker. The thread has its own database connection and closes it when done.
+    The reaper fails executions whose heartbeat is older than EXECUTOR_LEASE_SECONDS, so the heartbeat is what
+    tells a long step from a dead worker. The thread has its own database connection and closes it when done.
     """
-    stop = threading.Event()
+    stop, cancelled = threading.Event(), threading.Event()
 
-    def beat() -> None:
+    def watch() -> None:
+        next_beat = time.monotonic() + interval_seconds
         try:
-            while not stop.wait(interval_seconds):
-                alive = Execution.objects.filter(pk=lease.execution_id, lease_owner=lease.token).update(
-                    heartbeat_at=timezone.now()
-                )
-                if not alive:
-                    return  # lease lost: the step loop finds out at its next fenced write
+            while not stop.wait(min(CANCEL_POLL_SECONDS, interval_seconds)):
+                mine = Execution.objects.filter(pk=lease.execution_id, lease_owner=lease.token)
+                if mine.filter(cancel_requested_at__isnull=False).exists():
+                    cancelled.set()
+                if time.monotonic() >= next_beat:
+                    next_beat += interval_seconds
+                    if not mine.update(heartbeat_at=timezone.now()):
+                        return  # lease lost: the step loop finds out at its next fenced write
         finally:
             connection.close()
 
-    thread = threading.Thread(target=beat, name=f"heartbeat-{lease.execution_id[:8]}", daemon=True)
+    thread = threading.Thread(target=watch, name=f"watch-{lease.execution_id[:8]}", daemon=True)
     thread.start()
     try:
-        yield
+        yield cancelled
     finally:
         stop.set()
         thread.join()

@@ -63,28 +63,48 @@ def _run_claimed(lease: Lease) -> None:
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
         context = RunContext(execution, workspace, files, _environment(workspace, execution, files), secrets)
-        failed = [step for step in _run_steps(lease, context, steps) if step.status == StepStatus.FAILED]
-    if not failed:
-        lease.update_execution(status=ExecutionStatus.COMPLETED, finished_at=timezone.now())
-    else:
+        statuses = {step.position: step.status for step in _run_steps(lease, context, steps)}
+    _finish(lease, execution, steps, statuses)
+
+
+def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep], statuses: dict[int, str]) -> None:
+    failed = [step for step in steps if statuses[step.position] == StepStatus.FAILED]
+    now = timezone.now()
+    if _cancel_requested(execution):
+        execution.refresh_from_db(fields=["cancel_requested_by"])
+        lease.update_execution(
+            status=ExecutionStatus.CANCELLED, status_reason=execution.cancelled_reason, finished_at=now
+        )
+    elif failed:
         names = ", ".join(f"{step.position} ({step.file_name})" for step in failed)
         reason = f"failed: step {names} failed" if len(failed) == 1 else f"failed: steps {names} failed"
-        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=timezone.now())
+        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now)
+    else:
+        lease.update_execution(status=ExecutionStatus.COMPLETED, finished_at=now)
     logger.info("execution %s finished", execution.id)
 
 
 def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]):
-    """Run steps in order, yielding each with its final status; after a failure the rest are skipped unless
-    the package continues after failed steps."""
-    stop = False
+    """Run steps in order, yielding each with its final status. After a failure the rest are skipped unless
+    the package continues after failed steps; after a cancel they are always skipped."""
+    skip_reason = ""
     for step in steps:
-        if stop:
-            lease.update_step(step.id, status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed")
+        if not skip_reason and _cancel_requested(context.execution):
+            skip_reason = "skipped: execution cancelled"
+        if skip_reason:
+            lease.update_step(step.id, status=StepStatus.SKIPPED, status_reason=skip_reason)
             step.status = StepStatus.SKIPPED
         else:
             step.status = _run_step(lease, context, step)
-            stop = step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure
+            if step.status == StepStatus.CANCELLED:
+                skip_reason = "skipped: execution cancelled"
+            elif step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure:
+                skip_reason = "skipped: earlier step failed"
         yield step
+
+
+def _cancel_requested(execution: Execution) -> bool:
+    return Execution.objects.filter(pk=execution.pk, cancel_requested_at__isnull=False).exists()
 
 
 def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStatus:
@@ -98,21 +118,26 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
     lease.update_execution()  # heartbeat
     if step.file_name not in context.files:
         return _record_failure(lease, step, started, "failed: the script was removed from the package")
-    run = StepRun(
-        file_name=step.file_name,
-        package_dir=context.workspace.package_dir,
-        payload=_payload(context.execution, context.secrets),
-        env=context.env,
-        interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
-        timeout_seconds=context.execution.package.effective_step_timeout,
-        output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
-    )
     try:
-        with keep_alive(lease, settings.EXECUTOR_HEARTBEAT_SECONDS):
+        with keep_alive(lease, settings.EXECUTOR_HEARTBEAT_SECONDS) as cancelled:
+            run = StepRun(
+                file_name=step.file_name,
+                package_dir=context.workspace.package_dir,
+                payload=_payload(context.execution, context.secrets),
+                env=context.env,
+                interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
+                timeout_seconds=context.execution.package.effective_step_timeout,
+                output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
+                cancel=cancelled,
+            )
             result = handler(run)
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
-    status, reason = _outcome(result, run.timeout_seconds)
+    if result.cancelled:
+        execution = Execution.objects.select_related("cancel_requested_by").get(pk=context.execution.pk)
+        status, reason = StepStatus.CANCELLED, execution.cancelled_reason
+    else:
+        status, reason = _outcome(result, run.timeout_seconds)
     secret_values = context.secrets.values()
     cap = run.output_cap_bytes
     lease.update_step(

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 _CHUNK = 64 * 1024
 # After the main process exits, give descendants still holding the pipes this long before killing them.
 _DRAIN_SECONDS = 2.0
+# How often a waiting step looks at its cancel flag.
+_CANCEL_CHECK_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
@@ -25,6 +27,7 @@ class ProcessResult:
     stderr: str
     timed_out: bool
     duration_ms: int
+    cancelled: bool = False  # stopped because someone cancelled the execution
     stdout_dropped: int = 0  # bytes printed beyond the cap and not kept
     stderr_dropped: int = 0
 
@@ -55,9 +58,16 @@ class _CappedReader(threading.Thread):
 
 
 def run_process(
-    argv: list[str], *, cwd: str, env: dict[str, str], timeout_seconds: float, output_cap_bytes: int
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    timeout_seconds: float,
+    output_cap_bytes: int,
+    cancel: threading.Event | None = None,
 ) -> ProcessResult:
-    """Run argv to completion or until `timeout_seconds`, then make sure nothing it started is left behind."""
+    """Run argv to completion, until `timeout_seconds`, or until `cancel` is set; then make sure nothing it
+    started is left behind."""
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -72,25 +82,36 @@ def run_process(
     readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
     for reader in readers:
         reader.start()
-    timed_out = False
     try:
-        proc.wait(timeout=timeout_seconds)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        ending = _wait(proc, started + timeout_seconds, cancel or threading.Event())
     finally:
         _kill_group(proc.pid)
         proc.wait()
     for reader in readers:
         reader.join(timeout=_DRAIN_SECONDS)
     return ProcessResult(
-        exit_code=None if timed_out else proc.returncode,
+        exit_code=None if ending else proc.returncode,
         stdout=readers[0].text(),
         stderr=readers[1].text(),
-        timed_out=timed_out,
+        timed_out=ending == "timeout",
+        cancelled=ending == "cancel",
         duration_ms=round((time.monotonic() - started) * 1000),
         stdout_dropped=readers[0].dropped,
         stderr_dropped=readers[1].dropped,
     )
+
+
+def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event) -> str | None:
+    """Wait for the process; "timeout" or "cancel" when it had to be stopped instead, None when it exited."""
+    while True:
+        try:
+            proc.wait(timeout=min(_CANCEL_CHECK_SECONDS, max(0.0, deadline - time.monotonic())))
+            return None
+        except subprocess.TimeoutExpired:
+            if cancel.is_set():
+                return "cancel"
+            if time.monotonic() >= deadline:
+                return "timeout"
 
 
 def _kill_group(pgid: int) -> None:

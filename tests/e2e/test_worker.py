@@ -1,9 +1,11 @@
 """A package runs through Redis and a real `celery worker` process, as it does in production."""
 
+import time
+
 import pytest
 
 from executions.models import ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
+from executions.services import request_cancel, trigger_execution, wait_until_finished
 from tests.factories import make_package, seed_files
 from workers.tasks import run_execution
 
@@ -52,3 +54,19 @@ def test_a_redelivered_message_does_not_run_a_step_twice(celery_worker, tmp_path
     assert marker.read_text() == "ran\n"
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.COMPLETED
+
+
+def test_cancel_stops_a_step_running_on_a_real_worker(celery_worker, admin_user):
+    package = make_package("ivy_cancel", {"wait.py": "import time; print('waiting', flush=True); time.sleep(120)"})
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    deadline = time.monotonic() + 30
+    while not execution.steps.filter(status=StepStatus.RUNNING).exists():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+
+    request_cancel(execution, admin_user)
+    execution = wait_until_finished(execution, timeout=30)  # far below the script's 120 s
+
+    assert (execution.status, execution.status_reason) == (ExecutionStatus.CANCELLED, "cancelled by admin")
+    step = execution.steps.get()
+    assert (step.status, step.stdout) == (StepStatus.CANCELLED, "waiting\n")

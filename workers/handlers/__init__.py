@@ -1,7 +1,8 @@
 """Step handlers: how a file of a given kind is run. A kind with no handler makes its step `unprocessed`."""
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from packages.models import ScriptKind
@@ -21,6 +22,7 @@ class StepRun:
     interpreter: str
     timeout_seconds: float
     output_cap_bytes: int
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop the step now
 
 
 Handler = Callable[[StepRun], ProcessResult]

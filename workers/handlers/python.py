@@ -17,4 +17,5 @@ def run(step: "StepRun") -> ProcessResult:
         env=step.env,
         timeout_seconds=step.timeout_seconds,
         output_cap_bytes=step.output_cap_bytes,
+        cancel=step.cancel,
     )

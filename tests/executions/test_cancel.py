@@ -1,0 +1,83 @@
+import threading
+import time
+
+import pytest
+from django.db import connection
+from django.urls import reverse
+
+from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
+from executions.services import NothingToCancel, request_cancel, trigger_execution
+from tests.factories import make_package
+from workers import runner
+from workers.lease import claim
+
+
+@pytest.fixture(autouse=True)
+def no_broker(monkeypatch):
+    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+
+
+@pytest.mark.django_db
+def test_a_pending_execution_is_cancelled_at_once_and_never_claimed(admin_user):
+    execution = trigger_execution(make_package(files={"a.py": "", "b.py": ""}), trigger_type=TriggerType.MANUAL)
+
+    assert (
+        request_cancel(execution, admin_user) == f"Execution {execution.short_id} cancelled by admin before it started."
+    )
+
+    execution.refresh_from_db()
+    assert (execution.status, execution.status_reason) == (ExecutionStatus.CANCELLED, "cancelled by admin")
+    assert set(execution.steps.values_list("status", flat=True)) == {StepStatus.SKIPPED}
+    assert claim(str(execution.id), "late-worker") is None
+
+
+@pytest.mark.django_db
+def test_a_finished_execution_has_nothing_to_cancel(admin_user):
+    execution = trigger_execution(make_package(files={"a.py": ""}), trigger_type=TriggerType.MANUAL)
+    Execution.objects.filter(pk=execution.pk).update(status=ExecutionStatus.COMPLETED)
+    with pytest.raises(NothingToCancel, match="already ended"):
+        request_cancel(execution, admin_user)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_cancelling_a_running_execution_stops_its_step_and_skips_the_rest(admin_user):
+    package = make_package(files={"1_sleep.py": "import time; print('sleeping', flush=True); time.sleep(60)",
+                                  "2_never.py": "print('never')"})  # fmt: skip
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    worker = threading.Thread(target=run_and_close, args=(str(execution.id),))
+    started = time.monotonic()
+    worker.start()
+    while not execution.steps.filter(status=StepStatus.RUNNING).exists():
+        time.sleep(0.05)
+
+    assert "being stopped" in request_cancel(execution, admin_user)
+    worker.join(timeout=30)
+
+    assert not worker.is_alive() and time.monotonic() - started < 30  # the 60 s sleep did not run out
+    execution.refresh_from_db()
+    assert (execution.status, execution.status_reason) == (ExecutionStatus.CANCELLED, "cancelled by admin")
+    assert list(execution.steps.order_by("position").values_list("status", "status_reason", "stdout")) == [
+        (StepStatus.CANCELLED, "cancelled by admin", "sleeping\n"),
+        (StepStatus.SKIPPED, "skipped: execution cancelled", ""),
+    ]
+
+
+def run_and_close(execution_id: str) -> None:
+    try:
+        runner.run_execution(execution_id, worker_name="test-worker")
+    finally:
+        connection.close()
+
+
+@pytest.mark.django_db
+def test_the_execution_page_has_a_cancel_button_while_it_runs(admin_client):
+    execution = trigger_execution(make_package(files={"a.py": ""}), trigger_type=TriggerType.MANUAL)
+    cancel_url = reverse("admin:executions_execution_cancel", args=[execution.pk])
+    page = admin_client.get(reverse("admin:executions_execution_change", args=[execution.pk])).content.decode()
+    assert cancel_url in page
+
+    response = admin_client.post(cancel_url, follow=True)
+
+    assert "cancelled by admin before it started" in response.content.decode()
+    assert cancel_url not in response.content.decode()
+    assert Execution.objects.get().status == ExecutionStatus.CANCELLED
