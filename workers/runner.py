@@ -129,6 +129,7 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
                 timeout_seconds=context.execution.package.effective_step_timeout,
                 output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
                 cancel=cancelled,
+                on_progress=_live_output(lease, step, context.secrets.values()),
             )
             result = handler(run)
     except OSError as exc:  # the interpreter is missing or not executable
@@ -153,6 +154,22 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         duration_ms=result.duration_ms,
     )
     return status
+
+
+def _live_output(lease: Lease, step: ExecutionStep, secret_values):
+    """Store the output so far while the step runs, so the results page shows it live and a crash keeps it.
+
+    truncated=True: the output may end in the middle of a secret being printed; the final write masks exactly.
+    """
+
+    def store(stdout: str, stderr: str) -> None:
+        lease.update_step(
+            step.id,
+            stdout=masking.mask(stdout, secret_values, truncated=True),
+            stderr=masking.mask(stderr, secret_values, truncated=True),
+        )
+
+    return store
 
 
 def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus, str]:

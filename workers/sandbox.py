@@ -11,6 +11,7 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 _CHUNK = 64 * 1024
@@ -18,6 +19,8 @@ _CHUNK = 64 * 1024
 _DRAIN_SECONDS = 2.0
 # How often a waiting step looks at its cancel flag.
 _CANCEL_CHECK_SECONDS = 0.1
+# How often the output so far is handed to on_progress (live output).
+PROGRESS_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -45,16 +48,19 @@ class _CappedReader(threading.Thread):
         self.pipe, self.cap = pipe, cap
         self.kept = bytearray()
         self.dropped = 0
+        self._lock = threading.Lock()  # text() may be called from the waiting thread while this one appends
 
     def run(self) -> None:
         with self.pipe:
             while chunk := self.pipe.read1(_CHUNK):
-                room = self.cap - len(self.kept)
-                self.kept += chunk[:room]
-                self.dropped += max(0, len(chunk) - room)
+                with self._lock:
+                    room = self.cap - len(self.kept)
+                    self.kept += chunk[:room]
+                    self.dropped += max(0, len(chunk) - room)
 
     def text(self) -> str:
-        return self.kept.decode("utf-8", errors="replace")
+        with self._lock:
+            return self.kept.decode("utf-8", errors="replace")
 
 
 def run_process(
@@ -65,9 +71,11 @@ def run_process(
     timeout_seconds: float,
     output_cap_bytes: int,
     cancel: threading.Event | None = None,
+    on_progress: Callable[[str, str], None] | None = None,
 ) -> ProcessResult:
     """Run argv to completion, until `timeout_seconds`, or until `cancel` is set; then make sure nothing it
-    started is left behind."""
+    started is left behind. While it runs, `on_progress(stdout_so_far, stderr_so_far)` is called from this
+    thread about every PROGRESS_SECONDS when the output changed (live output)."""
     started = time.monotonic()
     proc = subprocess.Popen(
         argv,
@@ -82,8 +90,9 @@ def run_process(
     readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
     for reader in readers:
         reader.start()
+    progress = _Progress(readers, on_progress)
     try:
-        ending = _wait(proc, started + timeout_seconds, cancel or threading.Event())
+        ending = _wait(proc, started + timeout_seconds, cancel or threading.Event(), progress)
     finally:
         _kill_group(proc.pid)
         proc.wait()
@@ -101,7 +110,25 @@ def run_process(
     )
 
 
-def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event) -> str | None:
+class _Progress:
+    """Reports the output so far to a callback, at most every PROGRESS_SECONDS and only when it changed."""
+
+    def __init__(self, readers: list[_CappedReader], callback: Callable[[str, str], None] | None) -> None:
+        self.readers, self.callback = readers, callback
+        self.next_report = time.monotonic() + PROGRESS_SECONDS
+        self.last: tuple[str, str] = ("", "")
+
+    def tick(self) -> None:
+        if self.callback is None or time.monotonic() < self.next_report:
+            return
+        self.next_report = time.monotonic() + PROGRESS_SECONDS
+        current = (self.readers[0].text(), self.readers[1].text())
+        if current != self.last:
+            self.last = current
+            self.callback(*current)
+
+
+def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event, progress: _Progress) -> str | None:
     """Wait for the process; "timeout" or "cancel" when it had to be stopped instead, None when it exited."""
     while True:
         try:
@@ -112,6 +139,7 @@ def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event) -> s
                 return "cancel"
             if time.monotonic() >= deadline:
                 return "timeout"
+            progress.tick()
 
 
 def _kill_group(pgid: int) -> None:

@@ -23,6 +23,7 @@ class StepRun:
     timeout_seconds: float
     output_cap_bytes: int
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop the step now
+    on_progress: Callable[[str, str], None] | None = None  # receives (stdout, stderr) so far, for live output
 
 
 Handler = Callable[[StepRun], ProcessResult]

@@ -18,4 +18,5 @@ def run(step: "StepRun") -> ProcessResult:
         timeout_seconds=step.timeout_seconds,
         output_cap_bytes=step.output_cap_bytes,
         cancel=step.cancel,
+        on_progress=step.on_progress,
     )
