@@ -133,6 +133,11 @@ EXECUTOR_SCRIPT_PYTHON = env_str("EXECUTOR_SCRIPT_PYTHON", str(BASE_DIR / ".runt
 EXECUTOR_STEP_TIMEOUT_SECONDS = env_int("EXECUTOR_STEP_TIMEOUT_SECONDS", 600, minimum=1)
 EXECUTOR_OUTPUT_CAP_BYTES = env_int("EXECUTOR_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)
 EXECUTOR_WORK_DIR = env_str("EXECUTOR_WORK_DIR", "") or None  # None: the system temp dir
+# SQL steps run against this database (a package's `sql_database_url` config key or SQL_DATABASE_URL secret wins).
+# Empty: SQL steps fail with a message saying so. Deliberately not the executor's own database by default.
+EXECUTOR_SQL_DATABASE_URL = env_str("EXECUTOR_SQL_DATABASE_URL", "")
+EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS = env_int("EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS", 300, minimum=1)
+EXECUTOR_SQL_MAX_ROWS = env_int("EXECUTOR_SQL_MAX_ROWS", 50, minimum=1, maximum=10_000)
 
 # --- Celery (see ../shared/RELIABILITY.md for why each of these) --------------------------------------------
 # Unset: the embedded Redis that `make run` starts on a socket in the data directory (bin/devstack.py).

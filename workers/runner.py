@@ -4,6 +4,7 @@ Record first, act, then update: a step is marked `running` before its process st
 right after, so a crash leaves a visible row, not a mystery. Secret values are masked in everything stored.
 """
 
+import json
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -14,10 +15,11 @@ from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from packages.encryption import EncryptionError
-from packages.models import kind_for_file_name, secrets_for
+from packages.models import ScriptKind, kind_for_file_name, secrets_for
 
 from . import fx_bridge, masking
 from .handlers import StepRun, handler_for
+from .handlers.errors import StepSetupError
 from .lease import Lease, LeaseLost, claim, keep_alive
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
@@ -130,10 +132,13 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
                 output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
                 cancel=cancelled,
                 on_progress=_live_output(lease, step, context.secrets.values()),
+                sql=_sql_settings(context) if kind_for_file_name(step.file_name) == ScriptKind.SQL else {},
             )
             result = handler(run)
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
+    except StepSetupError as exc:
+        return _record_failure(lease, step, started, f"failed: {exc}")
     if result.cancelled:
         execution = Execution.objects.select_related("cancel_requested_by").get(pk=context.execution.pk)
         status, reason = StepStatus.CANCELLED, execution.cancelled_reason
@@ -154,6 +159,23 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         duration_ms=result.duration_ms,
     )
     return status
+
+
+def _sql_settings(context: RunContext) -> dict:
+    """Where and how SQL steps run: the package's config key or secret wins over the executor's default."""
+    try:
+        config = json.loads(context.files.get("config.json", b"{}"))
+    except ValueError:
+        config = {}
+    config = config if isinstance(config, dict) else {}
+    return {
+        "database_url": config.get("sql_database_url")
+        or context.secrets.get("SQL_DATABASE_URL")
+        or settings.EXECUTOR_SQL_DATABASE_URL,
+        "statement_timeout_ms": settings.EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS * 1000,
+        "max_rows": settings.EXECUTOR_SQL_MAX_ROWS,
+        "config": config,
+    }
 
 
 def _live_output(lease: Lease, step: ExecutionStep, secret_values):

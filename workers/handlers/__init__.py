@@ -8,7 +8,7 @@ from pathlib import Path
 from packages.models import ScriptKind
 from workers.sandbox import ProcessResult
 
-from . import python
+from . import python, sql
 
 
 @dataclass(frozen=True)
@@ -24,11 +24,12 @@ class StepRun:
     output_cap_bytes: int
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop the step now
     on_progress: Callable[[str, str], None] | None = None  # receives (stdout, stderr) so far, for live output
+    sql: dict = field(default_factory=dict)  # SQL steps: database_url, statement_timeout_ms, max_rows, config
 
 
 Handler = Callable[[StepRun], ProcessResult]
 
-_HANDLERS: dict[ScriptKind, Handler] = {ScriptKind.PYTHON: python.run}
+_HANDLERS: dict[ScriptKind, Handler] = {ScriptKind.PYTHON: python.run, ScriptKind.SQL: sql.run}
 
 
 def handler_for(kind: ScriptKind) -> Handler | None:

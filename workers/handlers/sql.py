@@ -1,0 +1,39 @@
+"""SQL steps: the template is rendered and executed by workers/runtime/sql_step.py, in the script runtime.
+
+The database: a package's `sql_database_url` config key, else its secret SQL_DATABASE_URL, else
+EXECUTOR_SQL_DATABASE_URL. Never the executor's own database unless someone configures exactly that.
+"""
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from workers.sandbox import ProcessResult, run_process
+
+from .errors import StepSetupError
+
+if TYPE_CHECKING:
+    from . import StepRun
+
+SQL_STEP = Path(__file__).resolve().parent.parent / "runtime" / "sql_step.py"
+
+
+def run(step: "StepRun") -> ProcessResult:
+    if not step.sql.get("database_url"):
+        raise StepSetupError(
+            "no SQL database configured (EXECUTOR_SQL_DATABASE_URL, or the package's sql_database_url config "
+            "key or SQL_DATABASE_URL secret)"
+        )
+    spec_path = step.package_dir.parent / "fx" / f"sql-{step.file_name}.json"
+    spec = {"file_name": step.file_name, "params": step.payload, "config": step.sql["config"], **step.sql}
+    spec_path.write_text(json.dumps(spec))
+    spec_path.chmod(0o600)
+    return run_process(
+        [step.interpreter, str(SQL_STEP), str(spec_path)],
+        cwd=str(step.package_dir),
+        env=step.env,
+        timeout_seconds=step.timeout_seconds,
+        output_cap_bytes=step.output_cap_bytes,
+        cancel=step.cancel,
+        on_progress=step.on_progress,
+    )
