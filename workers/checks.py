@@ -17,3 +17,16 @@ def check_script_runtime(app_configs, **kwargs):
             id="workers.W001",
         )
     ]
+
+
+@register()
+def check_sandbox_setting(app_configs, **kwargs):
+    if settings.EXECUTOR_SANDBOX != "off":
+        return []
+    return [
+        Warning(
+            "EXECUTOR_SANDBOX=off: scripts run without bubblewrap isolation or resource limits.",
+            hint="Only for development machines where user namespaces are unavailable.",
+            id="workers.W002",
+        )
+    ]

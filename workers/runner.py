@@ -6,6 +6,7 @@ right after, so a crash leaves a visible row, not a mystery. Secret values are m
 
 import json
 import logging
+import signal
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ from packages.models import ScriptKind, kind_for_file_name, secrets_for
 from . import fx_bridge, masking
 from .handlers import StepRun, handler_for
 from .handlers.errors import StepSetupError
+from .isolation import SandboxUnavailable, check_sandbox, isolation_for
 from .lease import Lease, LeaseLost, claim, keep_alive
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
@@ -120,7 +122,10 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
     lease.update_execution()  # heartbeat
     if step.file_name not in context.files:
         return _record_failure(lease, step, started, "failed: the script was removed from the package")
+    is_sql = kind_for_file_name(step.file_name) == ScriptKind.SQL
+    package = context.execution.package
     try:
+        check_sandbox()
         with keep_alive(lease, settings.EXECUTOR_HEARTBEAT_SECONDS) as cancelled:
             run = StepRun(
                 file_name=step.file_name,
@@ -132,12 +137,14 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
                 output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
                 cancel=cancelled,
                 on_progress=_live_output(lease, step, context.secrets.values()),
-                sql=_sql_settings(context) if kind_for_file_name(step.file_name) == ScriptKind.SQL else {},
+                sql=_sql_settings(context) if is_sql else {},
+                # SQL steps must reach their database; Python steps get the network only if the package allows.
+                isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access),
             )
             result = handler(run)
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
-    except StepSetupError as exc:
+    except (StepSetupError, SandboxUnavailable) as exc:
         return _record_failure(lease, step, started, f"failed: {exc}")
     if result.cancelled:
         execution = Execution.objects.select_related("cancel_requested_by").get(pk=context.execution.pk)
@@ -199,6 +206,11 @@ def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus,
         return StepStatus.FAILED, f"failed: timed out after {timeout_seconds:g} s"
     if result.exit_code == 0:
         return StepStatus.COMPLETED, ""
+    # bwrap reports a child killed by signal n as exit code 128 + n.
+    if result.exit_code in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
+        return StepStatus.FAILED, "failed: CPU time limit"
+    if result.stderr.rstrip().endswith("MemoryError"):  # Python's way of hitting the address-space limit
+        return StepStatus.FAILED, "failed: memory limit"
     if result.exit_code < 0:
         return StepStatus.FAILED, f"failed: killed by signal {-result.exit_code}"
     return StepStatus.FAILED, f"failed: exit code {result.exit_code}"

@@ -1,9 +1,9 @@
 """Run one command as an isolated child process and capture what it prints.
 
-No Django here: this module knows processes, not executions. Today's isolation is the baseline every step gets
-(argv list, no shell, an environment built by the caller from nothing, stdin closed, its own process group, a
-wall-clock timeout that kills that whole group, output capped per stream). bubblewrap and rlimits wrap this in
-the sandbox issue.
+No Django here: this module knows processes, not executions. Every step gets: an argv list (no shell), an
+environment built by the caller from nothing, stdin closed, its own process group, a wall-clock timeout that
+kills that whole group, output capped per stream; and, given an Isolation, prlimit resource limits and a
+bubblewrap sandbox (workers/isolation.py says what is inside).
 """
 
 import os
@@ -33,6 +33,49 @@ class ProcessResult:
     cancelled: bool = False  # stopped because someone cancelled the execution
     stdout_dropped: int = 0  # bytes printed beyond the cap and not kept
     stderr_dropped: int = 0
+
+
+@dataclass(frozen=True)
+class Isolation:
+    """bubblewrap and rlimit settings for one step (built by workers/isolation.py)."""
+
+    bwrap: str
+    read_only: tuple[str, ...]  # bound read-only at the same path (missing ones are skipped)
+    writable: tuple[str, ...]  # bound read-write at the same path
+    network: bool
+    tmp_size_bytes: int
+    memory_bytes: int
+    cpu_seconds: int
+    file_size_bytes: int
+    open_files: int
+
+
+def isolated_argv(isolation: Isolation, argv: list[str], *, cwd: str) -> list[str]:
+    """argv wrapped in prlimit (resource limits) and bwrap (namespaces, a minimal read-only filesystem).
+
+    Nothing secret goes on this command line: it is visible in `ps`. The environment reaches the script through
+    the process environment, which bwrap passes on.
+    """
+    limits = [
+        "prlimit", f"--as={isolation.memory_bytes}",
+        # Soft limit below the hard one: the step gets SIGXCPU (reported as a CPU limit), not a bare SIGKILL.
+        f"--cpu={isolation.cpu_seconds}:{isolation.cpu_seconds + 5}",
+        f"--fsize={isolation.file_size_bytes}", f"--nofile={isolation.open_files}", "--core=0", "--",
+    ]  # fmt: skip
+    sandbox = [
+        isolation.bwrap, "--die-with-parent", "--unshare-all", "--cap-drop", "ALL", "--uid", "65534",
+        "--gid", "65534", "--hostname", "executor-step",
+        "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
+        "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
+        "--proc", "/proc", "--dev", "/dev", "--size", str(isolation.tmp_size_bytes), "--tmpfs", "/tmp",
+    ]  # fmt: skip
+    if isolation.network:
+        sandbox.append("--share-net")
+    for path in isolation.read_only:  # after the /tmp tmpfs, which would hide anything bound below it
+        sandbox += ["--ro-bind-try", path, path]
+    for path in isolation.writable:
+        sandbox += ["--bind", path, path]
+    return [*limits, *sandbox, "--chdir", cwd, "--", *argv]
 
 
 def truncation_marker(dropped: int, cap: int) -> str:
@@ -72,11 +115,14 @@ def run_process(
     output_cap_bytes: int,
     cancel: threading.Event | None = None,
     on_progress: Callable[[str, str], None] | None = None,
+    isolation: Isolation | None = None,
 ) -> ProcessResult:
     """Run argv to completion, until `timeout_seconds`, or until `cancel` is set; then make sure nothing it
     started is left behind. While it runs, `on_progress(stdout_so_far, stderr_so_far)` is called from this
     thread about every PROGRESS_SECONDS when the output changed (live output)."""
     started = time.monotonic()
+    if isolation is not None:
+        argv = isolated_argv(isolation, argv, cwd=cwd)
     proc = subprocess.Popen(
         argv,
         cwd=cwd,

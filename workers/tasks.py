@@ -10,6 +10,7 @@ from executions.services import trigger_scheduled_tick
 
 from . import reaper, runner
 from .checks import check_script_runtime
+from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 
 logger = logging.getLogger(__name__)
 
@@ -43,3 +44,10 @@ def report_script_runtime(sender=None, **kwargs) -> None:
     """Say loudly at start-up when Python steps cannot run on this worker, instead of at the first run."""
     for problem in check_script_runtime(None):
         logger.error("%s %s", problem.msg, problem.hint)
+    if not sandbox_enabled():
+        logger.warning("EXECUTOR_SANDBOX=off: steps run WITHOUT isolation on this worker")
+        return
+    try:
+        check_sandbox()
+    except SandboxUnavailable as exc:
+        logger.error("%s: this worker refuses to run steps until the sandbox works (or EXECUTOR_SANDBOX=off)", exc)

@@ -66,3 +66,23 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def counting_script(key: str, then: str = "") -> str:
+    """Python for a step that counts its runs in Redis: the sandbox hides the host's files, so a run leaves its
+    mark outside through the network (the package needs network_access). `then` runs afterwards."""
+    broker = urlsplit(settings.CELERY_BROKER_URL)
+    host, port, db = broker.hostname or "127.0.0.1", broker.port or 6379, broker.path.strip("/") or "0"
+    return (
+        "import socket\n"
+        f"with socket.create_connection(({host!r}, {port})) as redis:\n"
+        f"    redis.sendall(b'SELECT {db}\\r\\nINCR {key}\\r\\n')\n"
+        "    reply = b''\n"
+        "    while reply.count(b'\\r\\n') < 2:\n"
+        "        reply += redis.recv(64)\n"
+        f"{then}"
+    )
+
+
+def run_count(key: str) -> int:
+    return int(redis.Redis.from_url(settings.CELERY_BROKER_URL).get(key) or 0)

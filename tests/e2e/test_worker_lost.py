@@ -4,13 +4,14 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 
 import psutil
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
-from tests.e2e.conftest import BASE_DIR, WorkerProcess, database_url_for_tests
+from tests.e2e.conftest import BASE_DIR, WorkerProcess, counting_script, database_url_for_tests, run_count
 from tests.factories import make_package
 from workers.reaper import reap
 from workers.tasks import run_execution
@@ -33,19 +34,17 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
     celery_worker, tmp_path, settings, monkeypatch
 ):
     settings.EXECUTOR_LEASE_SECONDS = 5
-    marker = tmp_path / "started.txt"
-    script = (
-        "import json, sys, time\nopen(json.loads(sys.argv[1])['marker'], 'a').write('started\\n')\ntime.sleep(60)\n"
-    )
-    package = make_package("henry_long", {"long.py": script, "after.py": "print('after')"})
+    key = f"e2e-runs-{uuid.uuid4().hex}"
+    script = counting_script(key, then="import time; time.sleep(60)\n")
+    package = make_package("henry_long", {"long.py": script, "after.py": "print('after')"}, network_access=True)
     monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
-    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params={"marker": str(marker)})
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
     victim = start_victim_worker(tmp_path / "victim.log")
     try:
         WorkerProcess(tmp_path / "victim.log").wait_for_log(" ready.")
         run_execution.apply_async(args=[str(execution.id)], queue="victim")
         deadline = time.monotonic() + 30
-        while not marker.exists():
+        while run_count(key) == 0:
             assert time.monotonic() < deadline, (tmp_path / "victim.log").read_text()
             time.sleep(0.1)
     finally:
@@ -69,5 +68,5 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
     # The message is redelivered one day; a healthy worker that gets it must run nothing.
     run_execution.apply_async(args=[str(execution.id)], queue="default")
     celery_worker.wait_for_log(f"execution {execution.id} is not pending")
-    assert marker.read_text() == "started\n"
+    assert run_count(key) == 1
     assert Execution.objects.get(pk=execution.pk).status == ExecutionStatus.FAILED

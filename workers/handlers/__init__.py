@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from packages.models import ScriptKind
-from workers.sandbox import ProcessResult
+from workers.sandbox import Isolation, ProcessResult
 
 from . import python, sql
 
@@ -25,6 +25,7 @@ class StepRun:
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop the step now
     on_progress: Callable[[str, str], None] | None = None  # receives (stdout, stderr) so far, for live output
     sql: dict = field(default_factory=dict)  # SQL steps: database_url, statement_timeout_ms, max_rows, config
+    isolation: Isolation | None = None  # None: EXECUTOR_SANDBOX=off
 
 
 Handler = Callable[[StepRun], ProcessResult]

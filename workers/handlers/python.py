@@ -1,4 +1,9 @@
-"""Python steps: `python <script> '<json>'`, the FX invocation, with the script runtime's interpreter."""
+"""Python steps: `python <script> '<json>'`, the FX invocation, with the script runtime's interpreter.
+
+argv[1] carries decrypted secrets, and a command line is visible to every `ps` on the worker host. So the JSON
+goes into a private file of the step, and the runtime's start-up hook (workers/runtime/site/executor_fx) puts
+it into sys.argv[1] before the script runs: the script sees exactly what FX would pass, `ps` sees a placeholder.
+"""
 
 import json
 from typing import TYPE_CHECKING
@@ -8,15 +13,20 @@ from workers.sandbox import ProcessResult, run_process
 if TYPE_CHECKING:
     from . import StepRun
 
+ARGS_PLACEHOLDER = "@EXECUTOR_ARGS_FILE"
+
 
 def run(step: "StepRun") -> ProcessResult:
-    argv = [step.interpreter, step.file_name, json.dumps(step.payload)]
+    args_file = step.package_dir.parent / "fx" / f"argv-{step.file_name}.json"
+    args_file.write_text(json.dumps(step.payload))
+    args_file.chmod(0o600)
     return run_process(
-        argv,
+        [step.interpreter, step.file_name, ARGS_PLACEHOLDER],
         cwd=str(step.package_dir),
-        env=step.env,
+        env={**step.env, "EXECUTOR_ARGS_FILE": str(args_file)},
         timeout_seconds=step.timeout_seconds,
         output_cap_bytes=step.output_cap_bytes,
         cancel=step.cancel,
         on_progress=step.on_progress,
+        isolation=step.isolation,
     )

@@ -36,4 +36,5 @@ def run(step: "StepRun") -> ProcessResult:
         output_cap_bytes=step.output_cap_bytes,
         cancel=step.cancel,
         on_progress=step.on_progress,
+        isolation=step.isolation,
     )

@@ -3,6 +3,7 @@
 The real FX libraries from PyPI are imported unchanged; only the network clients they build are swapped for
 file-backed ones, at the moment their module is first imported:
 
+- argv[1] is read from EXECUTOR_ARGS_FILE (workers/handlers/python.py says why);
 - python-consul's `consul.Consul` -> FileConsul, whose `kv` reads and writes <EXECUTOR_FX_DIR>/consul/<key>.
   Writes stay inside this run's private directory.
 """
@@ -16,9 +17,18 @@ from urllib.parse import quote, unquote
 
 
 def install() -> None:
+    _load_arguments()
     if "EXECUTOR_FX_DIR" not in os.environ:
         return
     sys.meta_path.insert(0, _PatchOnImport({"consul": _patch_consul}))
+
+
+def _load_arguments() -> None:
+    """argv[1] (the JSON with the run's parameters and secrets) comes in a file, so no `ps` can read it."""
+    path = os.environ.pop("EXECUTOR_ARGS_FILE", None)
+    if path and len(sys.argv) > 1 and sys.argv[1] == "@EXECUTOR_ARGS_FILE":
+        with open(path) as handle:
+            sys.argv[1] = handle.read()
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
