@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 RUNTIME := .runtime
 
-.PHONY: install run test lint format clean
+.PHONY: install run test lint format bench clean
 
 install: $(VENV)/.installed $(RUNTIME)/.installed
 
@@ -30,6 +30,9 @@ test: export SECRET_KEY ?= test-secret-key-not-for-production
 test: export EXECUTOR_FERNET_KEYS ?= dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+bench: install
+	$(VENV)/bin/python bench/run.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -15,6 +15,7 @@ import functools
 import logging
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -82,12 +83,12 @@ def check_sandbox() -> None:
         return
     from .sandbox import isolated_argv
 
-    probe = Path(settings.EXECUTOR_WORK_DIR or "/tmp")
-    isolation = isolation_for(probe, network=False)
-    argv = isolated_argv(isolation, [settings.EXECUTOR_SCRIPT_PYTHON, "-c", "print('sandbox ok')"], cwd=str(probe))
-    try:
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SandboxUnavailable(f"sandbox self-test could not run: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="executor-selftest-", dir=settings.EXECUTOR_WORK_DIR) as probe:
+        isolation = isolation_for(Path(probe), network=False)
+        argv = isolated_argv(isolation, [settings.EXECUTOR_SCRIPT_PYTHON, "-c", "print('sandbox ok')"], cwd=probe)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise SandboxUnavailable(f"sandbox self-test could not run: {exc}") from None
     if result.stdout.strip() != "sandbox ok":
         raise SandboxUnavailable(f"sandbox self-test failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")

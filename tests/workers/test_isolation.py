@@ -68,15 +68,16 @@ def test_an_infinite_loop_hits_the_cpu_limit(settings):
     assert (step.status, step.status_reason) == (StepStatus.FAILED, "failed: CPU time limit")
 
 
-def test_tmp_is_private_and_size_capped(settings):
+def test_tmp_is_private_and_size_capped(settings, tmp_path):
     settings.EXECUTOR_STEP_TMP_MB = 8
+    host_file = tmp_path / "host-only.txt"  # under the host's /tmp
+    host_file.write_text("not for scripts")
     code = (
-        "import os\nprint(len(os.listdir('/tmp')))\n"
+        f"import os\nprint(os.path.exists({str(host_file)!r}))\n"
         "try:\n    open('/tmp/big', 'wb').write(b'x' * 16 * 1024 * 1024); print('wrote')\n"
         "except OSError as exc:\n    print('full', exc.errno)\n"
     )
-    # /tmp holds only this execution's own directory (host /tmp is not visible); 28 is ENOSPC.
-    assert run_script(code).stdout == "1\nfull 28\n"
+    assert run_script(code).stdout == "False\nfull 28\n"  # 28: ENOSPC
 
 
 def test_killing_its_parent_only_ends_the_step():

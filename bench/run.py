@@ -1,0 +1,199 @@
+"""Executor benchmark: `make bench` (or `.venv/bin/python bench/run.py`). Prints the figures and their ratios.
+
+It creates a throw-away PostgreSQL database (`executor_bench`, on DATABASE_URL's server, default the local one),
+migrates it, starts its own `celery worker` processes against it and Redis (REDIS_URL, default DB 14, flushed),
+and measures on this machine:
+
+  (a) a bare loop of sandboxed `python` spawns of a trivial script (the floor: no executor at all);
+  (b) 40 sequential trivial steps through the executor, one worker slot;
+  (c) trigger -> first step started latency, p50 / p99 over 100 runs, one worker slot;
+  (d) throughput of one-step executions with 2 worker slots;
+  (e) peak RSS of a worker (main process + pool) and of a web process (gunicorn serving admin pages).
+
+Targets (issue 4): (b) <= 1.3 x (a); (c) p50 <= 20 ms and p99 <= 60 ms beyond the interpreter spawn;
+(d) >= 85 % of the bare loop; (e) <= 150 MiB each.
+"""
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SERVER = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/executor")
+BENCH_DB = urlsplit(SERVER)._replace(path="/executor_bench").geturl()
+os.environ.update(
+    DATABASE_URL=BENCH_DB,
+    REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
+    SECRET_KEY=os.environ.get("SECRET_KEY", "bench"),
+    EXECUTOR_FERNET_KEYS=os.environ.get("EXECUTOR_FERNET_KEYS", "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="),
+    DJANGO_SETTINGS_MODULE="executor_project.settings",
+    LOG_LEVEL="WARNING",
+)
+sys.path.insert(0, str(BASE_DIR))
+
+
+def main() -> None:
+    _recreate_database()
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    import redis
+
+    redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
+    bare = bare_loop(40)
+    print(f"(a) bare sandboxed spawns: {bare * 1000:.1f} ms each ({1 / bare:.1f}/s)")
+    with worker(concurrency=1) as one_slot:
+        sequential = forty_steps()
+        print(
+            f"(b) 40 sequential steps: {sequential * 1000:.0f} ms, {sequential / 40 * 1000:.1f} ms per step"
+            f" = {sequential / 40 / bare:.2f} x (a)  [target <= 1.3]"
+        )
+        p50, p99 = start_latency(100)
+        print(
+            f"(c) trigger -> step started: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
+            "[target: p50 <= 20 ms, p99 <= 60 ms beyond the spawn]"
+        )
+        worker_rss = peak_rss(one_slot.pid)
+    with worker(concurrency=2):
+        rate = throughput(60)
+        print(
+            f"(d) 2 slots: {rate:.1f} executions/s = {rate / (2 / bare) * 100:.0f} % of 2 x the bare loop "
+            "[target >= 85 %]"
+        )
+    web_rss = web_peak_rss()
+    print(f"(e) peak RSS: worker {worker_rss / 2**20:.0f} MiB, web {web_rss / 2**20:.0f} MiB [target <= 150 MiB]")
+
+
+def _recreate_database() -> None:
+    import psycopg2
+
+    admin = psycopg2.connect(urlsplit(SERVER)._replace(path="/postgres").geturl())
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("DROP DATABASE IF EXISTS executor_bench WITH (FORCE)")
+        cursor.execute("CREATE DATABASE executor_bench")
+    admin.close()
+
+
+def bare_loop(count: int) -> float:
+    """Seconds per sandboxed spawn of a trivial script, with nothing of the executor around it."""
+    from django.conf import settings
+
+    from workers.isolation import isolation_for
+    from workers.sandbox import run_process
+
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "noop.py").write_text("pass\n")
+        isolation = isolation_for(Path(tmp), network=False)
+        started = time.perf_counter()
+        for _ in range(count):
+            run_process([settings.EXECUTOR_SCRIPT_PYTHON, "noop.py"], cwd=tmp, env={"PATH": "/usr/bin:/bin"},
+                        timeout_seconds=30, output_cap_bytes=1024, isolation=isolation)  # fmt: skip
+        return (time.perf_counter() - started) / count
+
+
+class worker:
+    def __init__(self, concurrency: int) -> None:
+        self.concurrency = concurrency
+
+    def __enter__(self):
+        argv = [sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "WARNING",
+                "--queues", "priority,default,slow,scheduled,maintenance", "--concurrency", str(self.concurrency),
+                "--without-mingle", "--without-gossip", "--hostname", f"bench{self.concurrency}@%h"]  # fmt: skip
+        self.proc = subprocess.Popen(argv, cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(6)  # start-up and sandbox self-test
+        return self.proc
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def _package(name: str, steps: int):
+    from packages.models import Package, Script
+
+    package = Package.objects.create(name=name, package_name=name)
+    Script.objects.bulk_create(
+        Script(package=package, position=n, file_name=f"step_{n:02}.py", content=b"pass\n") for n in range(steps)
+    )
+    return package
+
+
+def _run(package, timeout: float = 300):
+    from executions.models import TriggerType
+    from executions.services import trigger_execution, wait_until_finished
+
+    return wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL), timeout, 0.005)
+
+
+def forty_steps() -> float:
+    execution = _run(_package("bench_forty", 40))
+    assert execution.status == "completed", execution.status_reason
+    return (execution.finished_at - execution.started_at).total_seconds()
+
+
+def start_latency(runs: int) -> tuple[float, float]:
+    package = _package("bench_latency", 1)
+    latencies = []
+    for _ in range(runs):
+        execution = _run(package)
+        latencies.append((execution.steps.get().started_at - execution.created_at).total_seconds())
+    latencies.sort()
+    return statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
+
+
+def throughput(count: int) -> float:
+    from executions.models import Execution, TriggerType
+    from executions.services import trigger_execution
+
+    package = _package("bench_throughput", 1)
+    started = time.perf_counter()
+    ids = [trigger_execution(package, trigger_type=TriggerType.MANUAL).pk for _ in range(count)]
+    while Execution.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
+        time.sleep(0.01)
+    return count / (time.perf_counter() - started)
+
+
+def peak_rss(pid: int) -> int:
+    import psutil
+
+    root = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)] if p.is_running())
+
+
+def web_peak_rss() -> int:
+    import psutil
+
+    port = "8099"
+    argv = [sys.executable, "-m", "gunicorn", "executor_project.wsgi", "-b", f"127.0.0.1:{port}", "--workers", "1"]
+    web = subprocess.Popen(argv, cwd=BASE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        peak = 0
+        deadline = time.monotonic() + 30
+        for _ in range(50):
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "web did not start"
+                    time.sleep(0.2)
+            root = psutil.Process(web.pid)
+            peak = max(peak, max(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+        return peak
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
