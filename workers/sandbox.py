@@ -136,9 +136,13 @@ def run_process(
     readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
     for reader in readers:
         reader.start()
+    # A blocking wait in its own thread: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would add
+    # that much latency to every step.
+    exited = threading.Event()
+    threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
     progress = _Progress(readers, on_progress)
     try:
-        ending = _wait(proc, started + timeout_seconds, cancel or threading.Event(), progress)
+        ending = _wait(exited, started + timeout_seconds, cancel or threading.Event(), progress)
     finally:
         _kill_group(proc.pid)
         proc.wait()
@@ -174,18 +178,15 @@ class _Progress:
             self.callback(*current)
 
 
-def _wait(proc: subprocess.Popen, deadline: float, cancel: threading.Event, progress: _Progress) -> str | None:
+def _wait(exited: threading.Event, deadline: float, cancel: threading.Event, progress: _Progress) -> str | None:
     """Wait for the process; "timeout" or "cancel" when it had to be stopped instead, None when it exited."""
-    while True:
-        try:
-            proc.wait(timeout=min(_CANCEL_CHECK_SECONDS, max(0.0, deadline - time.monotonic())))
-            return None
-        except subprocess.TimeoutExpired:
-            if cancel.is_set():
-                return "cancel"
-            if time.monotonic() >= deadline:
-                return "timeout"
-            progress.tick()
+    while not exited.wait(timeout=min(_CANCEL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+        if cancel.is_set():
+            return "cancel"
+        if time.monotonic() >= deadline:
+            return "timeout"
+        progress.tick()
+    return None
 
 
 def _kill_group(pgid: int) -> None:

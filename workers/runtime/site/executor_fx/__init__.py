@@ -8,12 +8,11 @@ file-backed ones, at the moment their module is first imported:
   Writes stay inside this run's private directory.
 """
 
-import importlib.abc
+# Imported into every script at start-up, so only cheap modules here: importlib.abc alone would pull in
+# importlib.resources (about 28 ms); pathlib and urllib.parse are imported when a Consul client is built.
 import importlib.machinery
 import os
 import sys
-from pathlib import Path
-from urllib.parse import quote, unquote
 
 
 def install() -> None:
@@ -31,8 +30,8 @@ def _load_arguments() -> None:
             sys.argv[1] = handle.read()
 
 
-class _PatchOnImport(importlib.abc.MetaPathFinder):
-    """Lets the real module load, then applies a patch to it before anyone else sees it."""
+class _PatchOnImport:
+    """A meta path finder (only find_spec is needed): lets the real module load, then patches it."""
 
     def __init__(self, patches):
         self.patches = patches
@@ -62,16 +61,20 @@ class FileConsul:
     """Stands in for consul.Consul(host=..., port=..., ...): same `kv` calls, answered from files."""
 
     def __init__(self, *args, **kwargs):
+        from pathlib import Path
+
         self.kv = FileKV(Path(os.environ["EXECUTOR_FX_DIR"]) / "consul")
 
 
 class FileKV:
     """The subset of python-consul's Consul.KV that FX libraries use, with python-consul's return shapes."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root):
         self.root = root
 
     def get(self, key, index=None, recurse=False, **kwargs):
+        from urllib.parse import unquote
+
         if recurse:
             items = [
                 {"Key": unquote(path.name), "Value": path.read_bytes()}
@@ -93,5 +96,7 @@ class FileKV:
         self._path(key).unlink(missing_ok=True)
         return True
 
-    def _path(self, key) -> Path:
+    def _path(self, key):
+        from urllib.parse import quote
+
         return self.root / quote(str(key), safe="")
