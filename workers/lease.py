@@ -9,11 +9,8 @@ network split, say) updates zero rows and stops instead of overwriting someone e
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
-from django.db import connection
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep
@@ -59,34 +56,31 @@ def claim(execution_id: str, worker_name: str) -> Lease | None:
     return Lease(str(execution_id), token) if rows == 1 else None
 
 
-@contextmanager
-def keep_alive(lease: Lease, interval_seconds: float) -> Iterator[threading.Event]:
-    """While the block runs (a step's process): refresh the heartbeat every `interval_seconds`, and watch for a
-    person's Cancel. Yields an Event that is set once a cancel was requested.
+class StepWatch:
+    """While a step's process runs: refresh the heartbeat every `heartbeat_seconds` and notice a person's Cancel.
 
-    The reaper fails executions whose heartbeat is older than EXECUTOR_LEASE_SECONDS, so the heartbeat is what
-    tells a long step from a dead worker. The thread has its own database connection and closes it when done.
+    `tick()` is called from the sandbox's waiting loop (about every 0.1 s) in the worker's own thread, so it uses
+    the worker's database connection: no extra thread or connection per step. The reaper fails executions whose
+    heartbeat is older than EXECUTOR_LEASE_SECONDS, so the heartbeat is what tells a long step from a dead worker.
     """
-    stop, cancelled = threading.Event(), threading.Event()
 
-    def watch() -> None:
-        next_beat = time.monotonic() + interval_seconds
-        try:
-            while not stop.wait(min(CANCEL_POLL_SECONDS, interval_seconds)):
-                mine = Execution.objects.filter(pk=lease.execution_id, lease_owner=lease.token)
-                if mine.filter(cancel_requested_at__isnull=False).exists():
-                    cancelled.set()
-                if time.monotonic() >= next_beat:
-                    next_beat += interval_seconds
-                    if not mine.update(heartbeat_at=timezone.now()):
-                        return  # lease lost: the step loop finds out at its next fenced write
-        finally:
-            connection.close()
+    def __init__(self, lease: Lease, heartbeat_seconds: float) -> None:
+        self.lease = lease
+        self.heartbeat_seconds = heartbeat_seconds
+        self.poll_seconds = min(CANCEL_POLL_SECONDS, heartbeat_seconds)
+        self.cancelled = threading.Event()
+        now = time.monotonic()
+        self.next_poll, self.next_beat = now + self.poll_seconds, now + heartbeat_seconds
 
-    thread = threading.Thread(target=watch, name=f"watch-{lease.execution_id[:8]}", daemon=True)
-    thread.start()
-    try:
-        yield cancelled
-    finally:
-        stop.set()
-        thread.join()
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now < self.next_poll:
+            return
+        self.next_poll = now + self.poll_seconds
+        mine = Execution.objects.filter(pk=self.lease.execution_id, lease_owner=self.lease.token)
+        if now >= self.next_beat:
+            self.next_beat = now + self.heartbeat_seconds
+            if not mine.update(heartbeat_at=timezone.now()):
+                raise LeaseLost(self.lease.execution_id)  # stops the step: someone else owns the execution
+        if mine.filter(cancel_requested_at__isnull=False).exists():
+            self.cancelled.set()

@@ -22,7 +22,7 @@ from . import fx_bridge, masking
 from .handlers import StepRun, handler_for
 from .handlers.errors import StepSetupError
 from .isolation import SandboxUnavailable, check_sandbox, isolation_for
-from .lease import Lease, LeaseLost, claim, keep_alive
+from .lease import Lease, LeaseLost, StepWatch, claim
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
 
@@ -124,24 +124,25 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         return _record_failure(lease, step, started, "failed: the script was removed from the package")
     is_sql = kind_for_file_name(step.file_name) == ScriptKind.SQL
     package = context.execution.package
+    watch = StepWatch(lease, settings.EXECUTOR_HEARTBEAT_SECONDS)
+    run = StepRun(
+        file_name=step.file_name,
+        package_dir=context.workspace.package_dir,
+        payload=_payload(context.execution, context.secrets),
+        env=context.env,
+        interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
+        timeout_seconds=package.effective_step_timeout,
+        output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
+        cancel=watch.cancelled,
+        on_progress=_live_output(lease, step, context.secrets.values()),
+        on_tick=watch.tick,
+        sql=_sql_settings(context) if is_sql else {},
+        # SQL steps must reach their database; Python steps get the network only if the package allows.
+        isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access),
+    )
     try:
         check_sandbox()
-        with keep_alive(lease, settings.EXECUTOR_HEARTBEAT_SECONDS) as cancelled:
-            run = StepRun(
-                file_name=step.file_name,
-                package_dir=context.workspace.package_dir,
-                payload=_payload(context.execution, context.secrets),
-                env=context.env,
-                interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
-                timeout_seconds=context.execution.package.effective_step_timeout,
-                output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
-                cancel=cancelled,
-                on_progress=_live_output(lease, step, context.secrets.values()),
-                sql=_sql_settings(context) if is_sql else {},
-                # SQL steps must reach their database; Python steps get the network only if the package allows.
-                isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access),
-            )
-            result = handler(run)
+        result = handler(run)
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
     except (StepSetupError, SandboxUnavailable) as exc:

@@ -115,11 +115,13 @@ def run_process(
     output_cap_bytes: int,
     cancel: threading.Event | None = None,
     on_progress: Callable[[str, str], None] | None = None,
+    on_tick: Callable[[], None] | None = None,
     isolation: Isolation | None = None,
 ) -> ProcessResult:
     """Run argv to completion, until `timeout_seconds`, or until `cancel` is set; then make sure nothing it
     started is left behind. While it runs, `on_progress(stdout_so_far, stderr_so_far)` is called from this
-    thread about every PROGRESS_SECONDS when the output changed (live output)."""
+    thread about every PROGRESS_SECONDS when the output changed (live output), and `on_tick()` about every
+    0.1 s (heartbeats, cancel polling); an exception from either stops the process and propagates."""
     started = time.monotonic()
     if isolation is not None:
         argv = isolated_argv(isolation, argv, cwd=cwd)
@@ -142,7 +144,7 @@ def run_process(
     threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
     progress = _Progress(readers, on_progress)
     try:
-        ending = _wait(exited, started + timeout_seconds, cancel or threading.Event(), progress)
+        ending = _wait(exited, started + timeout_seconds, cancel or threading.Event(), progress, on_tick)
     finally:
         _kill_group(proc.pid)
         proc.wait()
@@ -178,9 +180,13 @@ class _Progress:
             self.callback(*current)
 
 
-def _wait(exited: threading.Event, deadline: float, cancel: threading.Event, progress: _Progress) -> str | None:
+def _wait(
+    exited: threading.Event, deadline: float, cancel: threading.Event, progress: _Progress, on_tick
+) -> str | None:
     """Wait for the process; "timeout" or "cancel" when it had to be stopped instead, None when it exited."""
     while not exited.wait(timeout=min(_CANCEL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+        if on_tick is not None:
+            on_tick()
         if cancel.is_set():
             return "cancel"
         if time.monotonic() >= deadline:

@@ -24,6 +24,7 @@ class StepRun:
     output_cap_bytes: int
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop the step now
     on_progress: Callable[[str, str], None] | None = None  # receives (stdout, stderr) so far, for live output
+    on_tick: Callable[[], None] | None = None  # called about every 0.1 s while the step runs
     sql: dict = field(default_factory=dict)  # SQL steps: database_url, statement_timeout_ms, max_rows, config
     isolation: Isolation | None = None  # None: EXECUTOR_SANDBOX=off
 

@@ -28,5 +28,6 @@ def run(step: "StepRun") -> ProcessResult:
         output_cap_bytes=step.output_cap_bytes,
         cancel=step.cancel,
         on_progress=step.on_progress,
+        on_tick=step.on_tick,
         isolation=step.isolation,
     )
