@@ -113,7 +113,7 @@ class Package(models.Model):
         null=True, blank=True, validators=[MinValueValidator(1)], help_text="Empty: the executor's default."
     )
     network_access = models.BooleanField(
-        default=False, help_text="Let scripts use the network (takes effect with the bubblewrap sandbox)."
+        default=False, help_text="Let Python steps use the network (SQL steps always reach their database)."
     )
     continue_on_failure = models.BooleanField(
         "continue after a failed step", default=False, help_text="Run the remaining steps after a failure."
