@@ -8,7 +8,9 @@ it into sys.argv[1] before the script runs: the script sees exactly what FX woul
 import json
 from typing import TYPE_CHECKING
 
-from workers.sandbox import ProcessResult, run_process
+from workers.sandbox import ProcessResult
+
+from .process import run_step_process
 
 if TYPE_CHECKING:
     from . import StepRun
@@ -20,14 +22,6 @@ def run(step: "StepRun") -> ProcessResult:
     args_file = step.package_dir.parent / "fx" / f"argv-{step.file_name}.json"
     args_file.write_text(json.dumps(step.payload))
     args_file.chmod(0o600)
-    return run_process(
-        [step.interpreter, step.file_name, ARGS_PLACEHOLDER],
-        cwd=str(step.package_dir),
-        env={**step.env, "EXECUTOR_ARGS_FILE": str(args_file)},
-        timeout_seconds=step.timeout_seconds,
-        output_cap_bytes=step.output_cap_bytes,
-        cancel=step.cancel,
-        on_progress=step.on_progress,
-        on_tick=step.on_tick,
-        isolation=step.isolation,
+    return run_step_process(
+        step, [step.interpreter, step.file_name, ARGS_PLACEHOLDER], {**step.env, "EXECUTOR_ARGS_FILE": str(args_file)}
     )

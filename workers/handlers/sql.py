@@ -8,9 +8,10 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from workers.sandbox import ProcessResult, run_process
+from workers.sandbox import ProcessResult
 
 from .errors import StepSetupError
+from .process import run_step_process
 
 if TYPE_CHECKING:
     from . import StepRun
@@ -28,14 +29,4 @@ def run(step: "StepRun") -> ProcessResult:
     spec = {"file_name": step.file_name, "params": step.payload, "config": step.sql["config"], **step.sql}
     spec_path.write_text(json.dumps(spec))
     spec_path.chmod(0o600)
-    return run_process(
-        [step.interpreter, str(SQL_STEP), str(spec_path)],
-        cwd=str(step.package_dir),
-        env=step.env,
-        timeout_seconds=step.timeout_seconds,
-        output_cap_bytes=step.output_cap_bytes,
-        cancel=step.cancel,
-        on_progress=step.on_progress,
-        on_tick=step.on_tick,
-        isolation=step.isolation,
-    )
+    return run_step_process(step, [step.interpreter, str(SQL_STEP), str(spec_path)], step.env)
