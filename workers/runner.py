@@ -67,15 +67,16 @@ def _run_claimed(lease: Lease) -> None:
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
         context = RunContext(execution, workspace, files, _environment(workspace, execution, files), secrets)
-        statuses = {step.position: step.status for step in _run_steps(lease, context, steps)}
-    _finish(lease, execution, steps, statuses)
+        _run_steps(lease, context, steps)
+    _finish(lease, execution, steps)
 
 
-def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep], statuses: dict[int, str]) -> None:
-    failed = [step for step in steps if statuses[step.position] == StepStatus.FAILED]
+def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep]) -> None:
+    """Close the execution from its steps' final statuses (set on the step objects by _run_steps)."""
+    failed = [step for step in steps if step.status == StepStatus.FAILED]
     now = timezone.now()
-    if _cancel_requested(execution):
-        execution.refresh_from_db(fields=["cancel_requested_by"])
+    execution.refresh_from_db(fields=["cancel_requested_at", "cancel_requested_by"])
+    if execution.cancel_requested_at:
         lease.update_execution(
             status=ExecutionStatus.CANCELLED, status_reason=execution.cancelled_reason, finished_at=now
         )
@@ -88,8 +89,8 @@ def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep], stat
     logger.info("execution %s finished", execution.id)
 
 
-def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]):
-    """Run steps in order, yielding each with its final status. After a failure the rest are skipped unless
+def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) -> None:
+    """Run steps in order, leaving each one's final status on it. After a failure the rest are skipped unless
     the package continues after failed steps; after a cancel they are always skipped."""
     skip_reason = ""
     for step in steps:
@@ -104,7 +105,6 @@ def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]):
                 skip_reason = "skipped: execution cancelled"
             elif step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure:
                 skip_reason = "skipped: earlier step failed"
-        yield step
 
 
 def _cancel_requested(execution: Execution) -> bool:
