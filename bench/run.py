@@ -88,12 +88,13 @@ def bare_loop(count: int) -> float:
     """Seconds per sandboxed spawn of a trivial script, with nothing of the executor around it."""
     from django.conf import settings
 
-    from workers.isolation import isolation_for
+    from workers.isolation import give_to_step_uid, isolation_for, step_uid
     from workers.sandbox import run_process
 
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "noop.py").write_text("pass\n")
-        isolation = isolation_for(Path(tmp), network=False)
+        give_to_step_uid(Path(tmp), step_uid())
+        isolation = isolation_for(Path(tmp), network=False, uid=step_uid())
         started = time.perf_counter()
         for _ in range(count):
             run_process([settings.EXECUTOR_SCRIPT_PYTHON, "noop.py"], cwd=tmp, env={"PATH": "/usr/bin:/bin"},

@@ -69,6 +69,9 @@ class Execution(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
+    # Times a step cut off by a lost or shut-down worker was run again (Package.retries_after_worker_loss).
+    retries = models.PositiveSmallIntegerField(default=0, editable=False)
+
     name = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
     saved = models.BooleanField(default=False)

@@ -143,6 +143,9 @@ EXECUTOR_STEP_MEMORY_MB = env_int("EXECUTOR_STEP_MEMORY_MB", 2048, minimum=64)  
 EXECUTOR_STEP_CPU_SECONDS = env_int("EXECUTOR_STEP_CPU_SECONDS", 3600, minimum=1)
 EXECUTOR_STEP_MAX_FILE_MB = env_int("EXECUTOR_STEP_MAX_FILE_MB", 1024, minimum=1)
 EXECUTOR_STEP_OPEN_FILES = env_int("EXECUTOR_STEP_OPEN_FILES", 1024, minimum=16)
+EXECUTOR_STEP_PROCESSES = env_int("EXECUTOR_STEP_PROCESSES", 256, minimum=8)  # processes + threads (RLIMIT_NPROC)
+# A root worker runs slot n's steps as host uid/gid BASE + n: give each worker on one host its own range.
+EXECUTOR_STEP_UID_BASE = env_int("EXECUTOR_STEP_UID_BASE", 20000, minimum=1000)
 EXECUTOR_STEP_TMP_MB = env_int("EXECUTOR_STEP_TMP_MB", 256, minimum=1)
 # SQL steps run against this database (a package's `sql_database_url` config key or SQL_DATABASE_URL secret wins).
 # Empty: SQL steps fail with a message saying so. Deliberately not the executor's own database by default.
@@ -182,6 +185,8 @@ EXECUTOR_HEARTBEAT_SECONDS = env_int("EXECUTOR_HEARTBEAT_SECONDS", 10, minimum=1
 EXECUTOR_LEASE_SECONDS = env_int("EXECUTOR_LEASE_SECONDS", 60, minimum=5)
 if EXECUTOR_LEASE_SECONDS < 3 * EXECUTOR_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("EXECUTOR_LEASE_SECONDS must be at least 3 x EXECUTOR_HEARTBEAT_SECONDS")
+# On SIGTERM, how long a running step may go on before it is stopped (workers/shutdown.py).
+EXECUTOR_SHUTDOWN_GRACE_SECONDS = env_int("EXECUTOR_SHUTDOWN_GRACE_SECONDS", 30, minimum=0)
 # A pending execution whose message was published this long ago (or never) is published again.
 EXECUTOR_REPUBLISH_AFTER_SECONDS = env_int("EXECUTOR_REPUBLISH_AFTER_SECONDS", 300, minimum=30)
 # DatabaseScheduler copies this into django-celery-beat's tables at start-up.

@@ -145,7 +145,7 @@ class PackageForm(forms.ModelForm):
         fields = [
             "name", "package_name", "description", "project", "tags", "schedule", "timezone", "trigger_event_types",
             "allow_manual_triggering", "active", "priority", "step_timeout_seconds", "network_access",
-            "continue_on_failure", "entrypoint",
+            "continue_on_failure", "retries_after_worker_loss", "entrypoint",
         ]  # fmt: skip
 
     def clean_new_tags(self) -> list[str]:
@@ -209,7 +209,16 @@ class PackageAdmin(admin.ModelAdmin):
         ),
         (
             "Execution",
-            {"fields": ["priority", "step_timeout_seconds", "network_access", "continue_on_failure", "entrypoint"]},
+            {
+                "fields": [
+                    "priority",
+                    "step_timeout_seconds",
+                    "network_access",
+                    "continue_on_failure",
+                    "retries_after_worker_loss",
+                    "entrypoint",
+                ]  # fmt: skip
+            },
         ),
         ("Show Trigger Event", {"classes": ["collapse"], "fields": ["trigger_event"]}),
     ]

@@ -118,6 +118,12 @@ class Package(models.Model):
     continue_on_failure = models.BooleanField(
         "continue after a failed step", default=False, help_text="Run the remaining steps after a failure."
     )
+    retries_after_worker_loss = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[MaxValueValidator(5)],
+        help_text="How often a step cut off by a worker that died or shut down runs again on another worker. "
+        "Leave 0 (the step fails with 'worker lost') unless every script is safe to run twice.",
+    )
     entrypoint = models.CharField(
         max_length=200, blank=True, help_text="If set, only this file runs; the other files are shipped with it."
     )

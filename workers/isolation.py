@@ -4,8 +4,10 @@ Inside the sandbox a step sees: a read-only /usr (and the /lib, /bin links), a h
 certificates, name resolution, time zone, passwd/group), the script runtime (read-only), its own execution's
 directory (read-write: package copy, HOME, TMPDIR), a private size-capped /tmp, its own PID/IPC/UTS/user
 namespaces and, unless the package allows network access, its own empty network namespace. Capabilities are
-dropped and it runs as uid/gid 65534 inside. Resource limits (prlimit): address space, CPU seconds, file size,
-open files, no core dumps. The worker's environment, the executor's code and settings, other executions'
+dropped. On a root worker it runs as an unprivileged host uid of its own worker slot (EXECUTOR_STEP_UID_BASE +
+the slot's index), which owns its execution's directory; on an unprivileged worker, as nobody in a user
+namespace. Resource limits (prlimit): address space, CPU seconds, file size, open files, processes, no core
+dumps. The worker's environment, the executor's code and settings, other executions'
 directories and the host's /tmp, /root, /home, /var are not there.
 
 EXECUTOR_SANDBOX=off runs steps as plain subprocesses (development only; the admin shows a warning).
@@ -13,6 +15,7 @@ EXECUTOR_SANDBOX=off runs steps as plain subprocesses (development only; the adm
 
 import functools
 import logging
+import os
 import shutil
 import subprocess
 import tempfile
@@ -57,7 +60,28 @@ def _version(bwrap: str) -> tuple[int, ...]:
         return (0,)
 
 
-def isolation_for(workspace_root: Path, *, network: bool) -> Isolation | None:
+def step_uid() -> int | None:
+    """The host uid this worker slot's steps run as: one per slot, so a fork bomb's RLIMIT_NPROC count and the
+    files it writes stay its own. None when the worker is not root (it cannot switch uids; a user namespace
+    makes the step nobody instead)."""
+    if os.geteuid() != 0:
+        return None
+    from billiard.process import current_process  # Celery's pool numbers its processes 0..concurrency-1
+
+    return settings.EXECUTOR_STEP_UID_BASE + getattr(current_process(), "index", 0)
+
+
+def give_to_step_uid(root: Path, uid: int | None) -> None:
+    """Hand an execution's directory to the uid its steps run as (they write there; other slots cannot read it)."""
+    if uid is None:
+        return
+    for directory, _subdirectories, files in os.walk(root):
+        os.chown(directory, uid, uid)
+        for name in files:
+            os.chown(os.path.join(directory, name), uid, uid)
+
+
+def isolation_for(workspace_root: Path, *, network: bool, uid: int | None) -> Isolation | None:
     if not sandbox_enabled():
         return None
     interpreter = Path(settings.EXECUTOR_SCRIPT_PYTHON)
@@ -73,6 +97,8 @@ def isolation_for(workspace_root: Path, *, network: bool) -> Isolation | None:
         cpu_seconds=settings.EXECUTOR_STEP_CPU_SECONDS,
         file_size_bytes=settings.EXECUTOR_STEP_MAX_FILE_MB * 1024 * 1024,
         open_files=settings.EXECUTOR_STEP_OPEN_FILES,
+        processes=settings.EXECUTOR_STEP_PROCESSES,
+        uid=uid,
     )
 
 
@@ -84,7 +110,9 @@ def check_sandbox() -> None:
     from .sandbox import isolated_argv
 
     with tempfile.TemporaryDirectory(prefix="executor-selftest-", dir=settings.EXECUTOR_WORK_DIR) as probe:
-        isolation = isolation_for(Path(probe), network=False)
+        uid = step_uid()
+        give_to_step_uid(Path(probe), uid)
+        isolation = isolation_for(Path(probe), network=False, uid=uid)
         argv = isolated_argv(isolation, [settings.EXECUTOR_SCRIPT_PYTHON, "-c", "print('sandbox ok')"], cwd=probe)
         try:
             result = subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})

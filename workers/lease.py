@@ -11,9 +11,13 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from django.db.models import F, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep
+
+from . import shutdown
 
 # How often a running step looks for a Cancel: a cancelled step stops within about this long.
 CANCEL_POLL_SECONDS = 1.0
@@ -50,14 +54,16 @@ def claim(execution_id: str, worker_name: str) -> Lease | None:
         status=ExecutionStatus.IN_PROGRESS,
         worker_name=worker_name[:200],
         lease_owner=token,
-        started_at=now,
+        status_reason="",
+        started_at=Coalesce(F("started_at"), Value(now)),  # kept when another worker handed the run over
         heartbeat_at=now,
     )
     return Lease(str(execution_id), token) if rows == 1 else None
 
 
 class StepWatch:
-    """While a step's process runs: refresh the heartbeat every `heartbeat_seconds` and notice a person's Cancel.
+    """While a step's process runs: refresh the heartbeat every `heartbeat_seconds`, notice a person's Cancel,
+    and stop the step when this worker is shutting down and the grace period is over (`stop_reason` says which).
 
     `tick()` is called from the sandbox's waiting loop (about every 0.1 s) in the worker's own thread, so it uses
     the worker's database connection: no extra thread or connection per step. The reaper fails executions whose
@@ -68,11 +74,14 @@ class StepWatch:
         self.lease = lease
         self.heartbeat_seconds = heartbeat_seconds
         self.poll_seconds = min(CANCEL_POLL_SECONDS, heartbeat_seconds)
-        self.cancelled = threading.Event()
+        self.stop = threading.Event()
+        self.stop_reason = ""  # "cancel" or "shutdown"
         now = time.monotonic()
         self.next_poll, self.next_beat = now + self.poll_seconds, now + heartbeat_seconds
 
     def tick(self) -> None:
+        if shutdown.grace_expired():
+            self._stop("shutdown")
         now = time.monotonic()
         if now < self.next_poll:
             return
@@ -83,4 +92,9 @@ class StepWatch:
             if not mine.update(heartbeat_at=timezone.now()):
                 raise LeaseLost(self.lease.execution_id)  # stops the step: someone else owns the execution
         if mine.filter(cancel_requested_at__isnull=False).exists():
-            self.cancelled.set()
+            self._stop("cancel")
+
+    def _stop(self, reason: str) -> None:
+        if not self.stop.is_set():
+            self.stop_reason = reason
+            self.stop.set()

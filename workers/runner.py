@@ -12,16 +12,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
+from executions.services import enqueue
 from packages.encryption import EncryptionError
 from packages.models import ScriptKind, kind_for_file_name, secrets_for
 
-from . import fx_bridge, masking
+from . import fx_bridge, masking, shutdown
 from .handlers import StepRun, handler_for
 from .handlers.errors import StepSetupError
-from .isolation import SandboxUnavailable, check_sandbox, isolation_for
+from .isolation import (
+    SandboxUnavailable,
+    check_sandbox,
+    give_to_step_uid,
+    isolation_for,
+    sandbox_enabled,
+    step_uid,
+)
 from .lease import Lease, LeaseLost, StepWatch, claim
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
@@ -35,6 +44,7 @@ class RunContext:
 
     execution: Execution
     workspace: Workspace
+    uid: int | None  # the host uid steps run as (workers/isolation.py)
     files: dict[str, bytes]
     env: dict[str, str]
     secrets: dict[str, str]
@@ -66,9 +76,29 @@ def _run_claimed(lease: Lease) -> None:
     secrets = secrets_for(package)
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
-        context = RunContext(execution, workspace, files, _environment(workspace, execution, files), secrets)
-        _run_steps(lease, context, steps)
-    _finish(lease, execution, steps)
+        env = _environment(workspace, execution, files)
+        uid = step_uid() if sandbox_enabled() else None
+        give_to_step_uid(workspace.root, uid)
+        context = RunContext(execution, workspace, uid, files, env, secrets)
+        handed_over = _run_steps(lease, context, steps)
+    if handed_over:
+        _hand_over(lease, execution)
+    else:
+        _finish(lease, execution, steps)
+
+
+def _hand_over(lease: Lease, execution: Execution) -> None:
+    """This worker is shutting down: the run goes back to the queue with its remaining steps (workers/shutdown.py).
+    Clearing the lease fences this worker off; the next one to claim it continues where this one stopped."""
+    lease.update_execution(
+        status=ExecutionStatus.PENDING,
+        status_reason=f"handed over by {execution.worker_name}, which is shutting down",
+        lease_owner="",
+        worker_name="",
+        heartbeat_at=None,
+    )
+    enqueue(execution)
+    logger.warning("execution %s handed over to another worker: this one is shutting down", execution.id)
 
 
 def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep]) -> None:
@@ -89,11 +119,16 @@ def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep]) -> N
     logger.info("execution %s finished", execution.id)
 
 
-def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) -> None:
-    """Run steps in order, leaving each one's final status on it. After a failure the rest are skipped unless
-    the package continues after failed steps; after a cancel they are always skipped."""
+def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) -> bool:
+    """Run the pending steps in order, leaving each one's final status on it. After a failure the rest are
+    skipped unless the package continues after failed steps; after a cancel they are always skipped.
+    True when the worker is shutting down and the steps still to run are left for another worker."""
     skip_reason = ""
     for step in steps:
+        if step.status != StepStatus.PENDING:
+            continue  # it ran on the worker that handed this execution over
+        if not skip_reason and shutdown.requested():
+            return True
         if not skip_reason and _cancel_requested(context.execution):
             skip_reason = "skipped: execution cancelled"
         if skip_reason:
@@ -101,10 +136,13 @@ def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) ->
             step.status = StepStatus.SKIPPED
         else:
             step.status = _run_step(lease, context, step)
+            if step.status == StepStatus.PENDING:
+                return True  # cut off by the shutdown, to run again on another worker
             if step.status == StepStatus.CANCELLED:
                 skip_reason = "skipped: execution cancelled"
             elif step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure:
                 skip_reason = "skipped: earlier step failed"
+    return False
 
 
 def _cancel_requested(execution: Execution) -> bool:
@@ -133,12 +171,12 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
         timeout_seconds=package.effective_step_timeout,
         output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
-        cancel=watch.cancelled,
+        cancel=watch.stop,
         on_progress=_live_output(lease, step, context.secrets.values()),
         on_tick=watch.tick,
         sql=_sql_settings(context) if is_sql else {},
         # SQL steps must reach their database; Python steps get the network only if the package allows.
-        isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access),
+        isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access, uid=context.uid),
     )
     try:
         check_sandbox()
@@ -147,26 +185,57 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
     except (StepSetupError, SandboxUnavailable) as exc:
         return _record_failure(lease, step, started, f"failed: {exc}")
+    if result.cancelled and watch.stop_reason == "shutdown":
+        return _interrupted_by_shutdown(lease, context, step, result)
     if result.cancelled:
         execution = Execution.objects.select_related("cancel_requested_by").get(pk=context.execution.pk)
         status, reason = StepStatus.CANCELLED, execution.cancelled_reason
     else:
         status, reason = _outcome(result, run.timeout_seconds)
-    secret_values = context.secrets.values()
-    cap = run.output_cap_bytes
     lease.update_step(
         step.id,
         status=status,
         status_reason=reason,
         exit_code=result.exit_code,
-        stdout=masking.mask(result.stdout, secret_values, truncated=result.stdout_dropped > 0)
-        + truncation_marker(result.stdout_dropped, cap),
-        stderr=masking.mask(result.stderr, secret_values, truncated=result.stderr_dropped > 0)
-        + truncation_marker(result.stderr_dropped, cap),
+        **_final_output(context, result),
         finished_at=timezone.now(),
         duration_ms=result.duration_ms,
     )
     return status
+
+
+def _final_output(context: RunContext, result: ProcessResult) -> dict[str, str]:
+    """stdout and stderr as stored: secrets masked, a marker where the cap cut them."""
+    secret_values, cap = context.secrets.values(), settings.EXECUTOR_OUTPUT_CAP_BYTES
+    return {
+        "stdout": masking.mask(result.stdout, secret_values, truncated=result.stdout_dropped > 0)
+        + truncation_marker(result.stdout_dropped, cap),
+        "stderr": masking.mask(result.stderr, secret_values, truncated=result.stderr_dropped > 0)
+        + truncation_marker(result.stderr_dropped, cap),
+    }
+
+
+def _interrupted_by_shutdown(
+    lease: Lease, context: RunContext, step: ExecutionStep, result: ProcessResult
+) -> StepStatus:
+    """The step outlived the shutdown grace period. PENDING (run it again elsewhere) if the package allows one
+    more retry after worker loss, else FAILED."""
+    grace = settings.EXECUTOR_SHUTDOWN_GRACE_SECONDS
+    execution = context.execution
+    if execution.retries < execution.package.retries_after_worker_loss:
+        lease.update_execution(retries=F("retries") + 1)
+        note = f"interrupted: its worker shut down after {grace} s; runs again on another worker"
+        lease.update_step(step.id, status=StepStatus.PENDING, status_reason=note, **_final_output(context, result))
+        return StepStatus.PENDING
+    lease.update_step(
+        step.id,
+        status=StepStatus.FAILED,
+        status_reason=f"failed: interrupted, its worker shut down and the step was still running after {grace} s",
+        **_final_output(context, result),
+        finished_at=timezone.now(),
+        duration_ms=result.duration_ms,
+    )
+    return StepStatus.FAILED
 
 
 def _sql_settings(context: RunContext) -> dict:

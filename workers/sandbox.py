@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 _CHUNK = 64 * 1024
 # After the main process exits, give descendants still holding the pipes this long before killing them.
@@ -48,6 +49,8 @@ class Isolation:
     cpu_seconds: int
     file_size_bytes: int
     open_files: int
+    processes: int  # RLIMIT_NPROC: counted per host uid, so it only holds for an unprivileged uid
+    uid: int | None = None  # host uid/gid the step runs as when the worker is root; None: a user namespace
 
 
 def isolated_argv(isolation: Isolation, argv: list[str], *, cwd: str) -> list[str]:
@@ -60,22 +63,58 @@ def isolated_argv(isolation: Isolation, argv: list[str], *, cwd: str) -> list[st
         "prlimit", f"--as={isolation.memory_bytes}",
         # Soft limit below the hard one: the step gets SIGXCPU (reported as a CPU limit), not a bare SIGKILL.
         f"--cpu={isolation.cpu_seconds}:{isolation.cpu_seconds + 5}",
-        f"--fsize={isolation.file_size_bytes}", f"--nofile={isolation.open_files}", "--core=0", "--",
+        f"--fsize={isolation.file_size_bytes}", f"--nofile={isolation.open_files}",
+        f"--nproc={isolation.processes}", "--core=0", "--",
     ]  # fmt: skip
     sandbox = [
-        isolation.bwrap, "--die-with-parent", "--unshare-all", "--cap-drop", "ALL", "--uid", "65534",
-        "--gid", "65534", "--hostname", "executor-step",
+        isolation.bwrap, "--die-with-parent", *_identity_flags(isolation), "--hostname", "executor-step",
         "--ro-bind", "/usr", "/usr", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
-        "--proc", "/proc", "--dev", "/dev", "--size", str(isolation.tmp_size_bytes), "--tmpfs", "/tmp",
+        "--proc", "/proc", "--dev", "/dev",
+        "--size", str(isolation.tmp_size_bytes), "--perms", "1777", "--tmpfs", "/tmp",
     ]  # fmt: skip
     if isolation.network:
         sandbox.append("--share-net")
+    for directory in _parents_of(isolation.read_only + isolation.writable):
+        sandbox += ["--perms", "0755", "--dir", directory]
     for path in isolation.read_only:  # after the /tmp tmpfs, which would hide anything bound below it
         sandbox += ["--ro-bind-try", path, path]
     for path in isolation.writable:
         sandbox += ["--bind", path, path]
-    return [*limits, *sandbox, "--chdir", cwd, "--", *argv]
+    return [*limits, *sandbox, "--chdir", cwd, "--", *_drop_to_uid(isolation), *argv]
+
+
+def _parents_of(paths: tuple[str, ...]) -> list[str]:
+    """The directories above the bound paths, outermost first. bwrap would create them as 0700 (the step's
+    uid could not pass through to, say, an interpreter under /root/.pyenv); they hold nothing but the path."""
+    parents = {str(parent) for path in paths for parent in PurePosixPath(path).parents}
+    return sorted(parents - {"/", "/tmp"}, key=lambda parent: (parent.count("/"), parent))
+
+
+def _identity_flags(isolation: Isolation) -> list[str]:
+    """Who the step is. A root worker sets the sandbox up without a user namespace (whose uid would map back to
+    host root, exempt from RLIMIT_NPROC) and keeps only what setpriv needs to become the slot's own unprivileged
+    uid (SETPCAP to empty the bounding set); searching directories lets bwrap enter the workspace, which
+    belongs to that uid. An unprivileged worker gets a user namespace and runs the step as nobody inside it."""
+    if isolation.uid is None:
+        return ["--unshare-all", "--cap-drop", "ALL", "--uid", "65534", "--gid", "65534"]
+    return [
+        "--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try",
+        "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID",
+        "--cap-add", "CAP_DAC_READ_SEARCH", "--cap-add", "CAP_SETPCAP",
+    ]  # fmt: skip
+
+
+def _drop_to_uid(isolation: Isolation) -> list[str]:
+    """Inside the sandbox, as the last thing before the script: become the slot's uid with no capabilities left
+    (bounding set emptied, no_new_privs, so nothing can gain them back)."""
+    if isolation.uid is None:
+        return []
+    uid = str(isolation.uid)
+    return [
+        "/usr/bin/setpriv", "--reuid", uid, "--regid", uid, "--clear-groups", "--inh-caps=-all",
+        "--bounding-set=-all", "--no-new-privs", "--",
+    ]  # fmt: skip
 
 
 def truncation_marker(dropped: int, cap: int) -> str:

@@ -4,15 +4,17 @@ import logging
 import uuid
 
 from celery import shared_task
-from celery.signals import worker_ready
+from celery.signals import worker_process_init, worker_ready, worker_shutting_down
 
 from executions.services import trigger_scheduled_tick
 
-from . import reaper, runner
+from . import reaper, runner, shutdown
 from .checks import check_script_runtime
 from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 
 logger = logging.getLogger(__name__)
+worker_process_init.connect(shutdown.listen_in_pool_process)
+worker_shutting_down.connect(shutdown.tell_pool_processes)
 
 
 @shared_task(name="executor.run_execution", bind=True, ignore_result=True)

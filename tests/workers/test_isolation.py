@@ -1,8 +1,10 @@
 """Hostile scripts against the real bubblewrap sandbox: each is contained and reported with the right status."""
 
 import json
+import os
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -13,6 +15,8 @@ from executions.services import trigger_execution
 from packages.models import Secret, SecretScope
 from tests.factories import make_package
 from workers import runner
+from workers.isolation import isolation_for
+from workers.sandbox import run_process
 
 pytestmark = pytest.mark.django_db
 
@@ -30,9 +34,37 @@ def run_script(code: str, **package_fields):
 
 
 def test_a_script_runs_unprivileged_without_capabilities():
-    code = "import os\ncaps = open('/proc/self/status').read().count('CapEff:\\t0000000000000000')\n"
-    step = run_script(code + "print(os.getuid(), os.getgid(), caps)")
-    assert step.stdout == "65534 65534 1\n"
+    code = (
+        "import os\nstatus = open('/proc/self/status').read()\n"
+        "print(os.getuid(), os.getgid(), status.count('CapEff:\\t0000000000000000'), "
+        "status.count('CapBnd:\\t0000000000000000'))"
+    )
+    step = run_script(code)
+    # A root worker gives the step its slot's own host uid (slot 0 here); otherwise it is nobody in a user namespace.
+    uid = django_settings.EXECUTOR_STEP_UID_BASE if os.geteuid() == 0 else 65534
+    assert step.stdout == f"{uid} {uid} 1 1\n"
+
+
+def test_a_fork_bomb_hits_the_process_limit_and_everything_it_started_is_gone(settings):
+    settings.EXECUTOR_STEP_PROCESSES = 32
+    code = (
+        "import os, time\n"
+        "children = 0\n"
+        "try:\n"
+        "    while True:\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(600)\n"
+        "        children += 1\n"
+        "except OSError as exc:\n"
+        "    print('stopped after', children, exc.errno)\n"
+        "    raise SystemExit(3)\n"
+    )
+    step = run_script(code)
+    assert (step.status, step.status_reason) == (StepStatus.FAILED, "failed: exit code 3")
+    assert step.stdout.startswith("stopped after ") and step.stdout.endswith(" 11\n")  # 11: EAGAIN
+    assert int(step.stdout.split()[2]) < 32
+    sleepers = [p for p in psutil.process_iter(["cmdline"]) if "hostile.py" in " ".join(p.info["cmdline"] or [])]
+    assert sleepers == []
 
 
 def test_the_executor_s_code_settings_and_other_directories_are_not_there(tmp_path):
@@ -108,7 +140,8 @@ def test_secrets_are_not_on_any_command_line(settings):
     runner.run_execution(str(execution.id), worker_name="test-worker")
     scanner.join()
 
-    assert execution.steps.get().status == StepStatus.COMPLETED
+    step = execution.steps.get()
+    assert step.status == StepStatus.COMPLETED, step.stderr
     assert any("@EXECUTOR_ARGS_FILE" in line for line in command_lines)  # the step was seen running
     assert not any("tok-cmdline-987" in line for line in command_lines)
 
@@ -118,3 +151,14 @@ def test_the_admin_warns_when_the_sandbox_is_off(admin_client, settings):
     assert "EXECUTOR_SANDBOX=off" in admin_client.get("/admin/").content.decode()
     settings.EXECUTOR_SANDBOX = "bwrap"
     assert "EXECUTOR_SANDBOX=off" not in admin_client.get("/admin/").content.decode()
+
+
+def test_an_unprivileged_worker_s_steps_are_nobody_in_a_user_namespace(tmp_path):
+    isolation = isolation_for(tmp_path, network=False, uid=None)  # what a worker not running as root uses
+    result = run_process(
+        [django_settings.EXECUTOR_SCRIPT_PYTHON, "-c", "import os, sys; print(os.getuid(), sys.prefix)"],
+        cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"}, timeout_seconds=30, output_cap_bytes=4096,
+        isolation=isolation,
+    )  # fmt: skip
+    prefix = str(Path(django_settings.EXECUTOR_SCRIPT_PYTHON).parent.parent)
+    assert (result.exit_code, result.stdout) == (0, f"65534 {prefix}\n")

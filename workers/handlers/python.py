@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from workers.sandbox import ProcessResult
 
-from .process import run_step_process
+from .process import run_step_process, write_step_file
 
 if TYPE_CHECKING:
     from . import StepRun
@@ -20,8 +20,7 @@ ARGS_PLACEHOLDER = "@EXECUTOR_ARGS_FILE"
 
 def run(step: "StepRun") -> ProcessResult:
     args_file = step.package_dir.parent / "fx" / f"argv-{step.file_name}.json"
-    args_file.write_text(json.dumps(step.payload))
-    args_file.chmod(0o600)
+    write_step_file(step, args_file, json.dumps(step.payload))
     return run_step_process(
         step, [step.interpreter, step.file_name, ARGS_PLACEHOLDER], {**step.env, "EXECUTOR_ARGS_FILE": str(args_file)}
     )

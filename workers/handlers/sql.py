@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from workers.sandbox import ProcessResult
 
 from .errors import StepSetupError
-from .process import run_step_process
+from .process import run_step_process, write_step_file
 
 if TYPE_CHECKING:
     from . import StepRun
@@ -27,6 +27,5 @@ def run(step: "StepRun") -> ProcessResult:
         )
     spec_path = step.package_dir.parent / "fx" / f"sql-{step.file_name}.json"
     spec = {"file_name": step.file_name, "params": step.payload, "config": step.sql["config"], **step.sql}
-    spec_path.write_text(json.dumps(spec))
-    spec_path.chmod(0o600)
+    write_step_file(step, spec_path, json.dumps(spec))
     return run_step_process(step, [step.interpreter, str(SQL_STEP), str(spec_path)], step.env)
