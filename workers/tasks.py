@@ -37,8 +37,11 @@ def scheduled_tick(package_id: int) -> None:
 def reap() -> None:
     """Periodic (CELERY_BEAT_SCHEDULE): resolve executions whose worker died, republish lost messages."""
     report = reaper.reap()
-    if report.failed or report.republished:
-        logger.info("reaper: %s failed as worker lost, %s published again", report.failed, report.republished)
+    if report.failed or report.retried or report.republished:
+        logger.info(
+            "reaper: worker lost for %s failed and %s retried executions; %s pending ones published again",
+            report.failed, report.retried, report.republished,
+        )  # fmt: skip
 
 
 @worker_ready.connect

@@ -1,5 +1,6 @@
 """Real processes for end-to-end tests: a `celery worker` against the test database and the test Redis."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -19,8 +20,8 @@ LANES = "priority,default,slow,scheduled,maintenance"
 
 
 class WorkerProcess:
-    def __init__(self, log_path: Path):
-        self.log_path = log_path
+    def __init__(self, log_path: Path, proc: subprocess.Popen):
+        self.log_path, self.proc = log_path, proc
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -41,31 +42,40 @@ def database_url_for_tests() -> str:
     return url._replace(path="/" + connection.settings_dict["NAME"]).geturl()
 
 
-@pytest.fixture(scope="session")
-def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    with django_db_blocker.unblock():
+@contextlib.contextmanager
+def worker_process(log_path: Path, *, queues: str = LANES, name: str = "e2e", env: dict[str, str] | None = None):
+    """A `celery worker` (2 slots) against the test database, stopped with SIGTERM (then SIGKILL) at the end."""
+    with connection.cursor():  # database_url_for_tests needs the test database's settings
         database_url = database_url_for_tests()
-    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # no messages left over from an earlier run
-    log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    env = {**os.environ, "DATABASE_URL": database_url}
     argv = [
         sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
-        "--queues", LANES, "--concurrency", "2", "--hostname", f"e2e-{uuid.uuid4().hex[:8]}@%h",
+        "--queues", queues, "--concurrency", "2", "--hostname", f"{name}-{uuid.uuid4().hex[:8]}@%h",
         "--without-mingle", "--without-gossip",
     ]  # fmt: skip
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
-    worker = WorkerProcess(log_path)
+        proc = subprocess.Popen(
+            argv, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, **(env or {})}, stdout=log,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    worker = WorkerProcess(log_path, proc)
     try:
         worker.wait_for_log(" ready.")
         yield worker
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture(scope="session")
+def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
+    redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # no messages left over from an earlier run
+    with django_db_blocker.unblock(), worker_process(tmp_path_factory.mktemp("worker") / "worker.log") as worker:
+        yield worker
 
 
 def counting_script(key: str, then: str = "") -> str:

@@ -1,8 +1,5 @@
 """A worker SIGKILLed mid-step: the reaper resolves its execution, and no step ever runs twice."""
 
-import os
-import subprocess
-import sys
 import time
 import uuid
 
@@ -11,23 +8,12 @@ import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
-from tests.e2e.conftest import BASE_DIR, WorkerProcess, counting_script, database_url_for_tests, run_count
+from tests.e2e.conftest import counting_script, run_count, worker_process
 from tests.factories import make_package
 from workers.reaper import reap
 from workers.tasks import run_execution
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-def start_victim_worker(log_path) -> subprocess.Popen:
-    """A worker on its own queue, heartbeating every second with a 5 s lease."""
-    env = {**os.environ, "DATABASE_URL": database_url_for_tests(), "EXECUTOR_HEARTBEAT_SECONDS": "1",
-           "EXECUTOR_LEASE_SECONDS": "5"}  # fmt: skip
-    argv = [sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
-            "--queues", "victim", "--concurrency", "1", "--hostname", "victim@%h", "--without-mingle",
-            "--without-gossip"]  # fmt: skip
-    with open(log_path, "w") as log:
-        return subprocess.Popen(argv, cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
@@ -39,19 +25,19 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
     package = make_package("henry_long", {"long.py": script, "after.py": "print('after')"}, network_access=True)
     monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
     execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
-    victim = start_victim_worker(tmp_path / "victim.log")
-    try:
-        WorkerProcess(tmp_path / "victim.log").wait_for_log(" ready.")
+    # A worker on its own queue, heartbeating every second with a 5 s lease.
+    lease = {"EXECUTOR_HEARTBEAT_SECONDS": "1", "EXECUTOR_LEASE_SECONDS": "5"}
+    with worker_process(tmp_path / "victim.log", queues="victim", name="victim", env=lease) as victim:
         run_execution.apply_async(args=[str(execution.id)], queue="victim")
         deadline = time.monotonic() + 30
         while run_count(key) == 0:
-            assert time.monotonic() < deadline, (tmp_path / "victim.log").read_text()
+            assert time.monotonic() < deadline, victim.log()
             time.sleep(0.1)
-    finally:
-        # SIGKILL the worker and everything under it (pool process and the script), as the OOM killer would.
-        for process in [*psutil.Process(victim.pid).children(recursive=True), psutil.Process(victim.pid)]:
+        # SIGKILL the worker and everything under it (pool processes and the script), as the OOM killer would.
+        main = psutil.Process(victim.proc.pid)
+        for process in [*main.children(recursive=True), main]:
             process.kill()
-        victim.wait()
+        victim.proc.wait()
     killed_at = time.monotonic()
 
     while reap().failed == 0:
@@ -60,7 +46,7 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
 
     execution.refresh_from_db()
     assert execution.status == ExecutionStatus.FAILED
-    assert execution.status_reason.startswith("failed: worker lost (victim@")
+    assert execution.status_reason.startswith("failed: worker lost (victim-")
     assert list(execution.steps.order_by("position").values_list("status", flat=True)) == [
         StepStatus.FAILED,
         StepStatus.SKIPPED,

@@ -21,9 +21,9 @@ def enqueued():
         yield apply_async
 
 
-def running_execution(heartbeat_age_seconds: int):
+def running_execution(heartbeat_age_seconds: int, **package_fields):
     """An execution claimed by a worker that then went silent, its second step mid-run."""
-    package = make_package(files={"a.py": "", "b.py": "", "c.py": ""})
+    package = make_package(files={"a.py": "", "b.py": "", "c.py": ""}, **package_fields)
     execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
     lease = claim(str(execution.id), "worker@dead-host")
     first, second, third = execution.steps.order_by("position")
@@ -54,6 +54,40 @@ def test_an_execution_whose_worker_stopped_heartbeating_is_failed_as_worker_lost
     with pytest.raises(LeaseLost):
         lease.update_execution(status=ExecutionStatus.COMPLETED)
     assert reap().failed == 0
+
+
+@pytest.mark.django_db(transaction=True)  # the retry is published after commit
+def test_where_the_package_allows_retries_the_interrupted_step_runs_again_a_bounded_number_of_times(enqueued, settings):
+    settings.EXECUTOR_LEASE_SECONDS = 60
+    execution, lease = running_execution(heartbeat_age_seconds=61, retries_after_worker_loss=1)
+    enqueued.reset_mock()  # the first publication, when it was triggered
+
+    report = reap()
+
+    assert (report.retried, report.failed) == (1, 0)
+
+    execution.refresh_from_db()
+    assert (execution.status, execution.retries, execution.worker_name) == (ExecutionStatus.PENDING, 1, "")
+    assert execution.status_reason == "worker lost (worker@dead-host stopped responding); retry 1 of 1"
+    assert list(execution.steps.order_by("position").values_list("status", flat=True)) == [
+        StepStatus.COMPLETED,
+        StepStatus.PENDING,
+        StepStatus.PENDING,
+    ]
+    enqueued.assert_called_once_with(args=[str(execution.id)], queue="default")
+    with pytest.raises(LeaseLost):  # the lost worker is fenced off
+        lease.update_execution(status=ExecutionStatus.COMPLETED)
+
+    # The next worker loses it too: the one retry is used up, so this time it fails.
+    second = claim(str(execution.id), "worker@second-host")
+    second.update_step(execution.steps.get(position=2).id, status=StepStatus.RUNNING)
+    Execution.objects.filter(pk=execution.pk).update(heartbeat_at=timezone.now() - timedelta(seconds=61))
+    assert reap().failed == 1
+    execution.refresh_from_db()
+    assert (execution.status, execution.status_reason) == (
+        ExecutionStatus.FAILED,
+        "failed: worker lost (worker@second-host stopped responding)",
+    )
 
 
 @pytest.mark.django_db

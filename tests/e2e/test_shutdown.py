@@ -1,0 +1,93 @@
+"""SIGTERM (a deploy): the worker finishes its step and hands the rest of the run to another worker."""
+
+import time
+import uuid
+
+import pytest
+
+from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
+from executions.services import trigger_execution, wait_until_finished
+from tests.e2e.conftest import counting_script, run_count, worker_process
+from tests.factories import make_package
+from workers.tasks import run_execution
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+
+
+def start_on_leaving_worker(package, leaving, monkeypatch) -> Execution:
+    """Run the package on the `leaving` worker only (its own queue), and wait until its first step runs."""
+    with monkeypatch.context() as patch:
+        patch.setattr("executions.services.enqueue", lambda execution: None)
+        execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    run_execution.apply_async(args=[str(execution.id)], queue=leaving.queue)
+    deadline = time.monotonic() + 30
+    while not execution.steps.filter(position=1, status=StepStatus.RUNNING).exists():
+        assert time.monotonic() < deadline, leaving.log()
+        time.sleep(0.05)
+    return execution
+
+
+@pytest.fixture
+def leaving_worker(tmp_path):
+    """A worker on a queue of its own, with a 2 s shutdown grace period; the test SIGTERMs it."""
+    queue = f"leaving-{uuid.uuid4().hex[:8]}"
+    env = {"EXECUTOR_SHUTDOWN_GRACE_SECONDS": "2"}
+    with worker_process(tmp_path / "leaving.log", queues=queue, name="leaving", env=env) as worker:
+        worker.queue = queue
+        yield worker
+
+
+def stop(worker) -> float:
+    """SIGTERM the worker; seconds until it exited."""
+    started = time.monotonic()
+    worker.proc.terminate()
+    assert worker.proc.wait(timeout=30) == 0, worker.log()
+    return time.monotonic() - started
+
+
+def test_the_running_step_finishes_and_the_next_runs_on_another_worker(celery_worker, leaving_worker, monkeypatch):
+    key = f"e2e-runs-{uuid.uuid4().hex}"
+    first = counting_script(key, then="import time; time.sleep(1); print('first done')\n")
+    package = make_package("olga_handover", {"first.py": first, "second.py": "print('second')"}, network_access=True)
+    execution = start_on_leaving_worker(package, leaving_worker, monkeypatch)
+
+    stop(leaving_worker)
+    execution = wait_until_finished(execution, timeout=60)
+
+    assert execution.status == ExecutionStatus.COMPLETED
+    assert execution.worker_name.startswith("e2e-")  # the session's worker finished it
+    assert "handed over to another worker" in leaving_worker.log()
+    first_step, second_step = execution.steps.order_by("position")
+    assert (first_step.status, first_step.stdout) == (StepStatus.COMPLETED, "first done\n")
+    assert (second_step.status, second_step.stdout) == (StepStatus.COMPLETED, "second\n")
+    assert run_count(key) == 1
+
+
+def test_a_step_still_running_after_the_grace_period_fails_saying_why(celery_worker, leaving_worker, monkeypatch):
+    package = make_package("pia_too_long", {"long.py": "import time; time.sleep(120)", "next.py": "print('next')"})
+    execution = start_on_leaving_worker(package, leaving_worker, monkeypatch)
+
+    assert stop(leaving_worker) < 15  # the 2 s grace period, not the script's 120 s
+
+    execution.refresh_from_db()
+    assert execution.status == ExecutionStatus.FAILED
+    assert list(execution.steps.order_by("position").values_list("status", "status_reason")) == [
+        (StepStatus.FAILED, "failed: interrupted, its worker shut down and the step was still running after 2 s"),
+        (StepStatus.SKIPPED, "skipped: earlier step failed"),
+    ]
+
+
+def test_where_the_package_allows_a_retry_the_cut_off_step_runs_again_elsewhere(
+    celery_worker, leaving_worker, monkeypatch
+):
+    key = f"e2e-runs-{uuid.uuid4().hex}"
+    slow = counting_script(key, then="import time; time.sleep(4); print('finished')\n")
+    package = make_package("quinn_retry", {"slow.py": slow}, network_access=True, retries_after_worker_loss=1)
+    execution = start_on_leaving_worker(package, leaving_worker, monkeypatch)
+
+    stop(leaving_worker)
+    execution = wait_until_finished(execution, timeout=60)
+
+    assert (execution.status, execution.retries) == (ExecutionStatus.COMPLETED, 1)
+    assert execution.steps.get().stdout == "finished\n"
+    assert run_count(key) == 2  # cut off once, then run in full
