@@ -30,6 +30,7 @@ def package_form(**overrides) -> dict:
         "allow_manual_triggering": "on",
         "timezone": "UTC",
         "priority": "5",
+        "retries_after_worker_loss": "0",
         "scripts-TOTAL_FORMS": "2",
         "scripts-INITIAL_FORMS": "0",
         "scripts-MIN_NUM_FORMS": "0",
