@@ -61,9 +61,13 @@ def claim(execution_id: str, worker_name: str) -> Lease | None:
     return Lease(str(execution_id), token) if rows == 1 else None
 
 
-class StepWatch:
-    """While a step's process runs: refresh the heartbeat every `heartbeat_seconds`, notice a person's Cancel,
-    and stop the step when this worker is shutting down and the grace period is over (`stop_reason` says which).
+class ExecutionWatch:
+    """While an execution runs: refresh the heartbeat every `heartbeat_seconds`, notice a person's Cancel, and stop
+    the running step when this worker is shutting down and the grace period is over (`stop_reason` says which).
+
+    One per execution, ticked between steps too: its clocks span the steps, so a run of many short steps neither
+    writes a heartbeat nor polls for a Cancel before every one of them (a Cancel still stops within about
+    CANCEL_POLL_SECONDS).
 
     `tick()` is called from the sandbox's waiting loop (about every 0.1 s) in the worker's own thread, so it uses
     the worker's database connection: no extra thread or connection per step. The reaper fails executions whose
@@ -77,7 +81,7 @@ class StepWatch:
         self.stop = threading.Event()
         self.stop_reason = ""  # "cancel" or "shutdown"
         now = time.monotonic()
-        self.next_poll, self.next_beat = now + self.poll_seconds, now + heartbeat_seconds
+        self.next_poll, self.next_beat = now, now + heartbeat_seconds  # the first tick looks for a Cancel
 
     def tick(self) -> None:
         if shutdown.grace_expired():

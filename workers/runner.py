@@ -31,7 +31,7 @@ from .isolation import (
     sandbox_enabled,
     step_uid,
 )
-from .lease import Lease, LeaseLost, StepWatch, claim
+from .lease import ExecutionWatch, Lease, LeaseLost, claim
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, base_environment, create_workspace
 
@@ -45,6 +45,7 @@ class RunContext:
     execution: Execution
     workspace: Workspace
     uid: int | None  # the host uid steps run as (workers/isolation.py)
+    watch: ExecutionWatch
     files: dict[str, bytes]
     env: dict[str, str]
     secrets: dict[str, str]
@@ -79,7 +80,8 @@ def _run_claimed(lease: Lease) -> None:
         env = _environment(workspace, execution, files)
         uid = step_uid() if sandbox_enabled() else None
         give_to_step_uid(workspace.root, uid)
-        context = RunContext(execution, workspace, uid, files, env, secrets)
+        watch = ExecutionWatch(lease, settings.EXECUTOR_HEARTBEAT_SECONDS)
+        context = RunContext(execution, workspace, uid, watch, files, env, secrets)
         handed_over = _run_steps(lease, context, steps)
     if handed_over:
         _hand_over(lease, execution)
@@ -129,7 +131,8 @@ def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) ->
             continue  # it ran on the worker that handed this execution over
         if not skip_reason and shutdown.requested():
             return True
-        if not skip_reason and _cancel_requested(context.execution):
+        context.watch.tick()
+        if not skip_reason and context.watch.stop_reason == "cancel":
             skip_reason = "skipped: execution cancelled"
         if skip_reason:
             lease.update_step(step.id, status=StepStatus.SKIPPED, status_reason=skip_reason)
@@ -145,10 +148,6 @@ def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) ->
     return False
 
 
-def _cancel_requested(execution: Execution) -> bool:
-    return Execution.objects.filter(pk=execution.pk, cancel_requested_at__isnull=False).exists()
-
-
 def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStatus:
     """Run one step and record its outcome."""
     handler = handler_for(kind_for_file_name(step.file_name))
@@ -157,12 +156,11 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         return StepStatus.UNPROCESSED
     started = timezone.now()
     lease.update_step(step.id, status=StepStatus.RUNNING, started_at=started)
-    lease.update_execution()  # heartbeat
     if step.file_name not in context.files:
         return _record_failure(lease, step, started, "failed: the script was removed from the package")
     is_sql = kind_for_file_name(step.file_name) == ScriptKind.SQL
     package = context.execution.package
-    watch = StepWatch(lease, settings.EXECUTOR_HEARTBEAT_SECONDS)
+    watch = context.watch
     run = StepRun(
         file_name=step.file_name,
         package_dir=context.workspace.package_dir,

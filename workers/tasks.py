@@ -4,7 +4,8 @@ import logging
 import uuid
 
 from celery import shared_task
-from celery.signals import worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import task_prerun, worker_process_init, worker_ready, worker_shutting_down
+from django.db import close_old_connections
 
 from executions.services import trigger_scheduled_tick
 
@@ -15,6 +16,12 @@ from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 logger = logging.getLogger(__name__)
 worker_process_init.connect(shutdown.listen_in_pool_process)
 worker_shutting_down.connect(shutdown.tell_pool_processes)
+
+
+@task_prerun.connect
+def reuse_database_connection(**kwargs) -> None:
+    """Connections live across tasks (CELERY_DB_REUSE_MAX); one past CONN_MAX_AGE or broken is replaced here."""
+    close_old_connections()
 
 
 @shared_task(name="executor.run_execution", bind=True, ignore_result=True)
