@@ -7,8 +7,10 @@ and measures on this machine:
   (a) a bare loop of sandboxed `python` spawns of a trivial script (the floor: no executor at all);
   (b) 40 sequential trivial steps through the executor, one worker slot;
   (c) trigger -> first step started latency, p50 / p99 over 100 runs, one worker slot;
-  (d) throughput of one-step executions with 2 worker slots;
-  (e) peak RSS of a worker (main process + pool) and of a web process (gunicorn serving admin pages).
+  (d) throughput of one-step executions with 2 worker slots, against the bare loop (a) and against two bare
+      loops side by side (what 2 slots could at best do on this machine);
+  (e) peak RSS of each worker process (the Celery main process and its pool processes, sampled through
+      (b)-(d)) and of a web process (gunicorn serving requests), plus the worker's total proportional set size.
 
 Targets (issue 4): (b) <= 1.3 x (a); (c) p50 <= 20 ms and p99 <= 60 ms beyond the interpreter spawn;
 (d) >= 85 % of the bare loop; (e) <= 150 MiB each.
@@ -19,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -51,7 +54,9 @@ def main() -> None:
     redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
     bare = bare_loop(40)
     print(f"(a) bare sandboxed spawns: {bare * 1000:.1f} ms each ({1 / bare:.1f}/s)")
-    with worker(concurrency=1) as one_slot:
+    side_by_side = 2 * 40 / parallel_bare_loops(2, 40)
+    print(f"    two bare loops side by side: {side_by_side:.1f} spawns/s = {side_by_side * bare:.2f} x (a)")
+    with worker(concurrency=1) as one_slot, RssSampler(one_slot.pid) as one_slot_rss:
         sequential = forty_steps()
         print(
             f"(b) 40 sequential steps: {sequential * 1000:.0f} ms, {sequential / 40 * 1000:.1f} ms per step"
@@ -62,15 +67,19 @@ def main() -> None:
             f"(c) trigger -> step started: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
             "[target: p50 <= 20 ms, p99 <= 60 ms beyond the spawn]"
         )
-        worker_rss = peak_rss(one_slot.pid)
-    with worker(concurrency=2):
+    with worker(concurrency=2) as two_slots, RssSampler(two_slots.pid) as two_slots_rss:
         rate = throughput(60)
         print(
-            f"(d) 2 slots: {rate:.1f} executions/s = {rate / (2 / bare) * 100:.0f} % of 2 x the bare loop "
-            "[target >= 85 %]"
+            f"(d) 2 slots: {rate:.1f} executions/s = {rate * bare * 100:.0f} % of the bare loop (a), "
+            f"{rate / side_by_side * 100:.0f} % of two bare loops side by side [target >= 85 %]"
         )
     web_rss = web_peak_rss()
-    print(f"(e) peak RSS: worker {worker_rss / 2**20:.0f} MiB, web {web_rss / 2**20:.0f} MiB [target <= 150 MiB]")
+    mib = 2**20
+    print(
+        f"(e) peak RSS: worker processes {max(one_slot_rss.peak_process, two_slots_rss.peak_process) / mib:.0f} MiB"
+        f" (largest one), web {web_rss / mib:.0f} MiB [target <= 150 MiB]; whole 2-slot worker"
+        f" {two_slots_rss.peak_pss / mib:.0f} MiB PSS ({two_slots_rss.peak_rss_sum / mib:.0f} MiB RSS summed)"
+    )
 
 
 def _recreate_database() -> None:
@@ -100,6 +109,48 @@ def bare_loop(count: int) -> float:
             run_process([settings.EXECUTOR_SCRIPT_PYTHON, "noop.py"], cwd=tmp, env={"PATH": "/usr/bin:/bin"},
                         timeout_seconds=30, output_cap_bytes=1024, isolation=isolation)  # fmt: skip
         return (time.perf_counter() - started) / count
+
+
+def parallel_bare_loops(loops: int, count: int) -> float:
+    """Seconds for `loops` bare loops of `count` spawns each, run side by side."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(loops) as pool:
+        list(pool.map(bare_loop, [count] * loops))
+    return time.perf_counter() - started
+
+
+class RssSampler(threading.Thread):
+    """Samples a process tree every 50 ms: the largest RSS of one process, and the peak of the tree's PSS (shared
+    pages split between the processes sharing them) and RSS summed (shared pages counted in each)."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.done = pid, threading.Event()
+        self.peak_process = self.peak_pss = self.peak_rss_sum = 0
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.join()
+
+    def run(self) -> None:
+        import psutil
+
+        root = psutil.Process(self.pid)
+        while not self.done.wait(0.05):
+            try:
+                tree = [root, *root.children()]  # the main process and its pool, not the steps' sandboxes
+                infos = [process.memory_full_info() for process in tree]
+            except psutil.Error:
+                continue
+            self.peak_process = max(self.peak_process, *(info.rss for info in infos))
+            self.peak_pss = max(self.peak_pss, sum(info.pss for info in infos))
+            self.peak_rss_sum = max(self.peak_rss_sum, sum(info.rss for info in infos))
 
 
 class worker:
@@ -162,13 +213,6 @@ def throughput(count: int) -> float:
     while Execution.objects.filter(pk__in=ids, finished_at__isnull=True).exists():
         time.sleep(0.01)
     return count / (time.perf_counter() - started)
-
-
-def peak_rss(pid: int) -> int:
-    import psutil
-
-    root = psutil.Process(pid)
-    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)] if p.is_running())
 
 
 def web_peak_rss() -> int:
