@@ -1,3 +1,7 @@
+import os
+from urllib.parse import urlsplit
+
+import psycopg2
 import pytest
 
 from tests.factories import make_package, seed_files
@@ -15,3 +19,21 @@ def plain_static_files(settings):
         **settings.STORAGES,
         "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
     }
+
+
+@pytest.fixture(scope="session")
+def sql_database_url():
+    """A PostgreSQL database of its own for SQL steps to run against (never the executor's)."""
+    name = "executor_sql_steps_test"
+    server = urlsplit(os.environ["DATABASE_URL"])
+    admin = psycopg2.connect(server._replace(path="/postgres").geturl())
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        cursor.execute(f"CREATE DATABASE {name}")
+    try:
+        yield server._replace(path=f"/{name}").geturl()
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()

@@ -1,6 +1,5 @@
 """SQL steps against a real PostgreSQL database created for these tests (not the executor's own)."""
 
-import os
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -13,24 +12,6 @@ from tests.factories import make_package
 from workers import runner
 
 pytestmark = pytest.mark.django_db
-SQL_DB = "executor_sql_steps_test"
-
-
-@pytest.fixture(scope="module")
-def sql_database_url():
-    server = urlsplit(os.environ["DATABASE_URL"])
-    admin = psycopg2.connect(server._replace(path="/postgres").geturl())
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute(f"DROP DATABASE IF EXISTS {SQL_DB}")
-        cursor.execute(f"CREATE DATABASE {SQL_DB}")
-    url = server._replace(path=f"/{SQL_DB}").geturl()
-    try:
-        yield url
-    finally:
-        with admin.cursor() as cursor:
-            cursor.execute(f"DROP DATABASE IF EXISTS {SQL_DB} WITH (FORCE)")
-        admin.close()
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +91,7 @@ def test_a_package_secret_can_point_sql_steps_at_a_database(sql_database_url, se
     runner.run_execution(str(execution.id), worker_name="test-worker")
     step = execution.steps.get()
     assert step.status == StepStatus.COMPLETED, step.stderr
-    assert step.stdout == f"affected rows: 1\ncurrent_database\n{SQL_DB}\n"
+    assert step.stdout == f"affected rows: 1\ncurrent_database\n{urlsplit(sql_database_url).path[1:]}\n"
 
 
 def test_without_a_database_the_step_fails_with_a_clear_reason(settings):
