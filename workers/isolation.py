@@ -2,7 +2,7 @@
 
 Inside the sandbox a step sees: a read-only /usr (and the /lib, /bin links), a handful of /etc files (TLS
 certificates, name resolution, time zone, passwd/group), the script runtime (read-only), its own execution's
-directory (read-write: package copy, HOME, TMPDIR), a private size-capped /tmp, its own PID/IPC/UTS/user
+directory (read-write: package copy, HOME, TMPDIR), a private size-capped /tmp, its own PID/IPC/UTS
 namespaces and, unless the package allows network access, its own empty network namespace. Capabilities are
 dropped. On a root worker it runs as an unprivileged host uid of its own worker slot (EXECUTOR_STEP_UID_BASE +
 the slot's index), which owns its execution's directory; on an unprivileged worker, as nobody in a user
