@@ -7,7 +7,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html
 
-from .models import Execution, ExecutionStep, StepStatus
+from .models import ApiKey, Execution, ExecutionStep, StepStatus
 from .services import NothingToCancel, request_cancel
 
 _PROCESSED = ~Q(steps__status__in=[StepStatus.PENDING, StepStatus.RUNNING])
@@ -152,3 +152,42 @@ class ExecutionAdmin(admin.ModelAdmin):
             "title": f"Results of {step.file_name}",
         }
         return TemplateResponse(request, "admin/executions/execution/step_results.html", context)
+
+
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """Keys are issued here (shown once, on the page right after Save) and revoked, never shown again."""
+
+    list_display = ["name", "hint", "state", "created_by", "created_at", "last_used_at"]
+    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    search_fields = ["name", "hint"]
+    list_select_related = ["created_by"]
+    actions = ["revoke"]
+
+    def get_fields(self, request, obj=None):
+        return ["name"] if obj is None else ["name", "hint", "state", "created_by", "created_at", "last_used_at"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return [] if obj is None else ["hint", "state", "created_by", "created_at", "last_used_at"]
+
+    @admin.display(description="state", ordering="revoked_at")
+    def state(self, api_key: ApiKey) -> str:
+        return "active" if api_key.is_active else f"revoked {api_key.revoked_at:%Y-%m-%d %H:%M}"
+
+    def save_model(self, request, obj, form, change):
+        if not change:
+            obj.created_by = request.user
+            request._issued_api_key = obj.set_new_key()
+        super().save_model(request, obj, form, change)
+
+    def response_add(self, request, obj, post_url_continue=None):
+        """The key itself, once: rendered into this response only (not a message kept in a cookie or session)."""
+        context = {**self.admin_site.each_context(request), "api_key": obj, "key": request._issued_api_key,
+                   "opts": self.opts, "title": "API key issued"}  # fmt: skip
+        return TemplateResponse(request, "admin/executions/apikey/issued.html", context)
+
+    @admin.action(description="Revoke selected API keys")
+    def revoke(self, request, queryset):
+        for api_key in queryset.filter(revoked_at__isnull=True):
+            api_key.revoke()
+        self.message_user(request, "Revoked: requests with these keys are refused from now on.", messages.SUCCESS)

@@ -1,9 +1,12 @@
 """Executions (runs of a package) and their steps (one per script). PostgreSQL is the ledger of both."""
 
+import hashlib
+import secrets
 import uuid
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from packages.models import Package, Script
 
@@ -136,3 +139,62 @@ class ExecutionStep(models.Model):
     def stdout_lines(self) -> list[tuple[str, str]]:
         """FX numbers output lines: [("stdout_1", "first line"), ...]."""
         return [(f"stdout_{n}", line) for n, line in enumerate(self.stdout.splitlines(), start=1)]
+
+
+class ApiKey(models.Model):
+    """A key for the HTTP API (`X-API-KEY` header). Only its SHA-256 is stored: the key itself is shown once, when
+    it is issued. Keys are random (256 bits), so a fast hash is enough; a lookup by hash finds the key."""
+
+    PREFIX = "exk_"
+
+    name = models.CharField(max_length=100, help_text="Who or what uses this key, e.g. the system sending events.")
+    key_hash = models.CharField(max_length=64, unique=True, editable=False)
+    hint = models.CharField(max_length=12, editable=False, help_text="The start of the key, to recognise it.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
+    revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.hint}…)"
+
+    @property
+    def is_active(self) -> bool:
+        return self.revoked_at is None
+
+    @staticmethod
+    def hash(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()
+
+    def set_new_key(self) -> str:
+        """Give this (unsaved) row a new random key; returns the key itself, which nothing keeps."""
+        key = self.PREFIX + secrets.token_urlsafe(32)
+        self.key_hash, self.hint = self.hash(key), key[:12]
+        return key
+
+    @classmethod
+    def issue(cls, name: str, user=None) -> tuple["ApiKey", str]:
+        api_key = cls(name=name, created_by=user)
+        key = api_key.set_new_key()
+        api_key.save()
+        return api_key, key
+
+    @classmethod
+    def authenticate(cls, key: str) -> "ApiKey | None":
+        """The active key matching `key` (its last use recorded), or None for an unknown or revoked one."""
+        api_key = cls.objects.filter(key_hash=cls.hash(key), revoked_at__isnull=True).first()
+        if api_key is not None:
+            api_key.last_used_at = timezone.now()
+            cls.objects.filter(pk=api_key.pk).update(last_used_at=api_key.last_used_at)
+        return api_key
+
+    def revoke(self) -> None:
+        if self.revoked_at is None:
+            self.revoked_at = timezone.now()
+            ApiKey.objects.filter(pk=self.pk).update(revoked_at=self.revoked_at)
