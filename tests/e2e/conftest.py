@@ -15,13 +15,17 @@ import redis
 from django.conf import settings
 from django.db import connection
 
+from executions.models import Execution, TriggerType
+from executions.services import trigger_execution
+from workers.tasks import run_execution
+
 BASE_DIR = Path(settings.BASE_DIR)
 LANES = "priority,default,slow,scheduled,maintenance"
 
 
 class WorkerProcess:
-    def __init__(self, log_path: Path, proc: subprocess.Popen):
-        self.log_path, self.proc = log_path, proc
+    def __init__(self, log_path: Path, proc: subprocess.Popen, queues: str):
+        self.log_path, self.proc, self.queues = log_path, proc, queues
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -45,8 +49,7 @@ def database_url_for_tests() -> str:
 @contextlib.contextmanager
 def worker_process(log_path: Path, *, queues: str = LANES, name: str = "e2e", env: dict[str, str] | None = None):
     """A `celery worker` (2 slots) against the test database, stopped with SIGTERM (then SIGKILL) at the end."""
-    with connection.cursor():  # database_url_for_tests needs the test database's settings
-        database_url = database_url_for_tests()
+    database_url = database_url_for_tests()
     argv = [
         sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
         "--queues", queues, "--concurrency", "2", "--hostname", f"{name}-{uuid.uuid4().hex[:8]}@%h",
@@ -57,7 +60,7 @@ def worker_process(log_path: Path, *, queues: str = LANES, name: str = "e2e", en
             argv, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, **(env or {})}, stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
-    worker = WorkerProcess(log_path, proc)
+    worker = WorkerProcess(log_path, proc, queues)
     try:
         worker.wait_for_log(" ready.")
         yield worker
@@ -76,6 +79,15 @@ def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # no messages left over from an earlier run
     with django_db_blocker.unblock(), worker_process(tmp_path_factory.mktemp("worker") / "worker.log") as worker:
         yield worker
+
+
+def start_on(worker: WorkerProcess, package, monkeypatch, **params) -> Execution:
+    """Trigger a manual run of `package` for this worker alone: published to its own queue, not the lane's."""
+    with monkeypatch.context() as patch:
+        patch.setattr("executions.services.enqueue", lambda execution: None)
+        execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params=params)
+    run_execution.apply_async(args=[str(execution.id)], queue=worker.queues)
+    return execution
 
 
 def counting_script(key: str, then: str = "") -> str:

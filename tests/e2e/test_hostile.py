@@ -12,11 +12,10 @@ import psutil
 import pytest
 from django.conf import settings
 
-from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
-from tests.e2e.conftest import worker_process
+from executions.models import Execution, ExecutionStatus, StepStatus
+from executions.services import request_cancel, wait_until_finished
+from tests.e2e.conftest import start_on, worker_process
 from tests.factories import make_package
-from workers.tasks import run_execution
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 LIMITS = {"EXECUTOR_STEP_MEMORY_MB": "256", "EXECUTOR_STEP_CPU_SECONDS": "2", "EXECUTOR_STEP_PROCESSES": "64"}
@@ -27,7 +26,6 @@ def hostile_worker(django_db_setup, django_db_blocker, tmp_path_factory):
     queue = f"hostile-{uuid.uuid4().hex[:8]}"
     log_path = tmp_path_factory.mktemp("hostile") / "worker.log"
     with django_db_blocker.unblock(), worker_process(log_path, queues=queue, name="hostile", env=LIMITS) as worker:
-        worker.queue = queue
         yield worker
 
 
@@ -41,16 +39,8 @@ def worker_still_healthy(hostile_worker, monkeypatch):
     assert (after.status, after.steps.get().stdout) == (ExecutionStatus.COMPLETED, "fine\n")
 
 
-def start(package, worker, monkeypatch, **params) -> Execution:
-    with monkeypatch.context() as patch:
-        patch.setattr("executions.services.enqueue", lambda execution: None)
-        execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params=params)
-    run_execution.apply_async(args=[str(execution.id)], queue=worker.queue)
-    return execution
-
-
 def run(package, worker, monkeypatch, **params) -> Execution:
-    return wait_until_finished(start(package, worker, monkeypatch, **params), timeout=60)
+    return wait_until_finished(start_on(worker, package, monkeypatch, **params), timeout=60)
 
 
 def run_script(code: str, worker, monkeypatch, **package_fields):
@@ -118,9 +108,11 @@ print(json.dumps(found))
 """
 
 
-def test_the_worker_s_environment_settings_password_and_other_runs_are_out_of_reach(hostile_worker, monkeypatch):
+def test_the_worker_s_environment_settings_password_and_other_runs_are_out_of_reach(
+    hostile_worker, monkeypatch, admin_user
+):
     neighbour = make_package("neighbour", {"wait.py": "import time; time.sleep(30)"})
-    other = start(neighbour, hostile_worker, monkeypatch)  # runs in the worker's other slot meanwhile
+    other = start_on(hostile_worker, neighbour, monkeypatch)  # runs in the worker's other slot meanwhile
     deadline = time.monotonic() + 30
     while not (workspaces := list(Path(settings.EXECUTOR_WORK_DIR or "/tmp").glob(f"executor-{other.short_id}-*"))):
         assert time.monotonic() < deadline
@@ -139,8 +131,8 @@ def test_the_worker_s_environment_settings_password_and_other_runs_are_out_of_re
     assert found["readable"] == []
     assert len(found["executions_visible"]) == 1  # its own directory only
     assert found["executions_visible"][0].startswith(f"/tmp/executor-{execution.short_id}-")
-    Execution.objects.filter(pk=other.pk).update(cancel_requested_at=execution.created_at)
-    wait_until_finished(other, timeout=30)
+    request_cancel(other, admin_user)
+    assert wait_until_finished(other, timeout=30).status == ExecutionStatus.CANCELLED
 
 
 def test_the_network_is_unreachable_when_the_package_does_not_allow_it(hostile_worker, monkeypatch):

@@ -5,21 +5,17 @@ import uuid
 
 import pytest
 
-from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
-from tests.e2e.conftest import counting_script, run_count, worker_process
+from executions.models import Execution, ExecutionStatus, StepStatus
+from executions.services import wait_until_finished
+from tests.e2e.conftest import counting_script, run_count, start_on, worker_process
 from tests.factories import make_package
-from workers.tasks import run_execution
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
 def start_on_leaving_worker(package, leaving, monkeypatch) -> Execution:
     """Run the package on the `leaving` worker only (its own queue), and wait until its first step runs."""
-    with monkeypatch.context() as patch:
-        patch.setattr("executions.services.enqueue", lambda execution: None)
-        execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
-    run_execution.apply_async(args=[str(execution.id)], queue=leaving.queue)
+    execution = start_on(leaving, package, monkeypatch)
     deadline = time.monotonic() + 30
     while not execution.steps.filter(position=1, status=StepStatus.RUNNING).exists():
         assert time.monotonic() < deadline, leaving.log()
@@ -33,7 +29,6 @@ def leaving_worker(tmp_path):
     queue = f"leaving-{uuid.uuid4().hex[:8]}"
     env = {"EXECUTOR_SHUTDOWN_GRACE_SECONDS": "2"}
     with worker_process(tmp_path / "leaving.log", queues=queue, name="leaving", env=env) as worker:
-        worker.queue = queue
         yield worker
 
 

@@ -6,9 +6,8 @@ import uuid
 import psutil
 import pytest
 
-from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution
-from tests.e2e.conftest import counting_script, run_count, worker_process
+from executions.models import Execution, ExecutionStatus, StepStatus
+from tests.e2e.conftest import counting_script, run_count, start_on, worker_process
 from tests.factories import make_package
 from workers.reaper import reap
 from workers.tasks import run_execution
@@ -23,12 +22,10 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
     key = f"e2e-runs-{uuid.uuid4().hex}"
     script = counting_script(key, then="import time; time.sleep(60)\n")
     package = make_package("henry_long", {"long.py": script, "after.py": "print('after')"}, network_access=True)
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
-    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
     # A worker on its own queue, heartbeating every second with a 5 s lease.
     lease = {"EXECUTOR_HEARTBEAT_SECONDS": "1", "EXECUTOR_LEASE_SECONDS": "5"}
     with worker_process(tmp_path / "victim.log", queues="victim", name="victim", env=lease) as victim:
-        run_execution.apply_async(args=[str(execution.id)], queue="victim")
+        execution = start_on(victim, package, monkeypatch)
         deadline = time.monotonic() + 30
         while run_count(key) == 0:
             assert time.monotonic() < deadline, victim.log()
