@@ -48,6 +48,45 @@ class StepStatus(models.TextChoices):
     CANCELLED = "cancelled", "Cancelled"
 
 
+class TriggerEventStatus(models.TextChoices):
+    STARTED = "started", "Started executions"
+    NO_SUBSCRIBERS = "no_subscribers", "No subscribers"
+    STOPPED = "stopped", "Stopped by a guard"
+
+
+class TriggerEvent(models.Model):
+    """Every event the executor received or emitted (CloudEvents 1.0), and what it started.
+
+    (source, event_id) is unique, as CloudEvents defines an event's identity: the same event delivered twice
+    is recorded once and starts nothing the second time.
+    """
+
+    event_id = models.CharField("id", max_length=255)
+    source = models.CharField(max_length=255)
+    type = models.CharField(max_length=255, db_index=True)
+    time = models.DateTimeField(null=True, blank=True, help_text="When the sender says it happened.")
+    datacontenttype = models.CharField(max_length=100, blank=True)
+    subject = models.CharField(max_length=255, blank=True)
+    data = models.JSONField(default=dict, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    # Who sent it: an API client, an execution (a script or its lifecycle), or nobody known.
+    api_key = models.ForeignKey("ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="events")
+    parent_execution = models.ForeignKey(
+        "Execution", null=True, blank=True, on_delete=models.SET_NULL, related_name="emitted_events"
+    )
+    correlation_id = models.CharField(max_length=64, db_index=True)
+    chain_depth = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=TriggerEventStatus)
+    status_reason = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-received_at"]
+        constraints = [models.UniqueConstraint(fields=["source", "event_id"], name="event_unique_per_source")]
+
+    def __str__(self) -> str:
+        return f"{self.type} · {self.event_id[:12]}"
+
+
 class Execution(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     package = models.ForeignKey(Package, on_delete=models.PROTECT, related_name="executions")
@@ -56,6 +95,14 @@ class Execution(models.Model):
     trigger_type = models.CharField(max_length=20, choices=TriggerType)
     params = models.JSONField(default=dict, blank=True, help_text="Parameters merged into the scripts' argv[1].")
     correlation_id = models.CharField(max_length=64, db_index=True, help_text="FX _fxcid: shared along a chain.")
+    trigger_event = models.ForeignKey(
+        TriggerEvent, null=True, blank=True, on_delete=models.SET_NULL, related_name="executions"
+    )
+    # The execution whose event started this one (FX _fxparentexec); chain_depth counts the links to the root.
+    parent_execution = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="child_executions"
+    )
+    chain_depth = models.PositiveSmallIntegerField(default=0)
     # Set for triggers that can repeat (schedule tick, event delivery): a second delivery finds the row.
     idempotency_key = models.CharField(max_length=200, null=True, blank=True, unique=True, editable=False)
     created_by = models.ForeignKey(

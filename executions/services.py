@@ -32,11 +32,13 @@ def trigger_execution(
     user=None,
     correlation_id: str | None = None,
     idempotency_key: str | None = None,
+    trigger_event=None,
 ) -> Execution:
     """Create a pending execution of `package` with one pending step per script, and enqueue it on commit.
 
     With an `idempotency_key`, a repeated trigger (a redelivered tick, the same event twice) returns the
     execution the first one created and enqueues nothing. Raises TriggerRefused for a run that is not allowed.
+    An execution started by a `trigger_event` (executions/events.py) is a child of the execution that sent it.
     """
     _check_allowed(package, trigger_type)
     if params is not None and not isinstance(params, dict):
@@ -47,7 +49,17 @@ def trigger_execution(
             return existing
     try:
         with transaction.atomic():
-            execution = _create(package, trigger_type, params or {}, user, correlation_id, idempotency_key)
+            execution = _create(
+                package,
+                trigger_type=trigger_type,
+                params=params or {},
+                created_by=user,
+                correlation_id=correlation_id or uuid.uuid4().hex,
+                idempotency_key=idempotency_key,
+                trigger_event=trigger_event,
+                parent_execution=trigger_event.parent_execution if trigger_event else None,
+                chain_depth=trigger_event.chain_depth if trigger_event else 0,
+            )
     except IntegrityError:
         # Lost a race with an identical trigger: the other one's execution stands.
         if idempotency_key:
@@ -111,7 +123,7 @@ def _check_allowed(package: Package, trigger_type: TriggerType) -> None:
         raise TriggerRefused(f"Package {package.name!r} does not allow manual triggering.")
 
 
-def _create(package, trigger_type, params, user, correlation_id, idempotency_key) -> Execution:
+def _create(package: Package, **fields) -> Execution:
     scripts = package.scripts.order_by("position", "file_name").only("id", "file_name", "position")
     if package.entrypoint:  # only the entrypoint runs; the other files are shipped with it
         scripts = scripts.filter(file_name=package.entrypoint)
@@ -119,14 +131,7 @@ def _create(package, trigger_type, params, user, correlation_id, idempotency_key
     if not scripts:
         missing = f"its entrypoint {package.entrypoint!r}" if package.entrypoint else "scripts to run"
         raise TriggerRefused(f"Package {package.name!r} has no {missing}.")
-    execution = Execution.objects.create(
-        package=package,
-        trigger_type=trigger_type,
-        params=params,
-        created_by=user,
-        correlation_id=correlation_id or uuid.uuid4().hex,
-        idempotency_key=idempotency_key,
-    )
+    execution = Execution.objects.create(package=package, **fields)
     ExecutionStep.objects.bulk_create(
         ExecutionStep(execution=execution, position=index, script=script, file_name=script.file_name)
         for index, script in enumerate(scripts, start=1)

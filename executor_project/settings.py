@@ -37,6 +37,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "ninja",
     "packages",
     "executions",
     "workers",
@@ -152,6 +153,14 @@ EXECUTOR_STEP_TMP_MB = env_int("EXECUTOR_STEP_TMP_MB", 256, minimum=1)
 EXECUTOR_SQL_DATABASE_URL = env_str("EXECUTOR_SQL_DATABASE_URL", "")
 EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS = env_int("EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS", 300, minimum=1)
 EXECUTOR_SQL_MAX_ROWS = env_int("EXECUTOR_SQL_MAX_ROWS", 50, minimum=1, maximum=10_000)
+
+# --- Events (executions/events.py, executions/api.py) ----------------------------------------------------------
+# Largest event body the API accepts, in bytes; a bigger one is refused with 413 and nothing is stored.
+EXECUTOR_EVENT_MAX_BYTES = env_int("EXECUTOR_EVENT_MAX_BYTES", 256 * 1024, minimum=1024)
+# An event whose chain is deeper than this (links from the first execution) starts nothing: it stops a loop.
+EXECUTOR_EVENT_MAX_CHAIN_DEPTH = env_int("EXECUTOR_EVENT_MAX_CHAIN_DEPTH", 20, minimum=1)
+# An event that would start more executions than this starts none (a subscription mistake, not a workload).
+EXECUTOR_EVENT_MAX_FAN_OUT = env_int("EXECUTOR_EVENT_MAX_FAN_OUT", 100, minimum=1)
 
 # --- Celery (see ../shared/RELIABILITY.md for why each of these) --------------------------------------------
 # Unset: the embedded Redis that `make run` starts on a socket in the data directory (bin/devstack.py).

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db.models import F
 from django.utils import timezone
 
+from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
 from packages.encryption import EncryptionError
@@ -46,6 +47,7 @@ class RunContext:
     workspace: Workspace
     uid: int | None  # the host uid steps run as (workers/isolation.py)
     watch: ExecutionWatch
+    lifecycle: Lifecycle
     files: dict[str, bytes]
     env: dict[str, str]
     secrets: dict[str, str]
@@ -70,9 +72,12 @@ def run_execution(execution_id: str, worker_name: str) -> None:
 
 
 def _run_claimed(lease: Lease) -> None:
-    execution = Execution.objects.select_related("package").get(pk=lease.execution_id)
+    execution = Execution.objects.select_related("package", "trigger_event").get(pk=lease.execution_id)
     package = execution.package
     steps = list(execution.steps.order_by("position"))
+    lifecycle = Lifecycle(execution)
+    if all(step.status == StepStatus.PENDING for step in steps):  # not a run handed over half-way
+        lifecycle.started()
     files = {script.file_name: bytes(script.content) for script in package.scripts.all()}
     secrets = secrets_for(package)
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
@@ -81,12 +86,12 @@ def _run_claimed(lease: Lease) -> None:
         uid = step_uid() if sandbox_enabled() else None
         give_to_step_uid(workspace.root, uid)
         watch = ExecutionWatch(lease, settings.EXECUTOR_HEARTBEAT_SECONDS)
-        context = RunContext(execution, workspace, uid, watch, files, env, secrets)
+        context = RunContext(execution, workspace, uid, watch, lifecycle, files, env, secrets)
         handed_over = _run_steps(lease, context, steps)
     if handed_over:
         _hand_over(lease, execution)
     else:
-        _finish(lease, execution, steps)
+        lifecycle.finished(_finish(lease, execution, steps))
 
 
 def _hand_over(lease: Lease, execution: Execution) -> None:
@@ -103,22 +108,22 @@ def _hand_over(lease: Lease, execution: Execution) -> None:
     logger.warning("execution %s handed over to another worker: this one is shutting down", execution.id)
 
 
-def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep]) -> None:
+def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep]) -> ExecutionStatus:
     """Close the execution from its steps' final statuses (set on the step objects by _run_steps)."""
     failed = [step for step in steps if step.status == StepStatus.FAILED]
     now = timezone.now()
     execution.refresh_from_db(fields=["cancel_requested_at", "cancel_requested_by"])
     if execution.cancel_requested_at:
-        lease.update_execution(
-            status=ExecutionStatus.CANCELLED, status_reason=execution.cancelled_reason, finished_at=now
-        )
+        status, reason = ExecutionStatus.CANCELLED, execution.cancelled_reason
     elif failed:
         names = ", ".join(f"{step.position} ({step.file_name})" for step in failed)
+        status = ExecutionStatus.FAILED
         reason = f"failed: step {names} failed" if len(failed) == 1 else f"failed: steps {names} failed"
-        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now)
     else:
-        lease.update_execution(status=ExecutionStatus.COMPLETED, finished_at=now)
+        status, reason = ExecutionStatus.COMPLETED, ""
+    lease.update_execution(status=status, status_reason=reason, finished_at=now)
     logger.info("execution %s finished", execution.id)
+    return status
 
 
 def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) -> bool:
@@ -141,6 +146,7 @@ def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) ->
             step.status = _run_step(lease, context, step)
             if step.status == StepStatus.PENDING:
                 return True  # cut off by the shutdown, to run again on another worker
+            context.lifecycle.script_processed(step)
             if step.status == StepStatus.CANCELLED:
                 skip_reason = "skipped: execution cancelled"
             elif step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure:
@@ -299,8 +305,7 @@ def _record_failure(lease: Lease, step: ExecutionStep, started, reason: str) -> 
 def _payload(execution: Execution, secrets: dict[str, str]) -> dict:
     """argv[1]: the run's parameters at the top level, then the platform's keys, which a parameter cannot spoof."""
     package = execution.package
-    return {
-        **execution.params,
+    platform = {
         "package_name": package.package_name,
         "package_id": str(package.id),
         "execution_id": str(execution.id),
@@ -309,6 +314,9 @@ def _payload(execution: Execution, secrets: dict[str, str]) -> dict:
         "trigger_type": execution.trigger_type,
         "secrets": secrets,
     }
+    if execution.trigger_event:
+        platform["origin_event_type"] = execution.trigger_event.type
+    return {**execution.params, **platform}
 
 
 def _environment(workspace: Workspace, execution: Execution, files: dict[str, bytes]) -> dict[str, str]:

@@ -1,0 +1,199 @@
+"""The HTTP API, FX Event Bridge compatible: POST /fx/events, GET /fx/executions/<id>, GET /fx/cid/<cid>.
+
+Authentication: an `X-API-KEY` header holding a key from the admin (API keys) or `manage.py create_api_key`.
+The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Errors answer `{"detail": "..."}`
+with a 4xx status and a message saying what is wrong.
+"""
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.db.models import Prefetch
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import HttpError
+from ninja.security import APIKeyHeader
+
+from . import event_input
+from .events import EventRejected, dispatch
+from .models import ApiKey, Execution, ExecutionStep
+
+
+class ApiKeyAuth(APIKeyHeader):
+    param_name = "X-API-KEY"
+
+    def authenticate(self, request, key: str | None) -> ApiKey:
+        if not key:
+            raise HttpError(401, "Missing X-API-KEY header: issue a key in the admin (API keys) or with "
+                                 "`manage.py create_api_key NAME`.")  # fmt: skip
+        api_key = ApiKey.authenticate(key)
+        if api_key is None:
+            raise HttpError(401, "Unknown or revoked API key.")
+        return api_key
+
+
+class ExecutorAPI(NinjaAPI):
+    def get_openapi_schema(self, *args, **kwargs):
+        """Add the two event shapes POST /events reads by hand (to word its own errors) to the components."""
+        schema = super().get_openapi_schema(*args, **kwargs)
+        components = schema["components"].setdefault("schemas", {})
+        for model in (event_input.BridgeEvent, event_input.CloudEventIn):
+            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+            components.update(model_schema.pop("$defs", {}))
+            components[model.__name__] = model_schema
+        return schema
+
+
+api = ExecutorAPI(
+    title="Executor API",
+    version="1",
+    description=__doc__,
+    auth=ApiKeyAuth(),
+    urls_namespace="fx",
+)
+
+
+class Error(Schema):
+    detail: str
+
+
+class EventAccepted(Schema):
+    cid: str
+    eventType: str
+    eventId: str
+    executions: list[uuid.UUID]
+    status: str
+    statusReason: str
+    duplicate: bool
+
+
+class StepOut(Schema):
+    position: int
+    script: str
+    status: str
+    status_reason: str
+    exit_code: int | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    execution_time: int | None
+
+
+class ExecutionOut(Schema):
+    execution_id: uuid.UUID
+    service: str
+    package_id: int
+    status: str
+    status_reason: str
+    trigger_type: str
+    origin_event_type: str | None
+    data: dict[str, Any]
+    datetime: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    execution_time: int | None
+    cid: str
+    parent_execution_id: uuid.UUID | None
+    chain_depth: int
+    steps: list[StepOut]
+
+
+class Chain(Schema):
+    cid: str
+    executions: list[ExecutionOut]
+
+
+EVENT_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        event_input.JSON: {"schema": {"oneOf": [{"$ref": "#/components/schemas/BridgeEvent"},
+                                                 {"$ref": "#/components/schemas/CloudEventIn"}]}},  # fmt: skip
+        event_input.CLOUDEVENTS_JSON: {"schema": {"$ref": "#/components/schemas/CloudEventIn"}},
+    },
+}
+
+
+@api.post(
+    "/events",
+    response={200: EventAccepted, 202: EventAccepted, 400: Error, 401: Error, 404: Error, 413: Error, 415: Error},
+    openapi_extra={"requestBody": EVENT_REQUEST_BODY},
+    summary="Send an event",
+)
+def post_event(request):
+    """Store the event and start one execution of every active package subscribed to its type (or, for
+    `ferris_executor.run_execution.triggered_run` naming a package, that package). 202 with what it started;
+    200 if this (source, id) was received before: the first delivery's outcome, nothing started again."""
+    limit = settings.EXECUTOR_EVENT_MAX_BYTES
+    if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+        raise HttpError(413, f"The event is larger than {limit} bytes (EXECUTOR_EVENT_MAX_BYTES).")
+    try:
+        outcome = dispatch(event_input.parse(request.headers, request.body), api_key=request.auth)
+    except EventRejected as exc:
+        raise HttpError(exc.status, str(exc)) from None
+    event = outcome.event
+    return Status(200 if outcome.duplicate else 202, {
+        "cid": event.correlation_id,
+        "eventType": event.type,
+        "eventId": event.event_id,
+        "executions": [execution.id for execution in outcome.executions],
+        "status": event.status,
+        "statusReason": event.status_reason,
+        "duplicate": outcome.duplicate,
+    })
+
+
+@api.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 404: Error},
+         summary="An execution with its steps")  # fmt: skip
+def get_execution(request, execution_id: str):
+    try:
+        execution = _executions().get(pk=uuid.UUID(execution_id))
+    except (ValueError, Execution.DoesNotExist):
+        raise HttpError(404, f"No execution {execution_id}.") from None
+    return _execution_out(execution)
+
+
+@api.get("/cid/{cid}", response={200: Chain, 401: Error, 404: Error}, summary="A chain: its executions in time order")
+def get_chain(request, cid: str):
+    executions = list(_executions().filter(correlation_id=cid).order_by("created_at"))
+    if not executions:
+        raise HttpError(404, f"No execution with correlation id {cid}.")
+    return {"cid": cid, "executions": [_execution_out(execution) for execution in executions]}
+
+
+def _executions():
+    steps = Prefetch("steps", queryset=ExecutionStep.objects.defer("stdout", "stderr"))  # output can be MiBs
+    return Execution.objects.select_related("package", "trigger_event").prefetch_related(steps)
+
+
+def _execution_out(execution: Execution) -> dict:
+    return {
+        "execution_id": execution.id,
+        "service": execution.package.package_name,
+        "package_id": execution.package_id,
+        "status": execution.status,
+        "status_reason": execution.status_reason,
+        "trigger_type": execution.trigger_type,
+        "origin_event_type": execution.trigger_event.type if execution.trigger_event else None,
+        "data": execution.params,
+        "datetime": execution.created_at,
+        "started_at": execution.started_at,
+        "finished_at": execution.finished_at,
+        "execution_time": execution.duration_ms,
+        "cid": execution.correlation_id,
+        "parent_execution_id": execution.parent_execution_id,
+        "chain_depth": execution.chain_depth,
+        "steps": [_step_out(step) for step in sorted(execution.steps.all(), key=lambda step: step.position)],
+    }
+
+
+def _step_out(step: ExecutionStep) -> dict:
+    return {
+        "position": step.position,
+        "script": step.file_name,
+        "status": step.status,
+        "status_reason": step.status_reason,
+        "exit_code": step.exit_code,
+        "started_at": step.started_at,
+        "finished_at": step.finished_at,
+        "execution_time": step.duration_ms,
+    }

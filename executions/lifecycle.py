@@ -1,0 +1,69 @@
+"""Lifecycle events: what an execution emits as it runs (FX's names), so packages can react to other packages.
+
+processing_started (a worker began it), script_processed (after each step, with the step's status) and
+execution_finished (with the final status). Each event carries the execution's `_fxcid` and `_fxparentexec`,
+so what it starts joins the chain one level deeper, and the chain depth guard stops a package that reacts to its
+own events. An event's data reaches the scripts it starts as top-level argv[1] keys; the platform sets
+`package_name` and friends for the receiving package, so the sender's are named `source_*`.
+
+Events are emitted only for the types some active package subscribes to (looked up once per execution): a run
+nobody listens to writes nothing extra to the ledger. An execution started by a lifecycle event emits none of its
+own, like a failure callback in Airflow: otherwise two packages that react to `execution_finished` would start
+each other until the chain depth guard stopped them, on every run.
+"""
+
+import logging
+
+from django.utils import timezone
+
+from packages.models import EventType
+
+from .events import IncomingEvent, dispatch
+from .models import Execution, ExecutionStep
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "ferris_executor.run_execution."
+PROCESSING_STARTED = PREFIX + "processing_started"
+SCRIPT_PROCESSED = PREFIX + "script_processed"
+EXECUTION_FINISHED = PREFIX + "execution_finished"
+TYPES = (PROCESSING_STARTED, SCRIPT_PROCESSED, EXECUTION_FINISHED)
+
+
+class Lifecycle:
+    def __init__(self, execution: Execution):
+        self.execution = execution
+        self.audience: frozenset[str] = frozenset()
+        if not (execution.trigger_event and execution.trigger_event.type in TYPES):
+            subscribed = EventType.objects.filter(name__in=TYPES, subscribers__active=True)
+            self.audience = frozenset(subscribed.values_list("name", flat=True).distinct())
+
+    def started(self) -> None:
+        self._emit(PROCESSING_STARTED, {"status": "in_progress"})
+
+    def script_processed(self, step: ExecutionStep) -> None:
+        self._emit(SCRIPT_PROCESSED, {"script_name": step.file_name, "script_position": step.position,
+                                      "status": step.status})  # fmt: skip
+
+    def finished(self, status: str) -> None:
+        self._emit(EXECUTION_FINISHED, {"status": status})
+
+    def _emit(self, event_type: str, details: dict) -> None:
+        if event_type not in self.audience:
+            return
+        execution, package = self.execution, self.execution.package
+        data = {
+            "source_package_name": package.package_name,
+            "source_package_id": package.pk,
+            "source_execution_id": str(execution.id),
+            **details,
+            "_fxcid": execution.correlation_id,
+            "_fxparentexec": str(execution.id),
+        }
+        event = IncomingEvent(type=event_type, source=f"executor/{package.package_name}", data=data,
+                              subject=str(execution.id), time=timezone.now())  # fmt: skip
+        try:
+            dispatch(event, parent=execution)
+        except Exception:
+            # The run itself is recorded either way; a reaction that could not start must not fail it.
+            logger.exception("execution %s: could not emit %s", execution.id, event_type)
