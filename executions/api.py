@@ -106,8 +106,11 @@ class Chain(Schema):
 EVENT_REQUEST_BODY = {
     "required": True,
     "content": {
-        event_input.JSON: {"schema": {"oneOf": [{"$ref": "#/components/schemas/BridgeEvent"},
-                                                 {"$ref": "#/components/schemas/CloudEventIn"}]}},  # fmt: skip
+        event_input.JSON: {
+            "schema": {
+                "oneOf": [{"$ref": "#/components/schemas/BridgeEvent"}, {"$ref": "#/components/schemas/CloudEventIn"}]
+            }
+        },  # fmt: skip
         event_input.CLOUDEVENTS_JSON: {"schema": {"$ref": "#/components/schemas/CloudEventIn"}},
     },
 }
@@ -131,15 +134,18 @@ def post_event(request):
     except EventRejected as exc:
         raise HttpError(exc.status, str(exc)) from None
     event = outcome.event
-    return Status(200 if outcome.duplicate else 202, {
-        "cid": event.correlation_id,
-        "eventType": event.type,
-        "eventId": event.event_id,
-        "executions": [execution.id for execution in outcome.executions],
-        "status": event.status,
-        "statusReason": event.status_reason,
-        "duplicate": outcome.duplicate,
-    })
+    return Status(
+        200 if outcome.duplicate else 202,
+        {
+            "cid": event.correlation_id,
+            "eventType": event.type,
+            "eventId": event.event_id,
+            "executions": [execution.id for execution in outcome.executions],
+            "status": event.status,
+            "statusReason": event.status_reason,
+            "duplicate": outcome.duplicate,
+        },
+    )
 
 
 @api.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 404: Error},

@@ -55,7 +55,8 @@ def parse(headers, body: bytes) -> IncomingEvent:
     try:
         event = BridgeEvent.model_validate(document)
     except ValidationError as exc:
-        raise EventRejected(f"Not an FX Event Bridge event ({{event_type, event_source, payload}}): {_explain(exc)}")
+        shape = "{event_type, event_source, payload}"
+        raise EventRejected(f"Not an FX Event Bridge event {shape}: {_explain(exc)}") from None
     return IncomingEvent(type=event.event_type, source=event.event_source, data=event.payload, time=timezone.now())
 
 

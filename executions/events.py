@@ -123,8 +123,13 @@ def _start(event: TriggerEvent, targets: list[Package], parent: Execution | None
     for package in targets:
         try:
             executions.append(
-                trigger_execution(package, trigger_type=TriggerType.TRIGGERED, params=event.data,
-                                  correlation_id=event.correlation_id, trigger_event=event)  # fmt: skip
+                trigger_execution(
+                    package,
+                    trigger_type=TriggerType.TRIGGERED,
+                    params=event.data,
+                    correlation_id=event.correlation_id,
+                    trigger_event=event,
+                )  # fmt: skip
             )
         except TriggerRefused as exc:
             refusals.append(str(exc))
@@ -160,8 +165,8 @@ def _named_package(data: dict) -> Package:
         packages = packages.filter(package_name=package_name)
     package = packages.first()
     if package is None:
-        named = " and ".join(f"{key} {value!r}" for key, value in
-                             (("package_id", package_id), ("package_name", package_name)) if value is not None)  # fmt: skip
+        given = {"package_id": package_id, "package_name": package_name}
+        named = " and ".join(f"{key} {value!r}" for key, value in given.items() if value is not None)
         raise EventRejected(f"No package with {named}.", status=404)
     return package
 
