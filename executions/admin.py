@@ -5,9 +5,10 @@ from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
-from .models import ApiKey, Execution, ExecutionStep, StepStatus
+from .chains import ChainNode, chain_of
+from .models import ApiKey, Execution, ExecutionStep, StepStatus, TriggerEvent
 from .services import NothingToCancel, request_cancel
 
 _PROCESSED = ~Q(steps__status__in=[StepStatus.PENDING, StepStatus.RUNNING])
@@ -73,8 +74,10 @@ class ExecutionAdmin(admin.ModelAdmin):
                     "status_display",
                     "status_reason",
                     "trigger_type",
+                    "trigger_event_link",
                     "params",
                     "correlation_id",
+                    "parent_link",
                     "created_by",
                     "worker_name",
                     "created_at",
@@ -84,8 +87,9 @@ class ExecutionAdmin(admin.ModelAdmin):
                 ]
             },
         ),
+        ("Chain", {"fields": ["chain"], "description": "Executions sharing this correlation id, by parent."}),
     ]
-    readonly_fields = fieldsets[1][1]["fields"]
+    readonly_fields = [*fieldsets[1][1]["fields"], "chain"]
 
     def get_queryset(self, request):
         return (
@@ -112,6 +116,22 @@ class ExecutionAdmin(admin.ModelAdmin):
     @admin.display(description="Execution time (ms)")
     def execution_time_ms(self, execution: Execution):
         return execution.duration_ms
+
+    @admin.display(description="Trigger event")
+    def trigger_event_link(self, execution: Execution) -> str:
+        return _change_link(execution.trigger_event) if execution.trigger_event_id else "—"
+
+    @admin.display(description="Started by execution")
+    def parent_link(self, execution: Execution) -> str:
+        return _change_link(execution.parent_execution) if execution.parent_execution_id else "—"
+
+    @admin.display(description="Chain")
+    def chain(self, execution: Execution) -> str:
+        chain = chain_of(execution)
+        if len(chain.nodes) == 1 and not chain.truncated:
+            return "This execution is the whole chain: no event it sent started another."
+        note = format_html("<p>Showing the first {} executions.</p>", len(chain.nodes)) if chain.truncated else ""
+        return format_html('{}<ul class="executor-chain">{}</ul>', note, _tree(chain.roots, execution))
 
     def get_urls(self):
         return [
@@ -152,6 +172,82 @@ class ExecutionAdmin(admin.ModelAdmin):
             "title": f"Results of {step.file_name}",
         }
         return TemplateResponse(request, "admin/executions/execution/step_results.html", context)
+
+
+def _change_link(obj) -> str:
+    url = reverse(f"admin:{obj._meta.app_label}_{obj._meta.model_name}_change", args=[obj.pk])
+    return format_html('<a href="{}">{}</a>', url, obj)
+
+
+def _tree(nodes: list[ChainNode], current: Execution) -> str:
+    return format_html_join("", "<li>{}<ul>{}</ul></li>", ((_node(n, current), _tree(n.children, current))
+                                                            for n in nodes))  # fmt: skip
+
+
+def _node(node: ChainNode, current: Execution) -> str:
+    execution = node.execution
+    label = f"{execution.package.package_name} · {execution.short_id}"
+    link = (
+        format_html("<strong>{} (this one)</strong>", label) if execution.pk == current.pk else _link(execution, label)
+    )
+    origin = execution.trigger_event.type if execution.trigger_event_id else execution.get_trigger_type_display()
+    times = f"{execution.created_at:%Y-%m-%d %H:%M:%S}" + (
+        f", {execution.duration_ms} ms" if execution.duration_ms else ""
+    )
+    return format_html("{} {} <span class=\"quiet\">{} · {}</span>", link,
+                       status_badge(execution.status, execution.get_status_display()), origin, times)  # fmt: skip
+
+
+def _link(execution: Execution, label: str) -> str:
+    url = reverse("admin:executions_execution_change", args=[execution.pk])
+    return format_html('<a href="{}">{}</a>', url, label)
+
+
+@admin.register(TriggerEvent)
+class TriggerEventAdmin(admin.ModelAdmin):
+    """Every event received or emitted, read-only: what arrived, from whom, and what it started."""
+
+    list_display = ["received_at", "type", "source", "short_event_id", "status_display", "execution_count", "sender"]
+    list_filter = ["status", "received_at"]
+    search_fields = ["=event_id", "type", "source", "=correlation_id"]
+    list_select_related = ["api_key", "parent_execution__package"]
+    date_hierarchy = "received_at"
+    show_full_result_count = False
+    fields = ["event_id", "source", "type", "subject", "time", "datacontenttype", "data", "received_at",
+              "sender", "correlation_id", "chain_depth", "status_display", "status_reason", "started"]  # fmt: skip
+    readonly_fields = fields
+
+    def get_queryset(self, request):
+        return super().get_queryset(request).annotate(execution_count=Count("executions"))
+
+    def has_add_permission(self, request):
+        return False  # events arrive through the API (POST /fx/events) or from executions
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="Id", ordering="event_id")
+    def short_event_id(self, event: TriggerEvent) -> str:
+        return event.event_id[:12]
+
+    @admin.display(description="Status", ordering="status")
+    def status_display(self, event: TriggerEvent) -> str:
+        return status_badge(event.status, event.get_status_display())
+
+    @admin.display(description="Sent by")
+    def sender(self, event: TriggerEvent) -> str:
+        if event.parent_execution_id:
+            return _link(event.parent_execution, f"execution {event.parent_execution.short_id}")
+        return f"API key {event.api_key}" if event.api_key_id else "—"
+
+    @admin.display(description="Executions started", ordering="execution_count")
+    def execution_count(self, event: TriggerEvent) -> int:
+        return event.execution_count
+
+    @admin.display(description="Executions started")
+    def started(self, event: TriggerEvent) -> str:
+        executions = event.executions.select_related("package").order_by("created_at")
+        return format_html_join(", ", "{}", ((_link(e, e.package.package_name),) for e in executions)) or "—"
 
 
 @admin.register(ApiKey)

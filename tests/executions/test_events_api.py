@@ -8,6 +8,7 @@ import uuid
 from unittest import mock
 
 import pytest
+from django.urls import reverse
 from django.utils import timezone
 from openapi_spec_validator import validate
 
@@ -284,3 +285,30 @@ def test_the_served_openapi_schema_validates(client):
     validate(schema)
     assert {"/fx/events", "/fx/executions/{execution_id}", "/fx/cid/{cid}"} <= set(schema["paths"])
     assert schema["components"]["securitySchemes"]["ApiKeyAuth"]["name"] == "X-API-KEY"
+
+
+def test_the_admin_shows_events_and_the_chain_as_a_tree(post, admin_client):
+    root = trigger_execution(make_package("alice_root", ONE_STEP), trigger_type=TriggerType.MANUAL)
+    subscribed("bob_child", "chain.next")
+    subscribed("charlie_grandchild", "chain.last")
+    child_id = post(
+        {
+            "event_type": "chain.next",
+            "event_source": "s",
+            "payload": {"_fxcid": root.correlation_id, "_fxparentexec": str(root.id)},
+        }
+    ).json()["executions"][0]
+    post({"event_type": "chain.last", "event_source": "s", "payload": {"_fxparentexec": child_id}})  # fmt: skip
+
+    page = admin_client.get(reverse("admin:executions_execution_change", args=[child_id])).content.decode()
+
+    chain = page[page.index('<ul class="executor-chain">') :]
+    # root > child (this one) > grandchild, nested in that order
+    assert chain.index("alice_root") < chain.index("bob_child · ") < chain.index("charlie_grandchild")
+    assert "(this one)" in chain and chain.count("<ul>") >= 2
+    assert "chain.next" in page  # the trigger event's link
+    events = admin_client.get(reverse("admin:executions_triggerevent_changelist")).content.decode()
+    assert "chain.next" in events and "chain.last" in events
+    event = TriggerEvent.objects.get(type="chain.last")
+    detail = admin_client.get(reverse("admin:executions_triggerevent_change", args=[event.pk])).content.decode()
+    assert "charlie_grandchild" in detail and f"execution {child_id[:8]}" in detail
