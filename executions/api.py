@@ -121,6 +121,7 @@ EVENT_REQUEST_BODY = {
     response={200: EventAccepted, 202: EventAccepted, 400: Error, 401: Error, 404: Error, 413: Error, 415: Error},
     openapi_extra={"requestBody": EVENT_REQUEST_BODY},
     summary="Send an event",
+    url_name="events",
 )
 def post_event(request):
     """Store the event and start one execution of every active package subscribed to its type (or, for

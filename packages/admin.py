@@ -243,7 +243,14 @@ class PackageAdmin(admin.ModelAdmin):
         if not package.pk:
             return "Save the package first."
         event = trigger_event_for(package, event_id=uuid.uuid4().hex, time=timezone.now())
-        return format_html('<pre class="executor-output">{}</pre>', json.dumps(event, indent=2))
+        return format_html(
+            '<pre class="executor-output">{}</pre><p class="help">POST it to {} with <code>Content-Type: {}</code> '
+            "and an <code>X-API-KEY</code> header (API keys). Keys added to <code>data</code> reach the scripts as "
+            "parameters. The id is new on every page load: the same id sent twice starts the package once.</p>",
+            json.dumps(event, indent=2),
+            reverse("fx:events"),
+            "application/cloudevents+json",
+        )
 
     @admin.display(description="")
     def run(self, package: Package) -> str:
