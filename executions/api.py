@@ -128,7 +128,8 @@ def post_event(request):
     `ferris_executor.run_execution.triggered_run` naming a package, that package). 202 with what it started;
     200 if this (source, id) was received before: the first delivery's outcome, nothing started again."""
     limit = settings.EXECUTOR_EVENT_MAX_BYTES
-    if int(request.META.get("CONTENT_LENGTH") or 0) > limit:
+    # Content-Length first, so an oversized body is not even read; the body itself for a request without one.
+    if int(request.META.get("CONTENT_LENGTH") or 0) > limit or len(request.body) > limit:
         raise HttpError(413, f"The event is larger than {limit} bytes (EXECUTOR_EVENT_MAX_BYTES).")
     try:
         outcome = dispatch(event_input.parse(request.headers, request.body), api_key=request.auth)

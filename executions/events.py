@@ -150,7 +150,7 @@ def _targets(incoming: IncomingEvent) -> list[Package]:
     if incoming.type == TRIGGERED_RUN and ("package_id" in data or "package_name" in data):
         return [_named_package(data)]
     subscribers = Package.objects.filter(active=True, trigger_event_types__name=incoming.type)
-    return list(subscribers.select_related("project").order_by("pk"))
+    return list(subscribers.order_by("pk"))
 
 
 def _named_package(data: dict) -> Package:

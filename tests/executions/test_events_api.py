@@ -285,6 +285,8 @@ def test_the_served_openapi_schema_validates(client):
     validate(schema)
     assert {"/fx/events", "/fx/executions/{execution_id}", "/fx/cid/{cid}"} <= set(schema["paths"])
     assert schema["components"]["securitySchemes"]["ApiKeyAuth"]["name"] == "X-API-KEY"
+    docs = client.get("/fx/docs")
+    assert docs.status_code == 200 and b"swagger-ui" in docs.content
 
 
 def test_the_admin_shows_events_and_the_chain_as_a_tree(post, admin_client):
