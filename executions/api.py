@@ -5,13 +5,15 @@ The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Erro
 with a 4xx status and a message saying what is wrong.
 """
 
+import json
 import uuid
 from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.db.models import Prefetch
-from ninja import NinjaAPI, Schema, Status
+from django.shortcuts import render
+from ninja import NinjaAPI, Schema, Status, Swagger
 from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
 
@@ -45,12 +47,23 @@ class ExecutorAPI(NinjaAPI):
         return schema
 
 
+class OfflineSwagger(Swagger):
+    """Swagger UI from ninja's bundled files rather than a CDN (settings.NINJA_DIR says why ninja is not an
+    installed app, which is what ninja checks to choose)."""
+
+    def render_page(self, request, api, **kwargs):
+        self.settings["url"] = self.get_openapi_url(api, kwargs)
+        context = {"swagger_settings": json.dumps(self.settings, indent=1), "api": api, "add_csrf": False}
+        return render(request, self.template, context)
+
+
 api = ExecutorAPI(
     title="Executor API",
     version="1",
     description=__doc__,
     auth=ApiKeyAuth(),
     urls_namespace="fx",
+    docs=OfflineSwagger(),
 )
 
 

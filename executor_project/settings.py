@@ -6,6 +6,7 @@ required and DEBUG is off unless asked for; docker-compose.yml sets all of it.
 """
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
@@ -37,7 +38,6 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
-    "ninja",
     "packages",
     "executions",
     "workers",
@@ -57,10 +57,14 @@ MIDDLEWARE = [
 ROOT_URLCONF = "executor_project.urls"
 WSGI_APPLICATION = "executor_project.wsgi.application"
 
+# django-ninja's Swagger UI files serve the API docs offline (executions/api.py) without ninja being an installed
+# app: an installed app is imported by every process, and ninja would load pydantic into each worker (~11 MiB).
+NINJA_DIR = Path(find_spec("ninja").origin).parent
+
 TEMPLATES = [
     {
         "BACKEND": "django.template.backends.django.DjangoTemplates",
-        "DIRS": [BASE_DIR / "executor_project" / "templates"],
+        "DIRS": [BASE_DIR / "executor_project" / "templates", NINJA_DIR / "templates"],
         "APP_DIRS": True,
         "OPTIONS": {
             "context_processors": [
@@ -98,6 +102,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
+STATICFILES_DIRS = [NINJA_DIR / "static"]
 STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
