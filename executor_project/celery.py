@@ -3,6 +3,10 @@ import os
 from celery import Celery
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "executor_project.settings")
+# Celery's Django fixup runs Django's system checks when a worker starts. They import the URL conf and with it the
+# HTTP API's libraries (ninja, pydantic): ~11 MiB in every worker process, for code a worker never runs. The web
+# and `manage.py migrate` run the checks; a worker reports its own start-up problems (workers/tasks.py).
+os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 
 app = Celery("executor_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
