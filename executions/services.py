@@ -33,12 +33,14 @@ def trigger_execution(
     correlation_id: str | None = None,
     idempotency_key: str | None = None,
     trigger_event=None,
+    parent: Execution | None = None,
 ) -> Execution:
     """Create a pending execution of `package` with one pending step per script, and enqueue it on commit.
 
     With an `idempotency_key`, a repeated trigger (a redelivered tick, the same event twice) returns the
     execution the first one created and enqueues nothing. Raises TriggerRefused for a run that is not allowed.
-    An execution started by a `trigger_event` (executions/events.py) is a child of the execution that sent it.
+    An execution started by a `trigger_event` (executions/events.py) is a child of the execution that sent it,
+    one level deeper; one a `parent` asked for later (executions/later_runs.py) is its child at the same depth.
     """
     _check_allowed(package, trigger_type)
     if params is not None and not isinstance(params, dict):
@@ -57,8 +59,8 @@ def trigger_execution(
                 correlation_id=correlation_id or uuid.uuid4().hex,
                 idempotency_key=idempotency_key,
                 trigger_event=trigger_event,
-                parent_execution=trigger_event.parent_execution if trigger_event else None,
-                chain_depth=trigger_event.chain_depth if trigger_event else 0,
+                parent_execution=trigger_event.parent_execution if trigger_event else parent,
+                chain_depth=trigger_event.chain_depth if trigger_event else getattr(parent, "chain_depth", 0),
             )
     except IntegrityError:
         # Lost a race with an identical trigger: the other one's execution stands.

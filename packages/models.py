@@ -294,3 +294,14 @@ def store_package_secrets(package: Package, values: dict[str, str]) -> None:
         secret = secret or Secret(scope=SecretScope.PACKAGE, package=package, name=name)
         secret.set_value(value)
         secret.save()
+
+
+class PackageState(models.Model):
+    """FX `context.state`: a JSON object kept per package across runs (packages/state.py merges the changes)."""
+
+    package = models.OneToOneField(Package, primary_key=True, on_delete=models.CASCADE, related_name="state")
+    data = models.JSONField(default=dict)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"state of {self.package}"

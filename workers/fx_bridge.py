@@ -1,37 +1,180 @@
-"""Worker side of the FX adapter: lays out the files that FX backends answer from inside a step.
+"""Worker side of the FX adapter: the files FX backends answer from inside a step, and what a step left behind.
 
 The script side lives in workers/runtime/site/executor_fx/ and is loaded into every script by the runtime's
 sitecustomize. Together they are the one place that knows FX's backends:
 
-- Consul (ferris_cli's ApplicationConfigurator): each key is a file in <fx>/consul/, named by the key
-  percent-encoded. The package's config.json is stored under the package's technical name, the platform
-  configuration under "ferris.env" (ferris_cli's DEFAULT_CONFIG).
+- Consul (ferris_cli's ApplicationConfigurator, fx_ef's state): each key is a file in <fx>/consul/, named by the
+  key percent-encoded. The package's config.json is stored under the package's technical name, the platform
+  configuration under "ferris.env" (ferris_cli's DEFAULT_CONFIG), the package state under "<name>.state".
+- Kafka (FerrisEvents, context.events.send) and FX's secrets and services HTTP APIs (secrets.set,
+  scheduler.retry): the script side appends what they send to <fx>/outbox/*.jsonl. After each step `collect`
+  saves the state changes, stores the secrets, schedules the later runs and dispatches the events, in that order,
+  so a package started by an event sees the state and secrets its sender left.
 """
 
 import json
+import logging
+import os
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import quote
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+
+from executions.event_input import CLOUDEVENTS_JSON, parse
+from executions.events import EventRejected, dispatch
+from executions.later_runs import schedule_later_run
+from executions.models import Execution
+from packages import state as package_state
+from packages.cron import CronError
+from packages.models import Secret, SecretScope
+
+logger = logging.getLogger(__name__)
 
 RUNTIME_SITE_DIR = Path(settings.BASE_DIR) / "workers" / "runtime" / "site"
 PLATFORM_CONFIG_KEY = "ferris.env"
+ADAPTER_URL = "http://executor-fx-adapter/"  # answered inside the script (executor_fx), never on the network
+# ferris_cli builds its Kafka producer from these; the adapter's producer never connects.
+FX_SECRET_SCOPES = (SecretScope.PROJECT, SecretScope.PLATFORM)  # what context.secrets.set accepts
+MAX_RECORDS = 1000  # per kind and step: a script looping over context.events.send is not a message bus
+PLATFORM_CONFIG = {
+    "KAFKA_BOOTSTRAP_SERVER": "executor-fx-adapter",
+    "KAFKA_PORT": "9092",
+    "DEFAULT_TOPIC": "ferris.events",
+    "DEFAULT_LOGS_TOPIC": "ferris.logs",
+}
 
 
 def prepare(fx_dir: Path, package_name: str, config_json: bytes | None) -> dict[str, str]:
-    """Write the step's FX files and return the environment variables that point the adapter at them."""
+    """Write the execution's FX files and return the environment variables that point the adapter at them."""
     consul = fx_dir / "consul"
     consul.mkdir(exist_ok=True)
+    (fx_dir / "outbox").mkdir(exist_ok=True)
     _put(consul, package_name, config_json or b"{}")
-    _put(consul, PLATFORM_CONFIG_KEY, json.dumps({}).encode())
+    _put(consul, PLATFORM_CONFIG_KEY, json.dumps(PLATFORM_CONFIG).encode())
     return {
         "PYTHONPATH": str(RUNTIME_SITE_DIR),
         "EXECUTOR_FX_DIR": str(fx_dir),
         # ferris_cli only builds a Consul client when CONSUL_HOST is set; the adapter's client never connects.
         "CONSUL_HOST": "executor-fx-adapter",
         "CONSUL_PORT": "8500",
+        "SECRETS_API_URL": ADAPTER_URL + "secrets/",
+        "SERVICES_API_URL": ADAPTER_URL + "services/",
     }
 
 
-def _put(consul_dir: Path, key: str, value: bytes) -> None:
-    (consul_dir / quote(key, safe="")).write_bytes(value)
+def begin_step(fx_dir: Path, execution: Execution, uid: int | None) -> dict:
+    """Put the package's current state where fx_ef reads it; returns it, to tell the step's changes apart."""
+    state = package_state.load(execution.package)
+    path = _put(fx_dir / "consul", _state_key(execution), json.dumps(state).encode())
+    if uid is not None:
+        os.chown(path, uid, uid)  # fx_ef rewrites the whole key; the step runs as this uid
+    return state
+
+
+@dataclass
+class Collected:
+    notes: list[str] = field(default_factory=list)  # for the step's output: what could not be done, and why
+    secret_values: list[str] = field(default_factory=list)  # set by the step: masked in its output too
+
+
+def collect(fx_dir: Path, execution: Execution, state_before: dict) -> Collected:
+    """Carry out what the step asked FX's backends for, then empty the outbox for the next step."""
+    collected = Collected()
+    _save_state(fx_dir, execution, state_before, collected)
+    outbox = fx_dir / "outbox"
+    _store_secrets(_read(outbox / "secrets.jsonl", collected), execution, collected)
+    _schedule_later_runs(_read(outbox / "schedules.jsonl", collected), execution, collected)
+    _dispatch_events(_read(outbox / "events.jsonl", collected), execution, collected)
+    for path in outbox.iterdir():
+        path.unlink()
+    return collected
+
+
+def _save_state(fx_dir: Path, execution: Execution, before: dict, collected: Collected) -> None:
+    path = fx_dir / "consul" / quote(_state_key(execution), safe="")
+    try:
+        after = json.loads(path.read_bytes()) if path.is_file() else {}
+    except ValueError:
+        # ferris_cli's put_item turns every ' into ", so a value with an apostrophe breaks the JSON (as on FX).
+        collected.notes.append("context.state not saved: the step left it as invalid JSON (a value with an ').")
+        return
+    if not isinstance(after, dict):
+        collected.notes.append("context.state not saved: it must stay a JSON object.")
+        return
+    package_state.save_changes(execution.package, before, after)
+
+
+def _store_secrets(requests: list[dict], execution: Execution, collected: Collected) -> None:
+    package = execution.package
+    for request in requests:
+        name, scope, value = request.get("name"), request.get("scope"), request.get("value")
+        if not (isinstance(name, str) and isinstance(value, str) and scope in FX_SECRET_SCOPES):
+            continue  # the adapter wrote only valid requests; anything else was written by the script itself
+        collected.secret_values.append(value)
+        if scope == SecretScope.PROJECT and package.project_id is None:
+            collected.notes.append(f"secret {name} not saved: the package belongs to no project.")
+            continue
+        owner = {"project_id": package.project_id} if scope == SecretScope.PROJECT else {}
+        secret = Secret.objects.filter(scope=scope, name=name, **owner).first() or Secret(scope=scope, name=name,
+                                                                                          **owner)  # fmt: skip
+        secret.set_value(value)
+        try:
+            secret.full_clean(exclude=["encrypted_value"])
+        except ValidationError as exc:
+            collected.notes.append(f"secret {name!r} not saved: {'; '.join(exc.messages)}")
+            continue
+        secret.save()
+
+
+def _schedule_later_runs(requests: list[dict], execution: Execution, collected: Collected) -> None:
+    for request in requests:
+        params = request.get("parameters") if isinstance(request.get("parameters"), dict) else {}
+        try:
+            run_at = schedule_later_run(execution, cron_expression=str(request.get("schedule")), params=params,
+                                        request_id=uuid.uuid4().hex)  # fmt: skip
+        except CronError as exc:
+            collected.notes.append(f"later run not scheduled: {exc}")
+            continue
+        logger.info("execution %s: later run of %s at %s", execution.id, execution.package.package_name, run_at)
+
+
+def _dispatch_events(records: list[dict], execution: Execution, collected: Collected) -> None:
+    for record in records:
+        if not isinstance(record.get("event"), dict):
+            continue
+        event = {key: value for key, value in record["event"].items() if key != "extensions"}
+        try:
+            dispatch(parse({"Content-Type": CLOUDEVENTS_JSON}, json.dumps(event).encode()), parent=execution)
+        except EventRejected as exc:
+            collected.notes.append(f"event {event.get('type')} not sent: {exc}")
+
+
+def _read(path: Path, collected: Collected) -> list[dict]:
+    """The step's requests of one kind. The script wrote the file, so nothing in it is trusted."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if isinstance(record, dict):
+            records.append(record)
+    if len(records) > MAX_RECORDS:
+        collected.notes.append(f"{len(records) - MAX_RECORDS} of {len(records)} {path.stem} ignored: "
+                               f"at most {MAX_RECORDS} per step.")  # fmt: skip
+    return records[:MAX_RECORDS]
+
+
+def _state_key(execution: Execution) -> str:
+    return f"{execution.package.package_name}.state"
+
+
+def _put(consul_dir: Path, key: str, value: bytes) -> Path:
+    path = consul_dir / quote(key, safe="")
+    path.write_bytes(value)
+    return path

@@ -4,11 +4,11 @@ Record first, act, then update: a step is marked `running` before its process st
 right after, so a crash leaves a visible row, not a mystery. Secret values are masked in everything stored.
 """
 
+import dataclasses
 import json
 import logging
 import signal
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
@@ -39,7 +39,7 @@ from .workspace import Workspace, base_environment, create_workspace
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class RunContext:
     """What every step of one execution shares."""
 
@@ -51,6 +51,11 @@ class RunContext:
     files: dict[str, bytes]
     env: dict[str, str]
     secrets: dict[str, str]
+    set_secret_values: list[str] = dataclasses.field(default_factory=list)  # by steps (context.secrets.set)
+
+    @property
+    def masked_values(self) -> list[str]:
+        return [*self.secrets.values(), *self.set_secret_values]
 
 
 def run_execution(execution_id: str, worker_name: str) -> None:
@@ -176,12 +181,13 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         timeout_seconds=package.effective_step_timeout,
         output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
         cancel=watch.stop,
-        on_progress=_live_output(lease, step, context.secrets.values()),
+        on_progress=_live_output(lease, step, context.masked_values),
         on_tick=watch.tick,
         sql=_sql_settings(context) if is_sql else {},
         # SQL steps must reach their database; Python steps get the network only if the package allows.
         isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access, uid=context.uid),
     )
+    state = None if is_sql else fx_bridge.begin_step(context.workspace.fx_dir, context.execution, context.uid)
     try:
         check_sandbox()
         result = handler(run)
@@ -189,6 +195,8 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
     except (StepSetupError, SandboxUnavailable) as exc:
         return _record_failure(lease, step, started, f"failed: {exc}")
+    if state is not None:  # what the script asked FX's backends for: state, secrets, later runs, events
+        result = _with_fx_requests_done(context, result, state)
     if result.cancelled and watch.stop_reason == "shutdown":
         return _interrupted_by_shutdown(lease, context, step, result)
     if result.cancelled:
@@ -208,9 +216,20 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
     return status
 
 
+def _with_fx_requests_done(context: RunContext, result: ProcessResult, state: dict) -> ProcessResult:
+    """Carry out the step's FX requests; what could not be done is told at the end of its stderr, and secrets it
+    set are masked in its output like the others (for this and the next steps)."""
+    collected = fx_bridge.collect(context.workspace.fx_dir, context.execution, state)
+    context.set_secret_values.extend(collected.secret_values)
+    if not collected.notes:
+        return result
+    notes = "".join(f"executor: {note}\n" for note in collected.notes)
+    return dataclasses.replace(result, stderr=result.stderr + notes)
+
+
 def _final_output(context: RunContext, result: ProcessResult) -> dict[str, str]:
     """stdout and stderr as stored: secrets masked, a marker where the cap cut them."""
-    secret_values, cap = context.secrets.values(), settings.EXECUTOR_OUTPUT_CAP_BYTES
+    secret_values, cap = context.masked_values, settings.EXECUTOR_OUTPUT_CAP_BYTES
     return {
         "stdout": masking.mask(result.stdout, secret_values, truncated=result.stdout_dropped > 0)
         + truncation_marker(result.stdout_dropped, cap),
@@ -324,6 +343,7 @@ def _environment(workspace: Workspace, execution: Execution, files: dict[str, by
     env = {variable.name: variable.value for variable in execution.package.environment_variables.all()}
     env.update(base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent))
     env.update(fx_bridge.prepare(workspace.fx_dir, execution.package.package_name, files.get("config.json")))
+    env["TZ"] = str(execution.package.timezone)  # local time in scripts = the schedule's; later runs read it so
     return env
 
 

@@ -7,6 +7,7 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_process_init, worker_ready, worker_shutting_down
 from django.db import close_old_connections
 
+from executions.later_runs import start_later_run
 from executions.services import trigger_scheduled_tick
 
 from . import reaper, runner, shutdown
@@ -38,6 +39,12 @@ def run_execution(self, execution_id: str) -> None:
 def scheduled_tick(package_id: int) -> None:
     """Sent by beat for a package's PeriodicTask (packages/schedules.py)."""
     trigger_scheduled_tick(package_id)
+
+
+@shared_task(name="executor.later_run", ignore_result=True)
+def later_run(package_id: int, params: dict, parent_execution_id: str, request_id: str) -> None:
+    """Sent by beat for a one-off later run a script asked for (executions/later_runs.py)."""
+    start_later_run(package_id, params, parent_execution_id, request_id)
 
 
 @shared_task(name="executor.reap", ignore_result=True)

@@ -4,8 +4,13 @@ The real FX libraries from PyPI are imported unchanged; only the network clients
 file-backed ones, at the moment their module is first imported:
 
 - argv[1] is read from EXECUTOR_ARGS_FILE (workers/handlers/python.py says why);
-- python-consul's `consul.Consul` -> FileConsul, whose `kv` reads and writes <EXECUTOR_FX_DIR>/consul/<key>.
-  Writes stay inside this run's private directory.
+- python-consul's `consul.Consul` -> FileConsul, whose `kv` reads and writes <EXECUTOR_FX_DIR>/consul/<key>
+  (config, platform config, the package's state); the worker saves the state after the step;
+- kafka-python's `kafka.KafkaProducer` -> OutboxProducer: events (FerrisEvents, context.events.send) are appended
+  to <fx>/outbox/events.jsonl, which the worker dispatches after the step; log records streamed to the logs
+  topic are dropped (FX's log handler has already printed them);
+- requests to ADAPTER_URL (SECRETS_API_URL and SERVICES_API_URL point there) are answered here: secrets.set and
+  scheduler.retry/schedule go to the outbox for the worker; a secret not in argv[1] does not exist.
 """
 
 # Imported into every script at start-up, so only cheap modules here: importlib.abc alone would pull in
@@ -19,7 +24,8 @@ def install() -> None:
     _load_arguments()
     if "EXECUTOR_FX_DIR" not in os.environ:
         return
-    sys.meta_path.insert(0, _PatchOnImport({"consul": _patch_consul}))
+    patches = {"consul": _patch_consul, "kafka": _patch_kafka, "requests": _patch_requests}
+    sys.meta_path.insert(0, _PatchOnImport(patches))
 
 
 def _load_arguments() -> None:
@@ -100,3 +106,106 @@ class FileKV:
         from urllib.parse import quote
 
         return self.root / quote(str(key), safe="")
+
+
+ADAPTER_URL = "http://executor-fx-adapter/"
+LOGS_TOPIC = "ferris.logs"  # FX's default; the worker's ferris.env names the same
+
+
+def _outbox_append(kind: str, record: dict) -> None:
+    import json
+
+    with open(os.path.join(os.environ["EXECUTOR_FX_DIR"], "outbox", f"{kind}.jsonl"), "a") as outbox:
+        outbox.write(json.dumps(record) + "\n")
+
+
+def _outbox_read(kind: str) -> list:
+    import json
+
+    try:
+        with open(os.path.join(os.environ["EXECUTOR_FX_DIR"], "outbox", f"{kind}.jsonl")) as outbox:
+            return [json.loads(line) for line in outbox if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def _patch_kafka(module) -> None:
+    module.KafkaProducer = OutboxProducer
+
+
+class OutboxProducer:
+    """Stands in for kafka.KafkaProducer(bootstrap_servers=..., value_serializer=..., ...)."""
+
+    def __init__(self, *args, value_serializer=None, **kwargs):
+        self.value_serializer = value_serializer
+
+    def send(self, topic, value=None, key=None, **kwargs):
+        if topic != LOGS_TOPIC:
+            import json
+
+            payload = self.value_serializer(value) if self.value_serializer else value
+            _outbox_append("events", {"topic": topic, "event": json.loads(payload)})
+        return _Delivered(topic)
+
+    def flush(self, *args, **kwargs):
+        pass
+
+    def close(self, *args, **kwargs):
+        pass
+
+
+class _Delivered:
+    """What KafkaProducer.send returns; FX only calls .get()."""
+
+    def __init__(self, topic):
+        self.topic = topic
+
+    def get(self, timeout=None):
+        return {"topic": self.topic}
+
+
+def _patch_requests(module) -> None:
+    original = module.sessions.Session.request
+
+    def request(self, method, url, *args, **kwargs):
+        if str(url).startswith(ADAPTER_URL):
+            return _adapter_response(module, method.upper(), str(url)[len(ADAPTER_URL) :], kwargs)
+        return original(self, method, url, *args, **kwargs)
+
+    module.sessions.Session.request = request
+
+
+def _adapter_response(requests, method, path, kwargs):
+    """FX's secrets and services HTTP APIs, as far as fx_ef calls them."""
+    import json
+
+    status, body = _route(method, path.split("?")[0].strip("/"), kwargs.get("params") or {}, kwargs.get("json") or {})
+    response = requests.models.Response()
+    response.status_code, response.encoding = status, "utf-8"
+    response._content = json.dumps(body).encode()
+    response.headers["Content-Type"] = "application/json"
+    response.url = ADAPTER_URL + path
+    return response
+
+
+def _route(method, path, params, body):
+    if method == "GET" and path == "secrets/by-name":
+        # argv[1] holds every secret the package may read; one set during this run is the only other kind.
+        values = [s["value"] for s in _outbox_read("secrets") if s["name"] == params.get("name")]
+        return 200, {"value": values[-1] if values else None}
+    if method == "POST" and path == "secrets":
+        if body.get("context") not in ("project", "platform"):
+            return 400, {"detail": f"context must be 'project' or 'platform', not {body.get('context')!r}"}
+        if not isinstance(body.get("name"), str) or not body["name"] or not isinstance(body.get("value"), str):
+            return 400, {"detail": "name and value must be non-empty strings"}
+        _outbox_append("secrets", {"name": body["name"], "value": body["value"], "scope": body["context"]})
+        return 200, {"name": body["name"], "context": body["context"]}
+    parts = path.split("/")
+    if method == "POST" and len(parts) == 3 and parts[0] == "services" and parts[2] == "schedule":
+        import uuid
+
+        job_id = uuid.uuid4().hex
+        _outbox_append("schedules", {"id": job_id, "schedule": body.get("schedule"),
+                                     "parameters": body.get("parameters") or {}})  # fmt: skip
+        return 200, {"scheduled_job_id": job_id}
+    return 404, {"detail": f"the executor does not provide {method} {path}"}
