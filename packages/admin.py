@@ -15,6 +15,7 @@ from django.utils.html import format_html
 from executions.models import TriggerType
 from executions.services import TriggerRefused, trigger_execution
 
+from . import state as package_state
 from .forms import ScriptInlineForm, ScriptInlineFormSet, json_object
 from .models import (
     EnvironmentVariable,
@@ -191,7 +192,7 @@ class PackageAdmin(admin.ModelAdmin):
     search_fields = ["name", "package_name", "description"]
     prepopulated_fields = {"package_name": ["name"]}
     filter_horizontal = ["tags", "trigger_event_types"]
-    readonly_fields = ["schedule_preview", "trigger_event"]
+    readonly_fields = ["schedule_preview", "trigger_event", "fx_state"]
     fieldsets = [
         (None, {"fields": ["name", "package_name", "description", "project", "tags", "new_tags", "secrets_file"]}),
         (
@@ -221,6 +222,7 @@ class PackageAdmin(admin.ModelAdmin):
             },
         ),
         ("Show Trigger Event", {"classes": ["collapse"], "fields": ["trigger_event"]}),
+        ("State", {"classes": ["collapse"], "fields": ["fx_state"]}),
     ]
 
     def get_queryset(self, request):
@@ -251,6 +253,14 @@ class PackageAdmin(admin.ModelAdmin):
             reverse("fx:events"),
             "application/cloudevents+json",
         )
+
+    @admin.display(description="context.state")
+    def fx_state(self, package: Package) -> str:
+        if not package.pk:
+            return "—"
+        return format_html('<pre class="executor-output">{}</pre><p class="help">What the package\'s scripts keep '
+                           "with FX's context.state.put, saved after each step.</p>",
+                           json.dumps(package_state.load(package), indent=2))  # fmt: skip
 
     @admin.display(description="")
     def run(self, package: Package) -> str:

@@ -220,7 +220,9 @@ def _with_fx_requests_done(context: RunContext, result: ProcessResult, state: di
     """Carry out the step's FX requests; what could not be done is told at the end of its stderr, and secrets it
     set are masked in its output like the others (for this and the next steps)."""
     collected = fx_bridge.collect(context.workspace.fx_dir, context.execution, state)
-    context.set_secret_values.extend(collected.secret_values)
+    if collected.secret_values:
+        context.set_secret_values.extend(collected.secret_values)
+        context.secrets.update(secrets_for(context.execution.package))  # the next steps' argv[1] has them
     if not collected.notes:
         return result
     notes = "".join(f"executor: {note}\n" for note in collected.notes)

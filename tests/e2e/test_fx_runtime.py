@@ -85,12 +85,17 @@ print(context.secrets.set("SHARED_TOKEN", "shared-9876-value", "platform"))
 print("refused:", context.secrets.set("X", "y", "galaxy")[0])
 print("echo", context.secrets.get("NEW_TOKEN"))
 print(json.dumps({"same_run": context.secrets.get("NEW_TOKEN") == "tok-4321-value"}))
+""", "next.py": """
+import json
+from fx_ef import context
+print(json.dumps({"next_step": context.secrets.get("SHARED_TOKEN") == "shared-9876-value"}))
 """}, project=project)  # fmt: skip
 
     execution = run(package)
 
-    assert output_of(execution) == {"same_run": True}
-    stdout = execution.steps.get().stdout
+    assert output_of(execution) == {"next_step": True}  # in the next step's argv[1] secrets
+    stdout = execution.steps.get(position=1).stdout
+    assert json.loads(stdout.splitlines()[-1]) == {"same_run": True}
     assert "refused: 400" in stdout
     assert "tok-4321-value" not in stdout and "echo ******\n" in stdout  # masked like every secret
     project_secret = Secret.objects.get(scope=SecretScope.PROJECT, project=project, name="NEW_TOKEN")

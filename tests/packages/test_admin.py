@@ -9,7 +9,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from packages.models import EventType, Package, Project, Secret, Tag
+from packages.models import EventType, Package, PackageState, Project, Secret, Tag
 from packages.schedules import sync_package_schedule
 from tests.factories import SEED_DIR, make_package
 
@@ -274,3 +274,9 @@ def test_editing_the_schedule_in_the_admin_updates_beat(admin_client, seed_packa
     assert admin_client.post(reverse("admin:packages_package_change", args=[seed_package.pk]), data).status_code == 302
     task = PeriodicTask.objects.get(name=f"executor.package.{seed_package.pk}")
     assert (task.crontab.hour, task.crontab.day_of_week) == ("9", "1")  # FX Monday = Celery 1
+
+
+def test_the_package_page_shows_its_fx_state(admin_client, seed_package):
+    PackageState.objects.create(package=seed_package, data={"last_id": 41})
+    page = admin_client.get(reverse("admin:packages_package_change", args=[seed_package.pk])).content.decode()
+    assert "&quot;last_id&quot;: 41" in page
