@@ -23,7 +23,6 @@ from urllib.parse import quote
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from executions.event_input import CLOUDEVENTS_JSON, parse
 from executions.events import EventRejected, dispatch
 from executions.later_runs import schedule_later_run
 from executions.models import Execution
@@ -142,6 +141,11 @@ def _schedule_later_runs(requests: list[dict], execution: Execution, collected: 
 
 
 def _dispatch_events(records: list[dict], execution: Execution, collected: Collected) -> None:
+    if not records:
+        return
+    # Imported when a step sent events: it loads pydantic, ~10 MiB a worker that never sees one need not carry.
+    from executions.event_input import CLOUDEVENTS_JSON, parse
+
     for record in records:
         if not isinstance(record.get("event"), dict):
             continue

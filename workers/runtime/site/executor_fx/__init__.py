@@ -144,7 +144,8 @@ class OutboxProducer:
             import json
 
             payload = self.value_serializer(value) if self.value_serializer else value
-            _outbox_append("events", {"topic": topic, "event": json.loads(payload)})
+            event = json.loads(payload) if isinstance(payload, (bytes, str)) else payload
+            _outbox_append("events", {"topic": topic, "event": event})
         return _Delivered(topic)
 
     def flush(self, *args, **kwargs):
