@@ -1,17 +1,46 @@
+import json
+
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Q
+from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
-from .chains import ChainNode, chain_of
-from .models import ApiKey, Execution, ExecutionStep, StepStatus, TriggerEvent
-from .services import NothingToCancel, request_cancel
+from packages.cron import CronError
+from packages.cron import parse as parse_cron
 
-_PROCESSED = ~Q(steps__status__in=[StepStatus.PENDING, StepStatus.RUNNING])
+from .chains import ChainNode, chain_of
+from .models import ApiKey, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
+from .run_pages import run_form_page
+from .saved_runs import rerun, sync_saved_run_schedule
+from .services import NothingToCancel, TriggerRefused, request_cancel
+
+
+def _step_count(processed_only: bool = False):
+    """Steps per execution as a subquery: evaluated for the rows of one page, not grouped over the whole table
+    (a JOIN + GROUP BY would aggregate every execution before the page's LIMIT)."""
+    steps = ExecutionStep.objects.filter(execution=OuterRef("pk"))
+    if processed_only:
+        steps = steps.exclude(status__in=[StepStatus.PENDING, StepStatus.RUNNING])
+    counted = steps.order_by().values("execution").annotate(n=Count("pk")).values("n")
+    return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
+
+
+class ExecutionForm(forms.ModelForm):
+    class Meta:
+        model = Execution
+        fields = ["name", "description", "saved", "schedule", "schedule_timezone"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if cleaned.get("schedule") and not cleaned.get("saved"):
+            self.add_error("schedule", "Only a saved run runs on a schedule: tick Saved, or empty the schedule.")
+        return cleaned
 
 
 def status_badge(status: str, label: str) -> str:
@@ -44,11 +73,15 @@ class ExecutionStepInline(admin.TabularInline):
 
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
+    form = ExecutionForm
+    change_form_template = "admin/executions/execution/change_form.html"  # the saved runs' admin shares it
     inlines = [ExecutionStepInline]
     list_display = [
         "short_id",
+        "short_cid",
         "package",
         "trigger_type",
+        "trigger_event_type",
         "status_display",
         "scripts_processed",
         "created_at",
@@ -58,13 +91,13 @@ class ExecutionAdmin(admin.ModelAdmin):
         "name",
         "saved",
     ]
-    list_filter = ["status", "trigger_type", "saved", "package"]
-    list_select_related = ["package"]
+    list_filter = ["status", "trigger_type", "saved", "package__project", "package", "created_at"]
+    list_select_related = ["package", "trigger_event"]
     search_fields = ["=id", "=correlation_id", "name", "package__name", "package__package_name"]
     date_hierarchy = "created_at"
     show_full_result_count = False  # no COUNT(*) over a large table on every page view
     fieldsets = [
-        (None, {"fields": ["name", "description", "saved"]}),
+        (None, {"fields": ["name", "description", "saved", "schedule", "schedule_timezone"]}),
         (
             "Run",
             {
@@ -78,6 +111,7 @@ class ExecutionAdmin(admin.ModelAdmin):
                     "params",
                     "correlation_id",
                     "parent_link",
+                    "rerun_link",
                     "created_by",
                     "worker_name",
                     "created_at",
@@ -92,11 +126,11 @@ class ExecutionAdmin(admin.ModelAdmin):
     readonly_fields = [*fieldsets[1][1]["fields"], "chain"]
 
     def get_queryset(self, request):
-        return (
-            super()
-            .get_queryset(request)
-            .annotate(step_total=Count("steps"), step_processed=Count("steps", filter=_PROCESSED))
-        )
+        return super().get_queryset(request).annotate(step_total=_step_count(), step_processed=_step_count(True))
+
+    def save_model(self, request, obj, form, change):
+        super().save_model(request, obj, form, change)
+        sync_saved_run_schedule(obj)
 
     def has_add_permission(self, request):
         return False  # executions start from a package's Run button, a schedule or an event
@@ -108,6 +142,18 @@ class ExecutionAdmin(admin.ModelAdmin):
     @admin.display(description="Status", ordering="status")
     def status_display(self, execution: Execution) -> str:
         return status_badge(execution.status, execution.get_status_display())
+
+    @admin.display(description="Correlation id", ordering="correlation_id")
+    def short_cid(self, execution: Execution) -> str:
+        return execution.correlation_id[:8]
+
+    @admin.display(description="Trigger event")
+    def trigger_event_type(self, execution: Execution) -> str:
+        return execution.trigger_event.type if execution.trigger_event_id else "—"
+
+    @admin.display(description="Re-run of")
+    def rerun_link(self, execution: Execution) -> str:
+        return _change_link(execution.rerun_of) if execution.rerun_of_id else "—"
 
     @admin.display(description="Scripts processed")
     def scripts_processed(self, execution: Execution) -> str:
@@ -134,19 +180,49 @@ class ExecutionAdmin(admin.ModelAdmin):
         return format_html('{}<ul class="executor-chain">{}</ul>', note, _tree(chain.roots, execution))
 
     def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"  # the saved runs' admin gets its own names
         return [
+            path(
+                "<uuid:execution_id>/rerun/",
+                self.admin_site.admin_view(self.rerun_view),
+                name=f"{prefix}_rerun",
+            ),
+            path(
+                "<uuid:execution_id>/rerun-edited/",
+                self.admin_site.admin_view(self.rerun_edited_view),
+                name=f"{prefix}_rerun_edited",
+            ),
             path(
                 "<uuid:execution_id>/cancel/",
                 self.admin_site.admin_view(self.cancel_view),
-                name="executions_execution_cancel",
+                name=f"{prefix}_cancel",
             ),
             path(
                 "<uuid:execution_id>/steps/<int:step_id>/results/",
                 self.admin_site.admin_view(self.step_results_view),
-                name="executions_execution_step_results",
+                name=f"{prefix}_step_results",
             ),
             *super().get_urls(),
         ]
+
+    def rerun_view(self, request, execution_id):
+        """POST: a new execution with the same parameters and files; shows it."""
+        source = get_object_or_404(Execution.objects.select_related("package"), pk=execution_id)
+        if request.method != "POST" or not request.user.has_perm("packages.run_package"):
+            raise PermissionDenied
+        try:
+            execution = rerun(source, user=request.user)
+        except TriggerRefused as exc:
+            messages.error(request, str(exc))
+            return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[source.pk]))
+        messages.success(request, f"Execution {execution.short_id} started: a re-run of {source.short_id}.")
+        return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
+
+    def rerun_edited_view(self, request, execution_id):
+        source = get_object_or_404(Execution.objects.select_related("package"), pk=execution_id)
+        if not request.user.has_perm("packages.run_package"):
+            raise PermissionDenied
+        return run_form_page(request, self.admin_site, source.package, source=source)
 
     def cancel_view(self, request, execution_id):
         execution = get_object_or_404(Execution, pk=execution_id)
@@ -201,6 +277,54 @@ def _node(node: ChainNode, current: Execution) -> str:
 def _link(execution: Execution, label: str) -> str:
     url = reverse("admin:executions_execution_change", args=[execution.pk])
     return format_html('<a href="{}">{}</a>', url, label)
+
+
+@admin.register(SavedExecution)
+class SavedExecutionAdmin(ExecutionAdmin):
+    """Saved runs: named, reusable parameter sets; run again (optionally edited) or on their own schedule."""
+
+    list_display = ["saved_name", "package", "parameters", "schedule_display", "last_run", "run_again"]
+    list_filter = ["package__project", "package"]
+    list_select_related = ["package"]
+    date_hierarchy = None
+
+    def get_queryset(self, request):
+        latest = Execution.objects.filter(rerun_of=OuterRef("pk")).order_by("-created_at")
+        last = {f"last_run_{name}": Subquery(latest.values(field)[:1])
+                for name, field in (("id", "pk"), ("status", "status"), ("at", "created_at"))}  # fmt: skip
+        return super().get_queryset(request).annotate(**last)
+
+    @admin.display(description="Name", ordering="name")
+    def saved_name(self, execution: Execution) -> str:
+        return execution.name or f"(unnamed) {execution.short_id}"
+
+    @admin.display(description="Parameters")
+    def parameters(self, execution: Execution) -> str:
+        text = json.dumps(execution.params)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    @admin.display(description="Schedule", ordering="schedule")
+    def schedule_display(self, execution: Execution) -> str:
+        if not execution.schedule:
+            return "—"
+        try:
+            return f"{execution.schedule} ({parse_cron(execution.schedule).describe()}, {execution.schedule_timezone})"
+        except CronError:
+            return execution.schedule
+
+    @admin.display(description="Last run", ordering="last_run_at")
+    def last_run(self, execution: Execution) -> str:
+        if not execution.last_run_id:
+            return "never run again"
+        url = reverse("admin:executions_execution_change", args=[execution.last_run_id])
+        label = f"{execution.last_run_at:%Y-%m-%d %H:%M}"
+        return format_html('<a href="{}">{}</a> {}', url, label, status_badge(execution.last_run_status,
+                           execution.last_run_status.replace("_", " ").capitalize()))  # fmt: skip
+
+    @admin.display(description="")
+    def run_again(self, execution: Execution) -> str:
+        url = reverse("admin:executions_execution_rerun_edited", args=[execution.pk])
+        return format_html('<a class="button" href="{}">Run…</a>', url)
 
 
 @admin.register(TriggerEvent)

@@ -7,8 +7,9 @@ import uuid
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
+from timezone_field import TimeZoneField
 
-from packages.models import Package, Script
+from packages.models import Package, Script, validate_cron
 
 
 class TriggerType(models.TextChoices):
@@ -124,7 +125,20 @@ class Execution(models.Model):
 
     name = models.CharField(max_length=200, blank=True)
     description = models.TextField(blank=True)
-    saved = models.BooleanField(default=False)
+    saved = models.BooleanField(default=False, help_text="List it under Saved executions, to run it again.")
+    # A saved run can run on its own schedule, with its parameters (executions/saved_runs.py).
+    schedule = models.CharField(
+        max_length=200,
+        blank=True,
+        validators=[validate_cron],
+        help_text="For a saved run: cron (minute hour day-of-month month day-of-week, 0 = Monday) to run the "
+        "package with these parameters. Empty: not scheduled.",
+    )
+    schedule_timezone = TimeZoneField(default="UTC", use_pytz=False, help_text="The schedule's time zone.")
+    rerun_of = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="reruns",
+        help_text="The execution (or saved run) this one repeats.",
+    )  # fmt: skip
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
     started_at = models.DateTimeField(null=True, blank=True)
@@ -157,6 +171,36 @@ class Execution(models.Model):
         if self.started_at and self.finished_at:
             return round((self.finished_at - self.started_at).total_seconds() * 1000)
         return None
+
+
+class SavedExecutionManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(saved=True)
+
+
+class SavedExecution(Execution):
+    """Executions marked Saved: named, reusable sets of parameters (FX's saved runs)."""
+
+    objects = SavedExecutionManager()
+
+    class Meta:
+        proxy = True
+        verbose_name = "saved execution"
+
+
+class ExecutionFile(models.Model):
+    """A file given to a run through a `file` field of its run form; the worker puts it at `path` (relative to
+    the scripts' working directory), which is the value the scripts receive."""
+
+    execution = models.ForeignKey(Execution, on_delete=models.CASCADE, related_name="files")
+    path = models.CharField(max_length=300)
+    content = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["execution", "path"], name="execution_file_unique_path")]
+
+    def __str__(self) -> str:
+        return self.path
 
 
 class ExecutionStep(models.Model):

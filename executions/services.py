@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from packages.models import Package
 
-from .models import Execution, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
+from .models import Execution, ExecutionFile, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +34,8 @@ def trigger_execution(
     idempotency_key: str | None = None,
     trigger_event=None,
     parent: Execution | None = None,
+    rerun_of: Execution | None = None,
+    files: dict[str, bytes] | None = None,
 ) -> Execution:
     """Create a pending execution of `package` with one pending step per script, and enqueue it on commit.
 
@@ -61,6 +63,11 @@ def trigger_execution(
                 trigger_event=trigger_event,
                 parent_execution=trigger_event.parent_execution if trigger_event else parent,
                 chain_depth=trigger_event.chain_depth if trigger_event else getattr(parent, "chain_depth", 0),
+                rerun_of=rerun_of,
+            )
+            ExecutionFile.objects.bulk_create(
+                ExecutionFile(execution=execution, path=path, content=content)
+                for path, content in (files or {}).items()
             )
     except IntegrityError:
         # Lost a race with an identical trigger: the other one's execution stands.

@@ -13,6 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from executions.models import TriggerType
+from executions.run_pages import run_form_page
 from executions.services import TriggerRefused, trigger_execution
 
 from . import state as package_state
@@ -30,6 +31,7 @@ from .models import (
     secret_name_validator,
     store_package_secrets,
 )
+from .run_forms import PARAMETERS_FILE
 from .schedule_preview import schedule_preview_html
 from .schedules import remove_package_schedule, sync_package_schedule
 from .secret_forms import PackageSecretForm, PlatformSecretForm, ProjectSecretForm, UniqueNamesFormSet
@@ -299,11 +301,14 @@ class PackageAdmin(admin.ModelAdmin):
         ]
 
     def run_view(self, request, package_id: int):
-        """GET: confirm; POST: start a manual execution and show the package's executions."""
+        """GET: confirm (or the run form of a package with parameters.json); POST: start a manual execution and
+        show the package's executions (or the new execution, after a form)."""
         package = get_object_or_404(Package, pk=package_id)
         if not request.user.has_perm("packages.run_package"):
             messages.error(request, "You are not allowed to run packages.")
             return HttpResponseRedirect(reverse("admin:packages_package_change", args=[package.pk]))
+        if package.scripts.filter(file_name=PARAMETERS_FILE).exists():  # a run form instead of a plain Run
+            return run_form_page(request, self.admin_site, package)
         if request.method != "POST":
             context = {
                 **self.admin_site.each_context(request),

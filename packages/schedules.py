@@ -28,28 +28,38 @@ def periodic_task_name(package_id: int) -> str:
 
 
 def sync_package_schedule(package: Package) -> PeriodicTask | None:
-    name = periodic_task_name(package.pk)
-    if not package.schedule:
-        # Nothing to fire; keep an existing task (disabled) so re-adding a schedule reuses it.
+    return sync_periodic_task(
+        periodic_task_name(package.pk),
+        task=TICK_TASK,
+        kwargs={"package_id": package.pk},
+        schedule=package.schedule,
+        tz=package.timezone,
+        enabled=package.active,
+        description=f"Schedule of package {package.package_name} ({package.schedule}, {package.timezone})",
+    )
+
+
+def sync_periodic_task(name: str, *, task: str, kwargs: dict, schedule: str, tz, enabled: bool, description: str):
+    """Create or update the beat task `name` firing `task(**kwargs)` on the cron `schedule` (on the `scheduled`
+    lane). With no schedule an existing task is disabled and kept, so adding a schedule back reuses it."""
+    if not schedule:
         PeriodicTask.objects.filter(name=name).update(enabled=False)
         PeriodicTasks.update_changed()  # .update() does not bump beat's change marker
         return None
-    crontab, _ = CrontabSchedule.objects.get_or_create(
-        **cron.parse(package.schedule).celery_crontab_kwargs(), timezone=package.timezone
-    )
-    task, _ = PeriodicTask.objects.update_or_create(
+    crontab, _ = CrontabSchedule.objects.get_or_create(**cron.parse(schedule).celery_crontab_kwargs(), timezone=tz)
+    periodic_task, _ = PeriodicTask.objects.update_or_create(
         name=name,
         defaults={
-            "task": TICK_TASK,
+            "task": task,
             "crontab": crontab,
             "interval": None,
-            "kwargs": json.dumps({"package_id": package.pk}),
+            "kwargs": json.dumps(kwargs),
             "queue": "scheduled",
-            "enabled": package.active,
-            "description": f"Schedule of package {package.package_name} ({package.schedule}, {package.timezone})",
+            "enabled": enabled,
+            "description": description,
         },
     )
-    return task
+    return periodic_task
 
 
 def remove_package_schedule(package_id: int) -> None:
@@ -58,6 +68,10 @@ def remove_package_schedule(package_id: int) -> None:
 
 def current_fire_time(package: Package, now: datetime) -> datetime | None:
     """The fire time a tick arriving at `now` stands for; None if the schedule does not fire around now."""
-    if not package.schedule:
+    return fire_time_of_tick(package.schedule, package.timezone, now)
+
+
+def fire_time_of_tick(schedule: str, tz, now: datetime) -> datetime | None:
+    if not schedule:
         return None
-    return cron.parse(package.schedule).latest_fire_time(now + EARLY_TICK_TOLERANCE, package.timezone)
+    return cron.parse(schedule).latest_fire_time(now + EARLY_TICK_TOLERANCE, tz)

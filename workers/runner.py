@@ -34,7 +34,7 @@ from .isolation import (
 )
 from .lease import ExecutionWatch, Lease, LeaseLost, claim
 from .sandbox import ProcessResult, truncation_marker
-from .workspace import Workspace, base_environment, create_workspace
+from .workspace import Workspace, add_run_files, base_environment, create_workspace
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +87,7 @@ def _run_claimed(lease: Lease) -> None:
     secrets = secrets_for(package)
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
+        add_run_files(workspace, {file.path: bytes(file.content) for file in execution.files.all()})
         env = _environment(workspace, execution, files)
         uid = step_uid() if sandbox_enabled() else None
         give_to_step_uid(workspace.root, uid)

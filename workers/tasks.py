@@ -8,6 +8,7 @@ from celery.signals import task_prerun, worker_process_init, worker_ready, worke
 from django.db import close_old_connections
 
 from executions.later_runs import start_later_run
+from executions.saved_runs import run_saved_on_schedule
 from executions.services import trigger_scheduled_tick
 
 from . import reaper, runner, shutdown
@@ -39,6 +40,12 @@ def run_execution(self, execution_id: str) -> None:
 def scheduled_tick(package_id: int) -> None:
     """Sent by beat for a package's PeriodicTask (packages/schedules.py)."""
     trigger_scheduled_tick(package_id)
+
+
+@shared_task(name="executor.saved_run_tick", ignore_result=True)
+def saved_run_tick(execution_id: str) -> None:
+    """Sent by beat for a saved run's own schedule (executions/saved_runs.py)."""
+    run_saved_on_schedule(execution_id)
 
 
 @shared_task(name="executor.later_run", ignore_result=True)

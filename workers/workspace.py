@@ -46,6 +46,16 @@ def create_workspace(root: Path, files: dict[str, bytes]) -> Workspace:
     return workspace
 
 
+def add_run_files(workspace: Workspace, files: dict[str, bytes]) -> None:
+    """Files given to this run (run-form uploads) at their relative paths under the package directory."""
+    for relative, content in files.items():
+        path = (workspace.package_dir / relative).resolve()
+        if workspace.package_dir.resolve() not in path.parents:
+            raise ValueError(f"refusing to write a run file outside the package directory: {relative!r}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+
+
 def base_environment(workspace: Workspace, runtime_bin: Path) -> dict[str, str]:
     return {
         "PATH": f"{runtime_bin}:/usr/local/bin:/usr/bin:/bin",

@@ -1,0 +1,70 @@
+"""Saved runs: executions marked Saved, run again with their parameters by a person or on their own schedule.
+
+A re-run is a new execution of the same package with the same parameters (or edited ones) and the same run-form
+files, linked to its source by `rerun_of`. A saved run's schedule is a beat task (`executor.saved.<id>`) kept in
+step whenever the execution is saved in the admin; each tick starts one execution per fire time, however many
+ticks arrive, like a package schedule (executions/services.py).
+"""
+
+import logging
+from datetime import UTC
+
+from django.utils import timezone
+
+from packages.schedules import fire_time_of_tick, sync_periodic_task
+
+from .models import Execution, TriggerType
+from .services import TriggerRefused, trigger_execution
+
+logger = logging.getLogger(__name__)
+
+SAVED_RUN_TASK = "executor.saved_run_tick"
+
+
+def rerun(source: Execution, *, user=None, params: dict | None = None, files: dict[str, bytes] | None = None,
+          trigger_type: TriggerType = TriggerType.MANUAL, idempotency_key: str | None = None) -> Execution:  # fmt: skip
+    """Run `source`'s package again: with its parameters and files, unless edited ones are given."""
+    run_files = {file.path: bytes(file.content) for file in source.files.all()}
+    run_files.update(files or {})
+    return trigger_execution(
+        source.package,
+        trigger_type=trigger_type,
+        params=source.params if params is None else params,
+        user=user,
+        files=run_files,
+        rerun_of=source,
+        idempotency_key=idempotency_key,
+    )
+
+
+def periodic_task_name(execution_id) -> str:
+    return f"executor.saved.{execution_id}"
+
+
+def sync_saved_run_schedule(execution: Execution) -> None:
+    sync_periodic_task(
+        periodic_task_name(execution.pk),
+        task=SAVED_RUN_TASK,
+        kwargs={"execution_id": str(execution.pk)},
+        schedule=execution.schedule if execution.saved else "",
+        tz=execution.schedule_timezone,
+        enabled=execution.saved,
+        description=f"Saved run {execution.name or execution.short_id} of {execution.package.package_name}",
+    )
+
+
+def run_saved_on_schedule(execution_id: str) -> Execution | None:
+    saved = Execution.objects.select_related("package").filter(pk=execution_id, saved=True).first()
+    if saved is None:
+        logger.info("tick for saved run %s, which is no longer saved: ignored", execution_id)
+        return None
+    fire_time = fire_time_of_tick(saved.schedule, saved.schedule_timezone, timezone.now())
+    if fire_time is None:
+        logger.warning("tick for saved run %s matches no fire time of %r: ignored", execution_id, saved.schedule)
+        return None
+    key = f"saved:{saved.pk}:{fire_time.astimezone(UTC).isoformat()}"
+    try:
+        return rerun(saved, trigger_type=TriggerType.SCHEDULED, idempotency_key=key)
+    except TriggerRefused as exc:
+        logger.info("scheduled run of saved run %s not started: %s", execution_id, exc)
+        return None

@@ -1,0 +1,121 @@
+"""Run forms: a package's `parameters.json` (FX) as a Django form; the values become top-level argv[1] keys.
+
+`{"fields": [{"type", "name", "label", "required", "description", "default", "placeholder", ...}]}` with the FX
+types text, textarea, int (min, max), float (min, max, step), select and radio (choices: [{title, value}]),
+multiselect (a list) and file. An uploaded file is given to the run: the worker writes it at
+`_uploads/<field>/<file name>` in the scripts' working directory, and that relative path is the field's value.
+"""
+
+import json
+import re
+
+from django import forms
+from django.core.files.uploadedfile import UploadedFile
+from django.utils.text import get_valid_filename
+
+from .models import Package
+
+PARAMETERS_FILE = "parameters.json"
+UPLOAD_DIR = "_uploads"
+TYPES = {"text", "textarea", "int", "float", "select", "radio", "multiselect", "file"}
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+
+
+class ParametersError(ValueError):
+    """parameters.json cannot be turned into a form; the message says where."""
+
+
+def parameter_fields(package: Package) -> list[dict] | None:
+    """The package's form fields, or None when it has no parameters.json. Raises ParametersError."""
+    script = package.scripts.filter(file_name=PARAMETERS_FILE).first()
+    return None if script is None else parse_parameters(bytes(script.content))
+
+
+def parse_parameters(content: bytes) -> list[dict]:
+    try:
+        document = json.loads(content)
+    except ValueError as exc:
+        raise ParametersError(f"parameters.json is not valid JSON: {exc}") from None
+    fields = document.get("fields") if isinstance(document, dict) else None
+    if not isinstance(fields, list):
+        raise ParametersError('parameters.json must be an object {"fields": [...]}.')
+    names = set()
+    for number, spec in enumerate(fields, start=1):
+        where = f"parameters.json field {number}"
+        if not isinstance(spec, dict) or spec.get("type") not in TYPES:
+            raise ParametersError(f"{where}: type must be one of {', '.join(sorted(TYPES))}.")
+        if not isinstance(spec.get("name"), str) or not _NAME.match(spec["name"]) or spec["name"] in names:
+            raise ParametersError(f"{where}: name must be a unique identifier (letters, digits, _).")
+        if spec["type"] in ("select", "radio", "multiselect") and not _valid_choices(spec.get("choices")):
+            raise ParametersError(f"{where} ({spec['name']}): choices must be a list of {{title, value}}.")
+        names.add(spec["name"])
+    return fields
+
+
+def _valid_choices(choices) -> bool:
+    return isinstance(choices, list) and all(isinstance(c, dict) and "value" in c for c in choices)
+
+
+class RunForm(forms.Form):
+    """The fields of parameters.json; `initial` pre-fills them (a saved run's or an execution's parameters)."""
+
+    def __init__(self, specs: list[dict], *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for spec in specs:
+            self.fields[spec["name"]] = _form_field(spec, kwargs.get("initial") or {})
+
+    def run_values(self) -> tuple[dict, dict[str, bytes]]:
+        """(values for argv[1], files for the run by path). A file field left empty keeps its initial value."""
+        params, files = {}, {}
+        for name, value in self.cleaned_data.items():
+            if isinstance(value, UploadedFile):
+                path = f"{UPLOAD_DIR}/{name}/{get_valid_filename(value.name)}"
+                params[name], files[path] = path, value.read()
+            elif value in (None, "") and isinstance(self.fields[name], forms.FileField):
+                if self.initial.get(name):
+                    params[name] = self.initial[name]
+            else:
+                params[name] = value
+        return params, files
+
+
+def _form_field(spec: dict, initial: dict) -> forms.Field:
+    kind = spec["type"]
+    options = {
+        "label": spec.get("label") or spec["name"],
+        "required": bool(spec.get("required", False)),
+        "help_text": spec.get("description", ""),
+        "initial": initial.get(spec["name"], spec.get("default")),
+    }
+    placeholder = {"placeholder": spec["placeholder"]} if spec.get("placeholder") else {}
+    if kind == "text":
+        return forms.CharField(widget=forms.TextInput(attrs=placeholder), **options)
+    if kind == "textarea":
+        return forms.CharField(widget=forms.Textarea(attrs={"rows": 4, **placeholder}), **options)
+    if kind == "int":
+        return forms.IntegerField(min_value=spec.get("min"), max_value=spec.get("max"), **options)
+    if kind == "float":
+        step = {"step": spec["step"]} if spec.get("step") else {"step": "any"}
+        return forms.FloatField(min_value=spec.get("min"), max_value=spec.get("max"),
+                                widget=forms.NumberInput(attrs=step), **options)  # fmt: skip
+    if kind == "file":
+        if initial.get(spec["name"]):  # a re-run keeps the earlier file unless a new one is chosen
+            options["required"] = False
+            options["help_text"] = f"{options['help_text']} Now: {initial[spec['name']]}".strip()
+        return forms.FileField(**options)
+    return _choice_field(spec, options)
+
+
+def _choice_field(spec: dict, options: dict) -> forms.Field:
+    by_text = {str(choice["value"]): choice["value"] for choice in spec["choices"]}
+    choices = [(str(c["value"]), c.get("title") or str(c["value"])) for c in spec["choices"]]
+    coerce = by_text.__getitem__  # the value as parameters.json types it (a number stays a number)
+    if spec["type"] == "multiselect":
+        options["initial"] = [str(value) for value in options["initial"] or []]
+        return forms.TypedMultipleChoiceField(choices=choices, coerce=coerce, **options)
+    if options["initial"] is not None:
+        options["initial"] = str(options["initial"])
+    if not options["required"]:
+        choices = [("", "—"), *choices]
+    widget = forms.RadioSelect if spec["type"] == "radio" else forms.Select
+    return forms.TypedChoiceField(choices=choices, coerce=coerce, empty_value=None, widget=widget, **options)
