@@ -72,3 +72,16 @@ def test_cancel_stops_a_step_running_on_a_real_worker(celery_worker, admin_user)
     assert (execution.status, execution.status_reason) == (ExecutionStatus.CANCELLED, "cancelled by admin")
     step = execution.steps.get()
     assert (step.status, step.stdout) == (StepStatus.CANCELLED, "waiting\n")
+
+
+def test_a_run_form_upload_is_readable_by_the_script_at_its_value(celery_worker):
+    package = make_package("upload_reader", {"main.py": "import json, sys\nargs = json.loads(sys.argv[1])\n"
+                                             "print(open(args['report']).read())"})  # fmt: skip
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params={"report": "_uploads/report/q.csv"},
+                                  files={"_uploads/report/q.csv": b"a,b\n1,2\n"})  # fmt: skip
+
+    execution = wait_until_finished(execution, timeout=60)
+
+    step = execution.steps.get()
+    assert execution.status == ExecutionStatus.COMPLETED, step.stderr
+    assert step.stdout == "a,b\n1,2\n\n"

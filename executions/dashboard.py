@@ -1,0 +1,66 @@
+"""The dashboard on the admin's front page: the last two weeks of executions at a glance.
+
+Every query is bounded by time (the created_at indexes) or by status, so the page stays quick on a ledger of
+millions of executions.
+"""
+
+from dataclasses import dataclass
+from datetime import date, timedelta
+
+from django.db.models import Avg, Count, F
+from django.db.models.functions import TruncDate
+from django.utils import timezone
+
+from .models import Execution, ExecutionStatus
+
+DAYS = 14
+STATUSES = [ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED,
+            ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING, ExecutionStatus.SKIPPED]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Day:
+    day: date
+    counts: dict[str, int]  # status -> executions created that day
+    total: int
+
+
+def executions_per_day(today: date | None = None) -> list[Day]:
+    today = today or timezone.localdate()
+    since = today - timedelta(days=DAYS - 1)
+    rows = (
+        Execution.objects.filter(created_at__date__gte=since)
+        .annotate(day=TruncDate("created_at"))
+        .values("day", "status")
+        .annotate(n=Count("id"))
+    )
+    counts: dict[date, dict[str, int]] = {since + timedelta(days=n): {} for n in range(DAYS)}
+    for row in rows:
+        counts.setdefault(row["day"], {})[row["status"]] = row["n"]
+    return [Day(day, by_status, sum(by_status.values())) for day, by_status in sorted(counts.items())]
+
+
+def latest_failures(limit: int = 8):
+    return Execution.objects.filter(status=ExecutionStatus.FAILED).select_related("package").order_by("-created_at")[
+        :limit
+    ]
+
+
+def running_now(limit: int = 20):
+    return (
+        Execution.objects.filter(status=ExecutionStatus.IN_PROGRESS)
+        .select_related("package")
+        .order_by("started_at")[:limit]
+    )
+
+
+def time_per_package(limit: int = 10) -> list[dict]:
+    """Average and longest execution time (ms) per package over the last DAYS days, slowest first."""
+    since = timezone.now() - timedelta(days=DAYS)
+    rows = (
+        Execution.objects.filter(created_at__gte=since, status=ExecutionStatus.COMPLETED, started_at__isnull=False)
+        .values("package__name", "package_id")
+        .annotate(average=Avg(F("finished_at") - F("started_at")), runs=Count("id"))
+        .order_by("-average")[:limit]
+    )
+    return [{**row, "average_ms": round(row["average"].total_seconds() * 1000)} for row in rows]

@@ -1,0 +1,30 @@
+from django import template
+
+from .. import dashboard
+
+register = template.Library()
+
+
+@register.inclusion_tag("admin/executions/dashboard.html")
+def executor_dashboard():
+    days = dashboard.executions_per_day()
+    slowest = dashboard.time_per_package()
+    return {
+        "days": days,
+        "statuses": dashboard.STATUSES,
+        "busiest": max((day.total for day in days), default=0) or 1,
+        "failures": dashboard.latest_failures(),
+        "running": dashboard.running_now(),
+        "slowest": slowest,
+        "longest_ms": max((row["average_ms"] for row in slowest), default=0) or 1,
+    }
+
+
+@register.filter
+def percent_of(value: int, whole: int) -> float:
+    return round(100 * (value or 0) / whole, 1) if whole else 0
+
+
+@register.filter
+def get(mapping: dict, key):
+    return mapping.get(key, 0)
