@@ -149,6 +149,8 @@ class Execution(models.Model):
         indexes = [
             models.Index(fields=["package", "-created_at"], name="execution_package_recent"),
             models.Index(fields=["status", "-created_at"], name="execution_status_recent"),
+            # Saved executions are few among millions: their list reads this small index.
+            models.Index(fields=["-created_at"], condition=models.Q(saved=True), name="execution_saved_recent"),
         ]
 
     def __str__(self) -> str:

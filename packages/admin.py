@@ -31,7 +31,6 @@ from .models import (
     secret_name_validator,
     store_package_secrets,
 )
-from .run_forms import PARAMETERS_FILE
 from .schedule_preview import schedule_preview_html
 from .schedules import remove_package_schedule, sync_package_schedule
 from .secret_forms import PackageSecretForm, PlatformSecretForm, ProjectSecretForm, UniqueNamesFormSet
@@ -307,7 +306,7 @@ class PackageAdmin(admin.ModelAdmin):
         if not request.user.has_perm("packages.run_package"):
             messages.error(request, "You are not allowed to run packages.")
             return HttpResponseRedirect(reverse("admin:packages_package_change", args=[package.pk]))
-        if package.scripts.filter(file_name=PARAMETERS_FILE).exists():  # a run form instead of a plain Run
+        if package.has_run_form:  # a form instead of a plain Run
             return run_form_page(request, self.admin_site, package)
         if request.method != "POST":
             context = {

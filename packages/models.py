@@ -79,6 +79,9 @@ class EventType(models.Model):
         return self.name
 
 
+PARAMETERS_FILE = "parameters.json"  # FX run form definition (packages/run_forms.py)
+
+
 class Package(models.Model):
     name = models.CharField(max_length=200)
     package_name = models.CharField(
@@ -137,6 +140,10 @@ class Package(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+    @property
+    def has_run_form(self) -> bool:
+        return self.scripts.filter(file_name=PARAMETERS_FILE).exists()
 
     def clean(self) -> None:
         limit = settings.EXECUTOR_MAX_EXECUTION_SECONDS

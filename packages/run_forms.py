@@ -13,9 +13,8 @@ from django import forms
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.text import get_valid_filename
 
-from .models import Package
+from .models import PARAMETERS_FILE, Package
 
-PARAMETERS_FILE = "parameters.json"
 UPLOAD_DIR = "_uploads"
 TYPES = {"text", "textarea", "int", "float", "select", "radio", "multiselect", "file"}
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")

@@ -1,0 +1,44 @@
+"""The execution list's search and counts (bench/admin_lists.py times them on a million executions)."""
+
+from unittest import mock
+
+import pytest
+from django.urls import reverse
+
+from executions.big_lists import EstimatedCountPaginator, _planner_rows
+from executions.models import Execution, TriggerType
+from executions.services import trigger_execution
+from tests.factories import make_package
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def runs():
+    with mock.patch("workers.tasks.run_execution.apply_async"):
+        alpha = trigger_execution(make_package("alpha_loader", {"a.py": "1"}), trigger_type=TriggerType.MANUAL)
+        beta = trigger_execution(make_package("beta_report", {"a.py": "1"}), trigger_type=TriggerType.MANUAL)
+    Execution.objects.filter(pk=beta.pk).update(name="Quarterly close")
+    return alpha, beta
+
+
+@pytest.mark.parametrize("term, expected", [
+    (lambda a, b: str(a.id), "alpha"),
+    (lambda a, b: a.short_id, "alpha"),
+    (lambda a, b: b.correlation_id, "beta"),
+    (lambda a, b: "beta_rep", "beta"),
+    (lambda a, b: "Alpha Loader", "alpha"),
+    (lambda a, b: "quarterly", "beta"),
+])  # fmt: skip
+def test_search_finds_by_id_short_id_cid_package_and_name(admin_client, runs, term, expected):
+    alpha, beta = runs
+    page = admin_client.get(reverse("admin:executions_execution_changelist"), {"q": term(alpha, beta)}).content
+    found = {name for name, run in (("alpha", alpha), ("beta", beta)) if run.short_id.encode() in page}
+    assert found == {expected}
+
+
+def test_counts_are_exact_below_ten_thousand_and_estimates_stay_sane(runs):
+    queryset = Execution.objects.all()
+    assert EstimatedCountPaginator(queryset, 100).count == 2
+    assert EstimatedCountPaginator(queryset.filter(status="pending"), 100).count == 2
+    assert _planner_rows(queryset.filter(status="failed")) >= 0 and _planner_rows(queryset) >= 0
