@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 RUNTIME := .runtime
 
-.PHONY: install run test lint format bench clean
+.PHONY: install run test lint format bench clean bench-admin
 
 install: $(VENV)/.installed $(RUNTIME)/.installed
 
@@ -33,6 +33,9 @@ test: install
 
 bench: install
 	$(VENV)/bin/python bench/run.py
+
+bench-admin: install
+	$(VENV)/bin/python bench/admin_lists.py
 
 lint: install
 	$(VENV)/bin/ruff check .

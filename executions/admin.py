@@ -99,6 +99,7 @@ class ExecutionAdmin(admin.ModelAdmin):
     search_fields = ["name"]
     search_help_text = "An execution id (full or the 8 characters shown), a correlation id, a package or a name."
     show_full_result_count = False  # no COUNT(*) over a large table on every page view
+    show_facets = admin.ShowFacets.NEVER  # per-filter counts: one COUNT per option over millions of rows
     paginator = EstimatedCountPaginator
     fieldsets = [
         (None, {"fields": ["name", "description", "saved", "schedule", "schedule_timezone"]}),
@@ -344,6 +345,7 @@ class TriggerEventAdmin(admin.ModelAdmin):
     search_fields = ["event_id__exact", "type__exact", "source__exact", "correlation_id__exact"]
     list_select_related = ["api_key", "parent_execution__package"]
     show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     paginator = EstimatedCountPaginator
     fields = ["event_id", "source", "type", "subject", "time", "datacontenttype", "data", "received_at",
               "sender", "correlation_id", "chain_depth", "status_display", "status_reason", "started"]  # fmt: skip
