@@ -1,4 +1,5 @@
-"""The HTTP API, FX Event Bridge compatible: POST /fx/events, GET /fx/executions/<id>, GET /fx/cid/<cid>.
+"""The HTTP API, FX Event Bridge compatible: POST /fx/events, GET /fx/executions/<id>, GET /fx/cid/<cid>; and
+Sync Now for Git repositories: POST /fx/git/repositories/<id>/sync, GET /fx/git/repositories/<id>.
 
 Authentication: an `X-API-KEY` header holding a key from the admin (API keys) or `manage.py create_api_key`.
 The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Errors answer `{"detail": "..."}`
@@ -16,6 +17,9 @@ from django.shortcuts import render
 from ninja import NinjaAPI, Schema, Status, Swagger
 from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
+
+from packages.git_webhook import queue_sync
+from packages.models import GitRepository
 
 from . import event_input
 from .events import EventRejected, dispatch
@@ -218,3 +222,36 @@ def _step_out(step: ExecutionStep) -> dict:
         "finished_at": step.finished_at,
         "execution_time": step.duration_ms,
     }
+
+
+class RepositoryOut(Schema):
+    id: int
+    url: str
+    branch: str
+    status: str
+    last_sync_at: datetime | None
+    current_commit: str
+    last_error: str
+    last_report: dict[str, Any]
+    branches: list[str]
+
+
+@api.post("/git/repositories/{repository_id}/sync", response={202: RepositoryOut, 401: Error, 404: Error},
+          summary="Sync a Git repository now (queued)")  # fmt: skip
+def sync_repository_now(request, repository_id: int):
+    repository = _repository(repository_id)
+    queue_sync(repository)
+    return Status(202, repository)
+
+
+@api.get("/git/repositories/{repository_id}", response={200: RepositoryOut, 401: Error, 404: Error},
+         summary="A Git repository's sync status and last report")  # fmt: skip
+def get_repository(request, repository_id: int):
+    return _repository(repository_id)
+
+
+def _repository(repository_id: int) -> GitRepository:
+    repository = GitRepository.objects.filter(pk=repository_id).first()
+    if repository is None:
+        raise HttpError(404, f"No repository {repository_id}.")
+    return repository

@@ -120,6 +120,8 @@ class Execution(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
 
+    # The package's Git commit when a worker took it: the code it ran (packages/git_sync.py).
+    source_commit = models.CharField(max_length=64, blank=True, editable=False)
     # Times a step cut off by a lost or shut-down worker was run again (Package.retries_after_worker_loss).
     retries = models.PositiveSmallIntegerField(default=0, editable=False)
 

@@ -3,6 +3,7 @@ from django.urls import path
 from django.views.generic import RedirectView
 
 from executions.api import api
+from packages.git_webhook import push_webhook
 
 from .health import healthz
 
@@ -15,4 +16,5 @@ urlpatterns = [
     path("healthz", healthz, name="healthz"),
     path("admin/", admin.site.urls),
     path("fx/", api.urls),
+    path("git/webhook/<int:repository_id>", push_webhook, name="git_webhook"),
 ]

@@ -332,3 +332,6 @@ class PackageAdmin(admin.ModelAdmin):
         response = HttpResponse(bytes(script.content), content_type="application/octet-stream")
         response["Content-Disposition"] = f'attachment; filename="{script.file_name}"'
         return response
+
+
+from . import git_admin  # noqa: F401, E402  (registers GitRepositoryAdmin)

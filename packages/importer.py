@@ -61,7 +61,17 @@ class ImportResult:
     secrets: list[str] = field(default_factory=list)
 
 
-def import_package_dir(directory: Path, project_name: str | None = None) -> ImportResult:
+@dataclass(frozen=True)
+class GitSource:
+    """Where a package directory came from (packages/git_sync.py): the repository is then its source of truth."""
+
+    repository: object  # GitRepository
+    commit: str
+
+
+def import_package_dir(
+    directory: Path, project_name: str | None = None, source: GitSource | None = None
+) -> ImportResult:
     directory = Path(directory)
     if not directory.is_dir():
         raise PackageImportError(f"{directory} is not a directory")
@@ -80,17 +90,22 @@ def import_package_dir(directory: Path, project_name: str | None = None) -> Impo
         raise PackageImportError(f"manifest.json: entrypoint {manifest['entrypoint']} does not exist")
     contents = {name: _read(files[name]) for name in order}
     with transaction.atomic():
-        package, created = _save_package(package_name, manifest, project_name)
+        package, created = _save_package(package_name, manifest, project_name, source)
         _save_scripts(package, order, contents)
         store_package_secrets(package, secrets)
         sync_package_schedule(package)
     return ImportResult(package=package, created=created, files=order, secrets=sorted(secrets))
 
 
-def _save_package(package_name: str, manifest: dict, project_name: str | None) -> tuple[Package, bool]:
+def _save_package(package_name: str, manifest: dict, project_name: str | None, source: GitSource | None):
     package, created = Package.objects.get_or_create(package_name=package_name, defaults={"name": package_name})
     if project_name:
         package.project = Project.objects.get_or_create(name=project_name)[0]
+    if source:
+        if package.git_repository_id not in (None, source.repository.pk):
+            raise PackageImportError(f"package {package_name} comes from another repository ({package.git_repository})")
+        package.git_repository, package.source_commit = source.repository, source.commit
+        package.active = True  # back in the branch: active unless its manifest says otherwise
     for key in ("description", "schedule", "priority", "allow_manual_triggering", "active", "output_events"):
         if key in manifest:
             setattr(package, key, manifest[key])

@@ -133,6 +133,12 @@ class Package(models.Model):
     output_events = models.JSONField(default=list, blank=True, help_text="Informational (manifest.json).")
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
+    git_repository = models.ForeignKey(
+        "GitRepository", null=True, blank=True, on_delete=models.SET_NULL, related_name="packages", editable=False
+    )
+    source_commit = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="The Git commit the scripts came from."
+    )
 
     class Meta:
         ordering = ["name"]
@@ -312,3 +318,50 @@ class PackageState(models.Model):
 
     def __str__(self) -> str:
         return f"state of {self.package}"
+
+
+class GitAuth(models.TextChoices):
+    NONE = "none", "None (public, or a local path)"
+    DEPLOY_KEY = "deploy_key", "Deploy key (SSH)"
+    HTTPS_TOKEN = "https_token", "HTTPS token"
+
+
+class GitSyncStatus(models.TextChoices):
+    NEVER = "never", "Never synced"
+    SYNCING = "syncing", "Syncing"
+    OK = "ok", "Synced"
+    PARTIAL = "partial", "Synced with errors"
+    FAILED = "failed", "Failed"
+
+
+class GitRepository(models.Model):
+    """A Git repository of a project: each top-level directory of its branch is a package (packages/git_sync.py).
+
+    Credentials are encrypted like secrets and never shown: the deploy key's private half, an HTTPS token, and the
+    webhook secret that push notifications are signed with.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="repositories")
+    url = models.CharField(
+        "URL", max_length=500, help_text="git@host:org/repo.git, https://host/org/repo.git, file:///path or a path."
+    )
+    branch = models.CharField(max_length=200, default="main")
+    auth = models.CharField("authentication", max_length=20, choices=GitAuth, default=GitAuth.NONE)
+    deploy_public_key = models.TextField(blank=True, editable=False)
+    deploy_private_key_encrypted = models.TextField(blank=True, editable=False)
+    https_token_encrypted = models.TextField(blank=True, editable=False)
+    webhook_secret_encrypted = models.TextField(blank=True, editable=False)
+    branches = models.JSONField(default=list, blank=True, editable=False, help_text="Found on the last sync.")
+    status = models.CharField(max_length=20, choices=GitSyncStatus, default=GitSyncStatus.NEVER, editable=False)
+    last_sync_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    current_commit = models.CharField(max_length=64, blank=True, editable=False)
+    last_report = models.JSONField(default=dict, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["project__name", "url"]
+        verbose_name_plural = "Git repositories"
+        constraints = [models.UniqueConstraint(fields=["project", "url"], name="repository_unique_per_project")]
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.branch})"

@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
@@ -19,7 +20,7 @@ from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
 from packages.encryption import EncryptionError
-from packages.models import ScriptKind, kind_for_file_name, secrets_for
+from packages.models import Package, ScriptKind, kind_for_file_name, secrets_for
 
 from . import fx_bridge, masking, shutdown
 from .handlers import StepRun, handler_for
@@ -83,7 +84,9 @@ def _run_claimed(lease: Lease) -> None:
     lifecycle = Lifecycle(execution)
     if all(step.status == StepStatus.PENDING for step in steps):  # not a run handed over half-way
         lifecycle.started()
-    files = {script.file_name: bytes(script.content) for script in package.scripts.all()}
+    files, commit = _code_snapshot(package)
+    if commit:
+        lease.update_execution(source_commit=commit)
     secrets = secrets_for(package)
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
@@ -98,6 +101,19 @@ def _run_claimed(lease: Lease) -> None:
         _hand_over(lease, execution)
     else:
         lifecycle.finished(_finish(lease, execution, steps))
+
+
+def _code_snapshot(package) -> tuple[dict[str, bytes], str]:
+    """The package's files and the Git commit they came from, read in one snapshot: a sync landing meanwhile
+    (packages/git_sync.py) changes both or neither. The run then works on its own copy until it ends."""
+    own_transaction = not connection.in_atomic_block  # (tests run the runner inside theirs)
+    with transaction.atomic():
+        if own_transaction and connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        commit = Package.objects.filter(pk=package.pk).values_list("source_commit", flat=True).get()
+        files = {script.file_name: bytes(script.content) for script in package.scripts.all()}
+    return files, commit
 
 
 def _hand_over(lease: Lease, execution: Execution) -> None:

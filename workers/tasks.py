@@ -10,6 +10,8 @@ from django.db import close_old_connections
 from executions.later_runs import start_later_run
 from executions.saved_runs import run_saved_on_schedule
 from executions.services import trigger_scheduled_tick
+from packages import git_sync
+from packages.models import GitRepository
 
 from . import reaper, runner, shutdown
 from .checks import check_script_runtime
@@ -52,6 +54,16 @@ def saved_run_tick(execution_id: str) -> None:
 def later_run(package_id: int, params: dict, parent_execution_id: str, request_id: str) -> None:
     """Sent by beat for a one-off later run a script asked for (executions/later_runs.py)."""
     start_later_run(package_id, params, parent_execution_id, request_id)
+
+
+@shared_task(name="executor.sync_repository", ignore_result=True)
+def sync_repository(repository_id: int) -> None:
+    """Queued by a push webhook or the Sync Now API (packages/git_webhook.py)."""
+    repository = GitRepository.objects.select_related("project").filter(pk=repository_id).first()
+    if repository is None:
+        logger.info("sync of repository %s, which no longer exists: ignored", repository_id)
+        return
+    git_sync.sync_repository(repository)
 
 
 @shared_task(name="executor.reap", ignore_result=True)

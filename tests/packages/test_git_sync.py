@@ -1,0 +1,248 @@
+"""Git sync against repositories created on the fly (file:// URLs, no network), with PostgreSQL."""
+
+import hashlib
+import hmac
+import json
+import threading
+import time
+from unittest import mock
+
+import psycopg2
+import pytest
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.urls import reverse
+from django_celery_beat.models import PeriodicTask
+
+from executions.models import ApiKey, Execution, TriggerType
+from executions.services import trigger_execution
+from packages.encryption import decrypt
+from packages.git_credentials import set_secret_field
+from packages.git_sync import LOCK_NAMESPACE, sync_repository
+from packages.models import GitAuth, GitRepository, GitSyncStatus, Package, Project
+from packages.schedules import periodic_task_name
+from tests.git_repos import FxRepository, fx_package
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def remote(tmp_path):
+    repo = FxRepository(tmp_path / "fx-packages")
+    repo.commit({**fx_package("orders_load", trigger_events=["sales.order_created"]), **fx_package("daily_report"),
+                 "README.md": "# packages", "orders_load/secrets.json": json.dumps({"API_TOKEN": "t0k3n-value"})},
+                message="first")  # fmt: skip
+    return repo
+
+
+@pytest.fixture
+def repository(remote):
+    return GitRepository.objects.create(project=Project.objects.create(name="Sales"), url=remote.url)
+
+
+def test_the_first_sync_creates_a_package_per_directory(repository, remote):
+    report = sync_repository(repository)
+
+    assert report.ok and sorted(report.created) == ["daily_report", "orders_load"] and report.updated == []
+    repository.refresh_from_db()
+    assert repository.status == GitSyncStatus.OK and repository.current_commit == report.commit
+    assert repository.branches == ["main"] and repository.last_sync_at is not None
+    orders = Package.objects.get(package_name="orders_load")
+    assert (orders.git_repository, orders.source_commit, orders.project.name) == (repository, report.commit, "Sales")
+    assert sorted(orders.scripts.values_list("file_name", flat=True)) == [
+        "app.py",
+        "config.json",
+        "manifest.json",
+        "parameters.json",
+    ]  # fmt: skip  (secrets.json is not kept)
+    assert orders.secrets.get().reveal() == "t0k3n-value"
+    assert list(orders.trigger_event_types.values_list("name", flat=True)) == ["sales.order_created"]
+    assert PeriodicTask.objects.get(name=periodic_task_name(orders.pk)).crontab.minute == "20"
+    assert orders.has_run_form and not Package.objects.filter(package_name="README.md").exists()
+
+
+def test_a_sync_after_a_push_updates_the_packages(repository, remote):
+    sync_repository(repository)
+    second = remote.commit({"daily_report/app.py": "print('v2')"}, message="v2")
+
+    report = sync_repository(repository)
+
+    assert sorted(report.updated) == ["daily_report", "orders_load"] and report.created == []
+    daily = Package.objects.get(package_name="daily_report")
+    assert bytes(daily.scripts.get(file_name="app.py").content) == b"print('v2')"
+    assert daily.source_commit == second == report.commit
+
+
+def test_switching_branch_syncs_that_branch_and_an_unknown_branch_changes_nothing(repository, remote):
+    remote.branch("dev")
+    remote.checkout("dev")
+    remote.commit({"daily_report/app.py": "print('dev')"}, message="on dev")
+    remote.checkout("main")
+    sync_repository(repository)
+
+    repository.branch = "dev"
+    dev = sync_repository(repository)
+    assert (
+        dev.ok
+        and bytes(Package.objects.get(package_name="daily_report").scripts.get(file_name="app.py").content)
+        == b"print('dev')"
+    )  # noqa: E501
+
+    repository.branch = "nope"
+    missing = sync_repository(repository)
+    assert missing.error == "branch 'nope' not found; the repository has: dev, main"
+    repository.refresh_from_db()
+    assert repository.status == GitSyncStatus.FAILED and repository.current_commit == dev.commit
+
+
+def test_a_deleted_directory_deactivates_its_package_and_keeps_its_history(repository, remote):
+    sync_repository(repository)
+    daily = Package.objects.get(package_name="daily_report")
+    with mock.patch("workers.tasks.run_execution.apply_async"):
+        run = trigger_execution(daily, trigger_type=TriggerType.MANUAL)
+    remote.commit({path: None for path in fx_package("daily_report")}, message="remove daily_report")
+
+    report = sync_repository(repository)
+
+    assert report.deactivated == ["daily_report"]
+    daily.refresh_from_db()
+    assert not daily.active and Execution.objects.filter(pk=run.pk).exists()
+    assert not PeriodicTask.objects.get(name=periodic_task_name(daily.pk)).enabled
+    remote.commit(fx_package("daily_report"), message="back")
+    assert sync_repository(repository).updated and Package.objects.get(package_name="daily_report").active
+
+
+def test_a_broken_directory_is_reported_and_the_others_still_sync(repository, remote):
+    broken = fx_package("broken_pkg", schedule="61 * * * *")
+    remote.commit({**broken, "daily_report/app.py": "print('v2')", "Bad Name/app.py": "print(1)"})
+
+    report = sync_repository(repository)
+
+    assert report.failed == {
+        "Bad Name": "directory name 'Bad Name': Use lowercase letters, digits, '_' and '-' (starting with a letter or "
+        "digit), like an FX package directory.",
+        "broken_pkg": "manifest.json: schedule: minute: 61 is out of range 0-59.",
+    }  # fmt: skip
+    assert sorted(report.updated + report.created) == ["daily_report", "orders_load"]
+    assert not Package.objects.filter(package_name="broken_pkg").exists()
+    repository.refresh_from_db()
+    assert repository.status == GitSyncStatus.PARTIAL and "broken_pkg: manifest.json" in repository.last_error
+
+
+def test_a_repository_that_cannot_be_read_fails_with_its_reason(tmp_path):
+    repository = GitRepository.objects.create(project=Project.objects.create(name="P"),
+                                              url=(tmp_path / "missing").as_uri())  # fmt: skip
+    report = sync_repository(repository)
+    assert report.error.startswith(f"could not fetch {repository.url}: ")
+    assert GitRepository.objects.get().status == GitSyncStatus.FAILED and not Package.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_syncs_of_one_repository_do_not_interleave(repository, remote):
+    other = psycopg2.connect(**{k: v for k, v in connection.get_connection_params().items() if k != "cursor_factory"})
+    other.autocommit = True
+    with other.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_lock(%s, %s)", [LOCK_NAMESPACE, repository.pk])  # a sync in progress
+    waiting = threading.Thread(target=sync_in_a_thread, args=[repository.pk])
+    waiting.start()
+    time.sleep(1)
+    assert GitRepository.objects.get(pk=repository.pk).status == GitSyncStatus.NEVER  # still waiting its turn
+    with other.cursor() as cursor:
+        cursor.execute("SELECT pg_advisory_unlock(%s, %s)", [LOCK_NAMESPACE, repository.pk])
+    waiting.join(timeout=30)
+    other.close()
+    assert GitRepository.objects.get(pk=repository.pk).status == GitSyncStatus.OK
+
+
+def sync_in_a_thread(repository_id: int) -> None:
+    try:
+        sync_repository(GitRepository.objects.select_related("project").get(pk=repository_id))
+    finally:
+        connection.close()  # this thread's own connection, or the test database cannot be dropped
+
+
+def test_sync_repository_command_adds_syncs_and_reports(remote, capsys):
+    call_command("sync_repository", remote.url, "--project", "Sales")
+    out = capsys.readouterr().out
+    assert "Added" in out and "created: daily_report" in out and "created: orders_load" in out
+
+    remote.commit(fx_package("bad_pkg", schedule="nope"))
+    with pytest.raises(CommandError, match="1 package directory failed"):
+        call_command("sync_repository", remote.url, "--project", "Sales")
+    assert "failed: bad_pkg: manifest.json: schedule" in capsys.readouterr().err
+    assert GitRepository.objects.count() == 1
+
+
+def sign(secret: str, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("signature, status, queued", [
+    (lambda body: sign("hook-secret", body), 202, True),
+    (lambda body: sign("wrong", body), 403, False),
+    (lambda body: None, 403, False),
+])  # fmt: skip
+def test_push_webhook_checks_the_signature(client, repository, signature, status, queued):
+    set_secret_field(repository, "webhook_secret", "hook-secret")
+    repository.save()
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    headers = {"X-Hub-Signature-256": signature(body)} if signature(body) else {}
+
+    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
+        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                               headers=headers)  # fmt: skip
+
+    assert response.status_code == status
+    assert apply_async.called == queued
+    if queued:
+        apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+
+
+def test_push_webhook_ignores_other_branches_and_unknown_repositories(client, repository):
+    set_secret_field(repository, "webhook_secret", "s")
+    repository.save()
+    body = json.dumps({"ref": "refs/heads/feature"}).encode()
+    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
+        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                               headers={"X-Hub-Signature-256": sign("s", body)})  # fmt: skip
+    assert response.json() == {"status": "ignored: a push to refs/heads/feature, not to main"}
+    assert not apply_async.called
+    assert client.post(reverse("git_webhook", args=[999]), b"{}", content_type="application/json").status_code == 404
+
+
+def test_sync_now_api_queues_a_sync(client, repository):
+    key = ApiKey.issue("ci")[1]
+    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
+        response = client.post(f"/fx/git/repositories/{repository.pk}/sync", headers={"X-API-KEY": key})
+    assert response.status_code == 202 and response.json()["status"] == "never"
+    apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+    assert (
+        client.get(f"/fx/git/repositories/{repository.pk}", headers={"X-API-KEY": key}).json()["url"] == repository.url
+    )
+    assert client.post("/fx/git/repositories/1/sync").status_code == 401
+
+
+def test_the_admin_generates_a_deploy_key_and_never_shows_secrets(admin_client):
+    project = Project.objects.create(name="Sales")
+    response = admin_client.post(reverse("admin:packages_gitrepository_add"), {
+        "project": project.pk, "url": "git@github.com:acme/fx-packages.git", "branch": "main",
+        "auth": GitAuth.DEPLOY_KEY, "https_token": "", "webhook_secret": "whsec-123456",
+    })  # fmt: skip
+    assert response.status_code == 302
+    repository = GitRepository.objects.get()
+    assert repository.deploy_public_key.startswith("ssh-ed25519 ")
+    assert decrypt(repository.deploy_private_key_encrypted).startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    page = admin_client.get(reverse("admin:packages_gitrepository_change", args=[repository.pk])).content.decode()
+    assert repository.deploy_public_key in page and f"/git/webhook/{repository.pk}" in page
+    assert "OPENSSH PRIVATE KEY" not in page and "whsec-123456" not in page
+    assert decrypt(repository.webhook_secret_encrypted) == "whsec-123456"
+
+    admin_client.post(reverse("admin:packages_gitrepository_changelist"),
+                      {"action": "regenerate_keys", "_selected_action": [repository.pk]})  # fmt: skip
+    assert GitRepository.objects.get().deploy_public_key != repository.deploy_public_key
+
+
+def test_the_admin_sync_now_action_reports(admin_client, repository):
+    response = admin_client.post(reverse("admin:packages_gitrepository_changelist"),
+                                 {"action": "sync_now", "_selected_action": [repository.pk]}, follow=True)  # fmt: skip
+    assert "created 2, updated 0, deactivated 0, failed 0" in response.content.decode()
