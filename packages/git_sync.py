@@ -17,7 +17,6 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 from dulwich import porcelain
@@ -89,7 +88,7 @@ def _fetch(repository: GitRepository, tmp: Path, report: SyncReport) -> Path:
             raise
         except Exception as exc:  # dulwich reports network, protocol and auth problems with many exception types
             logger.warning("fetching %s failed", repository, exc_info=True)
-            raise SyncError(f"could not fetch {repository.url}: {type(exc).__name__}: {exc}") from None
+            raise SyncError(f"could not fetch {repository.url}: {type(exc).__name__}: {str(exc).strip()}") from None
 
 
 def _import_directories(repository: GitRepository, checkout: Path, report: SyncReport) -> None:
@@ -138,7 +137,7 @@ def _credentials(repository: GitRepository, tmp: Path):
         key_file = tmp / "deploy_key"
         key_file.touch(mode=0o600)
         key_file.write_text(decrypt(repository.deploy_private_key_encrypted))
-        known_hosts = Path(settings.DATA_DIR) / "git_known_hosts"
+        known_hosts = Path.home() / ".executor" / "git_known_hosts"  # the worker's home: writable in the image
         known_hosts.parent.mkdir(parents=True, exist_ok=True)
         # A host is trusted the first time it is seen and checked against that afterwards (ssh's accept-new).
         ssh = f"ssh -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile={known_hosts} -o IdentitiesOnly=yes"
