@@ -117,6 +117,7 @@ class ExecutionAdmin(admin.ModelAdmin):
                     "correlation_id",
                     "parent_link",
                     "rerun_link",
+                    "source_commit",
                     "created_by",
                     "worker_name",
                     "created_at",

@@ -193,7 +193,7 @@ class PackageAdmin(admin.ModelAdmin):
     search_fields = ["name", "package_name", "description"]
     prepopulated_fields = {"package_name": ["name"]}
     filter_horizontal = ["tags", "trigger_event_types"]
-    readonly_fields = ["schedule_preview", "trigger_event", "fx_state"]
+    readonly_fields = ["schedule_preview", "trigger_event", "fx_state", "git_source"]
     fieldsets = [
         (None, {"fields": ["name", "package_name", "description", "project", "tags", "new_tags", "secrets_file"]}),
         (
@@ -224,6 +224,7 @@ class PackageAdmin(admin.ModelAdmin):
         ),
         ("Show Trigger Event", {"classes": ["collapse"], "fields": ["trigger_event"]}),
         ("State", {"classes": ["collapse"], "fields": ["fx_state"]}),
+        ("Source", {"classes": ["collapse"], "fields": ["git_source"]}),
     ]
 
     def get_queryset(self, request):
@@ -254,6 +255,14 @@ class PackageAdmin(admin.ModelAdmin):
             reverse("fx:events"),
             "application/cloudevents+json",
         )
+
+    @admin.display(description="Git")
+    def git_source(self, package: Package) -> str:
+        if not package.git_repository_id:
+            return "Uploaded or imported (not from a Git repository)."
+        url = reverse("admin:packages_gitrepository_change", args=[package.git_repository_id])
+        return format_html('<a href="{}">{}</a> at commit <code>{}</code>. A sync replaces edits made here.',
+                           url, package.git_repository, package.source_commit[:12])  # fmt: skip
 
     @admin.display(description="context.state")
     def fx_state(self, package: Package) -> str:

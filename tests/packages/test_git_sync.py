@@ -246,3 +246,10 @@ def test_the_admin_sync_now_action_reports(admin_client, repository):
     response = admin_client.post(reverse("admin:packages_gitrepository_changelist"),
                                  {"action": "sync_now", "_selected_action": [repository.pk]}, follow=True)  # fmt: skip
     assert "created 2, updated 0, deactivated 0, failed 0" in response.content.decode()
+
+
+def test_the_package_page_shows_its_repository_and_commit(admin_client, repository):
+    report = sync_repository(repository)
+    package = Package.objects.get(package_name="daily_report")
+    page = admin_client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
+    assert report.commit[:12] in page and repository.url in page
