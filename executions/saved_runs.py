@@ -7,11 +7,10 @@ ticks arrive, like a package schedule (executions/services.py).
 """
 
 import logging
-from datetime import UTC
 
 from django.utils import timezone
 
-from packages.schedules import fire_time_of_tick, sync_periodic_task
+from packages.schedules import sync_periodic_task, tick_key
 
 from .models import Execution, TriggerType
 from .services import TriggerRefused, trigger_execution
@@ -58,11 +57,10 @@ def run_saved_on_schedule(execution_id: str) -> Execution | None:
     if saved is None:
         logger.info("tick for saved run %s, which is no longer saved: ignored", execution_id)
         return None
-    fire_time = fire_time_of_tick(saved.schedule, saved.schedule_timezone, timezone.now())
-    if fire_time is None:
+    key = tick_key(f"saved:{saved.pk}", saved.schedule, saved.schedule_timezone, timezone.now())
+    if key is None:
         logger.warning("tick for saved run %s matches no fire time of %r: ignored", execution_id, saved.schedule)
         return None
-    key = f"saved:{saved.pk}:{fire_time.astimezone(UTC).isoformat()}"
     try:
         return rerun(saved, trigger_type=TriggerType.SCHEDULED, idempotency_key=key)
     except TriggerRefused as exc:

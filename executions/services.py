@@ -8,7 +8,6 @@ worker never looks for a row that is not there yet, and a rollback never leaves 
 import logging
 import time
 import uuid
-from datetime import UTC
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -107,17 +106,16 @@ def trigger_scheduled_tick(package_id: int) -> Execution | None:
     Two beat processes, or a redelivered tick message, map to the same fire time and so to the same
     idempotency key; the UNIQUE constraint on it lets exactly one execution through.
     """
-    from packages.schedules import current_fire_time
+    from packages.schedules import tick_key
 
     package = Package.objects.filter(pk=package_id).first()
     if package is None:
         logger.info("tick for package %s, which no longer exists: ignored", package_id)
         return None
-    fire_time = current_fire_time(package, timezone.now())
-    if fire_time is None:
+    key = tick_key(f"schedule:{package.pk}", package.schedule, package.timezone, timezone.now())
+    if key is None:
         logger.warning("tick for package %s matches no fire time of %r: ignored", package_id, package.schedule)
         return None
-    key = f"schedule:{package.pk}:{fire_time.astimezone(UTC).isoformat()}"
     try:
         return trigger_execution(package, trigger_type=TriggerType.SCHEDULED, idempotency_key=key)
     except TriggerRefused as exc:

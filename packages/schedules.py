@@ -10,7 +10,7 @@ Sunday). Beat notices changes through PeriodicTasks.last_update, which saving a 
 """
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 from django_celery_beat.models import CrontabSchedule, PeriodicTask, PeriodicTasks
 
@@ -69,6 +69,13 @@ def remove_package_schedule(package_id: int) -> None:
 def current_fire_time(package: Package, now: datetime) -> datetime | None:
     """The fire time a tick arriving at `now` stands for; None if the schedule does not fire around now."""
     return fire_time_of_tick(package.schedule, package.timezone, now)
+
+
+def tick_key(prefix: str, schedule: str, tz, now: datetime) -> str | None:
+    """The idempotency key of a tick arriving at `now` ("<prefix>:<fire time in UTC>"): every tick for one fire
+    time maps to it, so one execution starts however many arrive. None if the schedule does not fire around now."""
+    fire_time = fire_time_of_tick(schedule, tz, now)
+    return None if fire_time is None else f"{prefix}:{fire_time.astimezone(UTC).isoformat()}"
 
 
 def fire_time_of_tick(schedule: str, tz, now: datetime) -> datetime | None:

@@ -1,4 +1,5 @@
 import os
+from unittest import mock
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -10,6 +11,13 @@ from tests.factories import make_package, seed_files
 @pytest.fixture
 def seed_package(db):
     return make_package("seed_package", seed_files())
+
+
+@pytest.fixture
+def enqueued():
+    """Records what would be sent to the broker, for tests whose subject is not the broker."""
+    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
+        yield apply_async
 
 
 @pytest.fixture(autouse=True)

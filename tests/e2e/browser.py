@@ -9,8 +9,6 @@ Screenshots go to artifacts/screenshots/ under the project root, kept by CI as a
 import contextlib
 import os
 import re
-import signal
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ from django.conf import settings
 from django.db import connections
 from playwright.sync_api import sync_playwright
 
+from tests.e2e.conftest import stop_process
 from tests.e2e.test_schedule import start_beat
 
 SCREENSHOTS = Path(settings.BASE_DIR) / "artifacts" / "screenshots"
@@ -77,13 +76,7 @@ def beat(tmp_path):
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def logged_in(page, live_server, user, password: str = "password"):

@@ -65,13 +65,18 @@ def worker_process(log_path: Path, *, queues: str = LANES, name: str = "e2e", en
         worker.wait_for_log(" ready.")
         yield worker
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
+
+
+def stop_process(proc: subprocess.Popen, grace_seconds: float = 20) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within the grace period."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace_seconds)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ The broker is replaced by a recorder here (what the worker does is tests/e2e/tes
 
 import json
 import uuid
-from unittest import mock
 
 import pytest
 from django.contrib.staticfiles import finders
@@ -19,15 +18,9 @@ from packages.models import EventType
 from packages.trigger_events import trigger_event_for
 from tests.factories import make_package
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
 
 ONE_STEP = {"main.py": "print('hi')"}
-
-
-@pytest.fixture(autouse=True)
-def enqueued():
-    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
-        yield apply_async
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Saved runs, re-runs and run forms, through the admin (Django's test client, PostgreSQL; broker recorded)."""
 
 import json
-from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -13,7 +12,7 @@ from executions.saved_runs import periodic_task_name, run_saved_on_schedule
 from executions.services import trigger_execution
 from tests.factories import make_package
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
 
 PARAMETERS = {"fields": [
     {"type": "text", "name": "region", "label": "Region", "required": True, "default": "eu"},
@@ -28,12 +27,6 @@ PARAMETERS = {"fields": [
                                                                          {"title": "B", "value": "b"}]},
     {"type": "file", "name": "report", "label": "Report"},
 ]}  # fmt: skip
-
-
-@pytest.fixture(autouse=True)
-def enqueued():
-    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
-        yield apply_async
 
 
 @pytest.fixture

@@ -9,13 +9,6 @@ from tests.factories import make_package
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def enqueued():
-    """Records what would be sent to the broker (unit test of the service: the broker is not the subject)."""
-    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
-        yield apply_async
-
-
 def test_it_creates_a_pending_execution_with_one_step_per_script(seed_package, enqueued):
     execution = trigger_execution(seed_package, trigger_type=TriggerType.MANUAL, params={"region": "eu"})
 

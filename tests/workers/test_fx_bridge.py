@@ -2,7 +2,6 @@
 break the run (the script writes those files; the adapter is only its usual author)."""
 
 import json
-from unittest import mock
 
 import pytest
 from django_celery_beat.models import PeriodicTask
@@ -13,13 +12,7 @@ from packages.models import PackageState, Secret
 from tests.factories import make_package
 from workers import fx_bridge
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def enqueued():
-    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
-        yield apply_async
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
 
 
 @pytest.fixture
