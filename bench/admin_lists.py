@@ -25,6 +25,8 @@ os.environ.update(
 )
 sys.path.insert(0, str(BASE_DIR))
 
+from bench.databases import recreate_database  # noqa: E402
+
 PAGES = [
     ("admin index (dashboard)", "/admin/"),
     ("executions", "/admin/executions/execution/"),
@@ -38,7 +40,7 @@ PAGES = [
 
 
 def main(count: int) -> None:
-    _recreate_database()
+    recreate_database(SERVER, "executor_bench_admin")
     import django
 
     django.setup()
@@ -49,17 +51,6 @@ def main(count: int) -> None:
     _fill(count)
     print(f"{count:,} executions created in {time.perf_counter() - started:.0f} s")
     _time_pages()
-
-
-def _recreate_database() -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(urlsplit(SERVER)._replace(path="/postgres").geturl())
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute("DROP DATABASE IF EXISTS executor_bench_admin WITH (FORCE)")
-        cursor.execute("CREATE DATABASE executor_bench_admin")
-    admin.close()
 
 
 def _fill(count: int) -> None:
@@ -75,7 +66,7 @@ def _fill(count: int) -> None:
             """
             INSERT INTO executions_execution (id, package_id, status, status_reason, trigger_type, params,
                 correlation_id, worker_name, lease_owner, retries, name, description, saved, created_at, started_at,
-                finished_at, chain_depth, schedule, schedule_timezone)
+                finished_at, chain_depth, schedule, schedule_timezone, source_commit)
             SELECT gen_random_uuid(), (SELECT min(id) FROM packages_package) + n %% 50,
                    (ARRAY['completed','completed','completed','completed','failed','cancelled'])[1 + n %% 6],
                    '', (ARRAY['manual','scheduled','triggered'])[1 + n %% 3], '{"n": 1}',
@@ -83,7 +74,7 @@ def _fill(count: int) -> None:
                    n %% 3000 = 0, now() - (n || ' seconds')::interval * (90 * 86400.0 / %s),
                    now() - (n || ' seconds')::interval * (90 * 86400.0 / %s),
                    now() - (n || ' seconds')::interval * (90 * 86400.0 / %s) + (n %% 97 || ' seconds')::interval,
-                   0, '', 'UTC'
+                   0, '', 'UTC', ''
             FROM generate_series(1, %s) AS n
             """,
             [count, count, count, count],

@@ -40,9 +40,11 @@ os.environ.update(
 )
 sys.path.insert(0, str(BASE_DIR))
 
+from bench.databases import recreate_database  # noqa: E402
+
 
 def main() -> None:
-    _recreate_database()
+    recreate_database(SERVER, "executor_bench")
     import django
 
     django.setup()
@@ -80,17 +82,6 @@ def main() -> None:
         f" (largest one), web {web_rss / mib:.0f} MiB [target <= 150 MiB]; whole 2-slot worker"
         f" {two_slots_rss.peak_pss / mib:.0f} MiB PSS ({two_slots_rss.peak_rss_sum / mib:.0f} MiB RSS summed)"
     )
-
-
-def _recreate_database() -> None:
-    import psycopg2
-
-    admin = psycopg2.connect(urlsplit(SERVER)._replace(path="/postgres").geturl())
-    admin.autocommit = True
-    with admin.cursor() as cursor:
-        cursor.execute("DROP DATABASE IF EXISTS executor_bench WITH (FORCE)")
-        cursor.execute("CREATE DATABASE executor_bench")
-    admin.close()
 
 
 def bare_loop(count: int) -> float:
