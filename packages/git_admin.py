@@ -6,7 +6,6 @@ from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from .git_credentials import regenerate_deploy_key, set_secret_field
-from .git_sync import sync_repository
 from .models import GitAuth, GitRepository
 
 
@@ -74,6 +73,9 @@ class GitRepositoryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync now")
     def sync_now(self, request, queryset):
+        # Imported here: every process loads the admin (workers too), and dulwich is needed only to sync.
+        from .git_sync import sync_repository
+
         for repository in queryset.select_related("project"):
             report = sync_repository(repository)
             summary = f"{repository}: {report.error}" if report.error else _summary(repository, report)

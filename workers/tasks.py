@@ -10,7 +10,6 @@ from django.db import close_old_connections
 from executions.later_runs import start_later_run
 from executions.saved_runs import run_saved_on_schedule
 from executions.services import trigger_scheduled_tick
-from packages import git_sync
 from packages.models import GitRepository
 
 from . import reaper, runner, shutdown
@@ -59,6 +58,8 @@ def later_run(package_id: int, params: dict, parent_execution_id: str, request_i
 @shared_task(name="executor.sync_repository", ignore_result=True)
 def sync_repository(repository_id: int) -> None:
     """Queued by a push webhook or the Sync Now API (packages/git_webhook.py)."""
+    from packages import git_sync  # dulwich: ~10 MiB that only a worker which syncs needs to carry
+
     repository = GitRepository.objects.select_related("project").filter(pk=repository_id).first()
     if repository is None:
         logger.info("sync of repository %s, which no longer exists: ignored", repository_id)
