@@ -31,6 +31,7 @@ from .models import (
     package_name_validator,
     store_package_secrets,
 )
+from .run_forms import ParametersError, parse_parameters
 from .schedules import sync_package_schedule
 
 SECRETS_FILE = "secrets.json"
@@ -82,6 +83,8 @@ def import_package_dir(
     for name in ("config.json", "parameters.json"):
         if name in parsed and not isinstance(parsed[name], dict):
             raise PackageImportError(f"{name} must hold a JSON object")
+    if "parameters.json" in parsed:
+        _check_run_form(files["parameters.json"])
     manifest = _check_manifest(parsed.get("manifest.json", {}))
     secrets = _check_secrets(parsed.get(SECRETS_FILE, {}))
     names = [name for name in files if name != SECRETS_FILE]
@@ -148,6 +151,14 @@ def _check_manifest(manifest) -> dict:
         except cron.CronError as exc:
             raise PackageImportError(f"manifest.json: schedule: {exc}") from None
     return manifest
+
+
+def _check_run_form(path: Path) -> None:
+    """A parameters.json that cannot become a run form is refused now, not when someone presses Run."""
+    try:
+        parse_parameters(_read(path))
+    except ParametersError as exc:
+        raise PackageImportError(str(exc)) from None
 
 
 def _check_secrets(secrets) -> dict[str, str]:

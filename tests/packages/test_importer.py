@@ -120,6 +120,16 @@ def test_reimporting_updates_scripts_in_place(tmp_path):
         ("erin", {"config.json": "[1, 2]"}, "config.json must hold a JSON object"),
         ("erin", {"config.json": "{oops"}, "config.json is not valid JSON"),
         ("erin", {"manifest.json": '{"entrypoint": "gone.py"}'}, "entrypoint gone.py does not exist"),
+        (
+            "erin",
+            {"parameters.json": '{"fields": [{"type": "colour", "name": "c"}]}'},
+            "parameters.json field 1: type must be one of",
+        ),
+        (
+            "erin",
+            {"parameters.json": '{"fields": [{"type": "select", "name": "c"}]}'},
+            "choices must be a list of",
+        ),
     ],
 )
 def test_a_bad_directory_is_refused_and_changes_nothing(tmp_path, name, files, message):
