@@ -5,6 +5,8 @@ from django.contrib import admin, messages
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
+from executions.admin import status_badge
+
 from .git_credentials import regenerate_deploy_key, set_secret_field
 from .models import GitAuth, GitRepository
 
@@ -107,9 +109,8 @@ class GitRepositoryAdmin(admin.ModelAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_display(self, repository: GitRepository) -> str:
-        css = {"ok": "completed", "partial": "cancelled", "failed": "failed", "syncing": "running"}
-        badge = css.get(repository.status, "pending")
-        return format_html('<span class="executor-badge executor-{}">{}</span>', badge, repository.get_status_display())
+        colour = {"ok": "completed", "partial": "cancelled", "failed": "failed", "syncing": "running"}
+        return status_badge(colour.get(repository.status, "pending"), repository.get_status_display())
 
     @admin.display(description="Commit")
     def short_commit(self, repository: GitRepository) -> str:
