@@ -1,5 +1,7 @@
 """Packages from a Git repository run on a real worker: by event, through their form, and pinned to their commit."""
 
+import hashlib
+import hmac
 import json
 import time
 
@@ -9,6 +11,7 @@ from django.urls import reverse
 from executions.events import IncomingEvent, dispatch
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution, wait_until_finished
+from packages.git_credentials import set_secret_field
 from packages.git_sync import sync_repository
 from packages.models import GitRepository, Package, Project
 from tests.git_repos import FxRepository, fx_package
@@ -71,3 +74,23 @@ def _wait_for_step(execution: Execution, file_name: str, status: str, timeout: f
     while not execution.steps.filter(file_name=file_name, status=status).exists():
         assert time.monotonic() < deadline, f"{file_name} never became {status}"
         time.sleep(0.1)
+
+
+def test_a_signed_push_webhook_gets_the_repository_synced_by_a_worker(celery_worker, repository, client):
+    set_secret_field(repository, "webhook_secret", "hook-secret")
+    repository.save()
+    pushed = repository.remote.commit({"pinned/app.py": "print('pushed')"}, message="push")
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    signature = "sha256=" + hmac.new(b"hook-secret", body, hashlib.sha256).hexdigest()
+
+    response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                           headers={"X-Hub-Signature-256": signature})  # fmt: skip
+
+    assert response.status_code == 202
+    deadline = time.monotonic() + 60
+    while GitRepository.objects.get(pk=repository.pk).current_commit != pushed:
+        assert time.monotonic() < deadline, celery_worker.log()[-3000:]
+        time.sleep(0.2)
+    assert (
+        bytes(Package.objects.get(package_name="pinned").scripts.get(file_name="app.py").content) == b"print('pushed')"
+    )

@@ -5,11 +5,11 @@ import uuid
 
 import pytest
 
-from executions.models import ExecutionStatus, StepStatus, TriggerType
+from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import request_cancel, trigger_execution, wait_until_finished
 from tests.e2e.conftest import counting_script, run_count
 from tests.factories import make_package, seed_files
-from workers.tasks import run_execution
+from workers.tasks import run_execution, saved_run_tick
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -85,3 +85,19 @@ def test_a_run_form_upload_is_readable_by_the_script_at_its_value(celery_worker)
     step = execution.steps.get()
     assert execution.status == ExecutionStatus.COMPLETED, step.stderr
     assert step.stdout == "a,b\n1,2\n\n"
+
+
+def test_a_saved_runs_schedule_tick_reruns_it_on_a_worker(celery_worker):
+    package = make_package("saved_tick", {"main.py": "import sys; print(sys.argv[1])"})
+    saved = wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL, params={"n": 7}), 60)
+    Execution.objects.filter(pk=saved.pk).update(saved=True, schedule="* * * * *")
+
+    saved_run_tick.apply_async(args=[str(saved.pk)], queue="scheduled")  # what beat sends for the saved run
+
+    deadline = time.monotonic() + 60
+    while not Execution.objects.filter(rerun_of=saved).exists():
+        assert time.monotonic() < deadline, celery_worker.log()[-3000:]
+        time.sleep(0.2)
+    rerun = wait_until_finished(Execution.objects.get(rerun_of=saved), timeout=60)
+    assert rerun.trigger_type == TriggerType.SCHEDULED and rerun.status == ExecutionStatus.COMPLETED
+    assert '"n": 7' in rerun.steps.get().stdout
