@@ -117,6 +117,9 @@ STORAGES = {
 
 # Uploads: one script file may not exceed this; the whole request is capped a little above a full form.
 EXECUTOR_MAX_SCRIPT_BYTES = env_int("EXECUTOR_MAX_SCRIPT_BYTES", 5 * 1024 * 1024, minimum=1024)
+# Run-form uploads and secrets.json files: a larger one is refused before it is read (checked on Content-Length,
+# then again while the body streams in).
+EXECUTOR_MAX_UPLOAD_BYTES = env_int("EXECUTOR_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
 
@@ -158,6 +161,12 @@ EXECUTOR_STEP_TMP_MB = env_int("EXECUTOR_STEP_TMP_MB", 256, minimum=1)
 EXECUTOR_SQL_DATABASE_URL = env_str("EXECUTOR_SQL_DATABASE_URL", "")
 EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS = env_int("EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS", 300, minimum=1)
 EXECUTOR_SQL_MAX_ROWS = env_int("EXECUTOR_SQL_MAX_ROWS", 50, minimum=1, maximum=10_000)
+
+# --- Git repositories (packages/git_sync.py, packages/git_urls.py) -----------------------------------------------
+# file:// URLs and local paths read the server's own disk: only for tests and development.
+EXECUTOR_GIT_ALLOW_LOCAL = env_bool("EXECUTOR_GIT_ALLOW_LOCAL", False)
+# Hosts that may resolve to loopback, link-local or private addresses (an internal Git server), by name or address.
+EXECUTOR_GIT_ALLOWED_HOSTS = env_list("EXECUTOR_GIT_ALLOWED_HOSTS", [])
 
 # --- Events (executions/events.py, executions/api.py) ----------------------------------------------------------
 # Largest event body the API accepts, in bytes; a bigger one is refused with 413 and nothing is stored.

@@ -357,6 +357,10 @@ class GitRepository(models.Model):
     last_error = models.TextField(blank=True, editable=False)
     current_commit = models.CharField(max_length=64, blank=True, editable=False)
     last_report = models.JSONField(default=dict, blank=True, editable=False)
+    # Credentials are bound to the host they were given for: a token is never sent to another host, and the SSH
+    # host key pinned on the first sync is the only one accepted afterwards (packages/git_sync.py).
+    credentials_host = models.CharField(max_length=255, blank=True, editable=False)
+    ssh_known_hosts = models.TextField("pinned SSH host key", blank=True, editable=False)
 
     class Meta:
         ordering = ["project__name", "url"]
@@ -365,3 +369,29 @@ class GitRepository(models.Model):
 
     def __str__(self) -> str:
         return f"{self.url} ({self.branch})"
+
+
+class SqlConnection(models.Model):
+    """A database that SQL steps may connect to, defined by an administrator. Packages name it (config.json key
+    `sql_connection`); they never supply a URL. The URL, password included, is encrypted at rest and never shown.
+    """
+
+    name = models.CharField(max_length=100, unique=True, validators=[package_name_validator])
+    description = models.TextField(blank=True)
+    project = models.ForeignKey(
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="sql_connections",
+        help_text="Only this project's packages may use it. Empty: every package.",
+    )
+    url_encrypted = models.TextField(editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "SQL connection"
+
+    def __str__(self) -> str:
+        return self.name

@@ -32,8 +32,8 @@ def plain_static_files(settings):
 @pytest.fixture(scope="session")
 def sql_database_url():
     """A PostgreSQL database of its own for SQL steps to run against (never the executor's)."""
-    name = "executor_sql_steps_test"
     server = urlsplit(os.environ["DATABASE_URL"])
+    name = f"{server.path.strip('/')}_sql_steps_test"  # one per DATABASE_URL, so two test runs never share it
     admin = psycopg2.connect(server._replace(path="/postgres").geturl())
     admin.autocommit = True
     with admin.cursor() as cursor:
