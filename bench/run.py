@@ -93,8 +93,8 @@ def bare_loop(count: int) -> float:
 
     with tempfile.TemporaryDirectory() as tmp:
         Path(tmp, "noop.py").write_text("pass\n")
-        give_to_step_uid(Path(tmp), step_uid())
-        isolation = isolation_for(Path(tmp), network=False, uid=step_uid())
+        give_to_step_uid([Path(tmp)], step_uid())
+        isolation = isolation_for([Path(tmp)], network=False, uid=step_uid())
         started = time.perf_counter()
         for _ in range(count):
             run_process([settings.EXECUTOR_SCRIPT_PYTHON, "noop.py"], cwd=tmp, env={"PATH": "/usr/bin:/bin"},

@@ -10,11 +10,13 @@ sitecustomize. Together they are the one place that knows FX's backends:
   scheduler.retry): the script side appends what they send to <fx>/outbox/*.jsonl. After each step `collect`
   saves the state changes, stores the secrets, schedules the later runs and dispatches the events, in that order,
   so a package started by an event sees the state and secrets its sender left.
+
+The step can write in <fx>: everything there is read as hostile (workers/safe_files.py). A link, FIFO or
+oversized file where the state or an outbox file should be is not used, and the step's stderr says so.
 """
 
 import json
 import logging
-import os
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +32,9 @@ from packages import state as package_state
 from packages.cron import CronError
 from packages.models import Secret, SecretScope
 
+from .safe_files import UnsafeFile, empty_directory, open_directory, read_regular, write_new
+from .workspace import Workspace
+
 logger = logging.getLogger(__name__)
 
 RUNTIME_SITE_DIR = Path(settings.BASE_DIR) / "workers" / "runtime" / "site"
@@ -38,6 +43,9 @@ ADAPTER_URL = "http://executor-fx-adapter/"  # answered inside the script (execu
 # ferris_cli builds its Kafka producer from these; the adapter's producer never connects.
 FX_SECRET_SCOPES = (SecretScope.PROJECT, SecretScope.PLATFORM)  # what context.secrets.set accepts
 MAX_RECORDS = 1000  # per kind and step: a script looping over context.events.send is not a message bus
+MAX_STATE_BYTES = 1024 * 1024  # context.state is a small JSON object kept in one database row
+MAX_OUTBOX_BYTES = 16 * 1024 * 1024  # per outbox file: MAX_RECORDS requests of a reasonable size
+OUTBOX_KINDS = ("secrets", "schedules", "events")
 PLATFORM_CONFIG = {
     "KAFKA_BOOTSTRAP_SERVER": "executor-fx-adapter",
     "KAFKA_PORT": "9092",
@@ -46,13 +54,14 @@ PLATFORM_CONFIG = {
 }
 
 
-def prepare(fx_dir: Path, package_name: str, config_json: bytes | None) -> dict[str, str]:
+def prepare(workspace: Workspace, package_name: str, config_json: bytes | None) -> dict[str, str]:
     """Write the execution's FX files and return the environment variables that point the adapter at them."""
-    consul = fx_dir / "consul"
-    consul.mkdir(exist_ok=True)
-    (fx_dir / "outbox").mkdir(exist_ok=True)
-    _put(consul, package_name, config_json or b"{}")
-    _put(consul, PLATFORM_CONFIG_KEY, json.dumps(PLATFORM_CONFIG).encode())
+    fx_dir = workspace.fx_dir
+    (fx_dir / "consul").mkdir()
+    (fx_dir / "outbox").mkdir()
+    with _consul(workspace) as consul:
+        write_new(consul, _key_file(package_name), config_json or b"{}", mode=0o644)
+        write_new(consul, _key_file(PLATFORM_CONFIG_KEY), json.dumps(PLATFORM_CONFIG).encode(), mode=0o644)
     return {
         "PYTHONPATH": str(RUNTIME_SITE_DIR),
         "EXECUTOR_FX_DIR": str(fx_dir),
@@ -64,12 +73,16 @@ def prepare(fx_dir: Path, package_name: str, config_json: bytes | None) -> dict[
     }
 
 
-def begin_step(fx_dir: Path, execution: Execution, uid: int | None) -> dict:
-    """Put the package's current state where fx_ef reads it; returns it, to tell the step's changes apart."""
+def begin_step(workspace: Workspace, execution: Execution, uid: int | None) -> dict:
+    """Put the package's current state where fx_ef reads it; returns it, to tell the step's changes apart.
+    Whatever an earlier step left under that name is replaced, never written through."""
     state = package_state.load(execution.package)
-    path = _put(fx_dir / "consul", _state_key(execution), json.dumps(state).encode())
-    if uid is not None:
-        os.chown(path, uid, uid)  # fx_ef rewrites the whole key; the step runs as this uid
+    try:
+        with _consul(workspace) as consul:
+            # fx_ef rewrites the whole key, as the step's uid
+            write_new(consul, _key_file(_state_key(execution)), json.dumps(state).encode(), owner=uid)
+    except UnsafeFile as exc:
+        logger.warning("execution %s: state not written for the step: %s", execution.id, exc)
     return state
 
 
@@ -79,23 +92,26 @@ class Collected:
     secret_values: list[str] = field(default_factory=list)  # set by the step: masked in its output too
 
 
-def collect(fx_dir: Path, execution: Execution, state_before: dict) -> Collected:
+def collect(workspace: Workspace, execution: Execution, state_before: dict) -> Collected:
     """Carry out what the step asked FX's backends for, then empty the outbox for the next step."""
     collected = Collected()
-    _save_state(fx_dir, execution, state_before, collected)
-    outbox = fx_dir / "outbox"
-    _store_secrets(_read(outbox / "secrets.jsonl", collected), execution, collected)
-    _schedule_later_runs(_read(outbox / "schedules.jsonl", collected), execution, collected)
-    _dispatch_events(_read(outbox / "events.jsonl", collected), execution, collected)
-    for path in outbox.iterdir():
-        path.unlink()
+    _save_state(workspace, execution, state_before, collected)
+    requests = _read_outbox(workspace, collected)
+    _store_secrets(requests["secrets"], execution, collected)
+    _schedule_later_runs(requests["schedules"], execution, collected)
+    _dispatch_events(requests["events"], execution, collected)
     return collected
 
 
-def _save_state(fx_dir: Path, execution: Execution, before: dict, collected: Collected) -> None:
-    path = fx_dir / "consul" / quote(_state_key(execution), safe="")
+def _save_state(workspace: Workspace, execution: Execution, before: dict, collected: Collected) -> None:
     try:
-        after = json.loads(path.read_bytes()) if path.is_file() else {}
+        with _consul(workspace) as consul:
+            content = read_regular(consul, _key_file(_state_key(execution)), MAX_STATE_BYTES)
+    except UnsafeFile as exc:
+        collected.notes.append(f"context.state not saved: {exc}.")
+        return
+    try:
+        after = json.loads(content) if content is not None else {}
     except ValueError:
         # ferris_cli's put_item turns every ' into ", so a value with an apostrophe breaks the JSON (as on FX).
         collected.notes.append("context.state not saved: the step left it as invalid JSON (a value with an ').")
@@ -104,6 +120,23 @@ def _save_state(fx_dir: Path, execution: Execution, before: dict, collected: Col
         collected.notes.append("context.state not saved: it must stay a JSON object.")
         return
     package_state.save_changes(execution.package, before, after)
+
+
+def _read_outbox(workspace: Workspace, collected: Collected) -> dict[str, list[dict]]:
+    """The step's requests of each kind, then an empty outbox for the next step."""
+    requests: dict[str, list[dict]] = {kind: [] for kind in OUTBOX_KINDS}
+    try:
+        with open_directory(str(workspace.root), "fx", "outbox") as outbox:
+            for kind in OUTBOX_KINDS:
+                try:
+                    requests[kind] = _records(read_regular(outbox, f"{kind}.jsonl", MAX_OUTBOX_BYTES), kind,
+                                              collected)  # fmt: skip
+                except UnsafeFile as exc:
+                    collected.notes.append(f"{kind} not read: {exc}.")
+            empty_directory(outbox)
+    except UnsafeFile as exc:
+        collected.notes.append(f"nothing the step sent was read: {exc}.")
+    return requests
 
 
 def _store_secrets(requests: list[dict], execution: Execution, collected: Collected) -> None:
@@ -156,20 +189,20 @@ def _dispatch_events(records: list[dict], execution: Execution, collected: Colle
             collected.notes.append(f"event {event.get('type')} not sent: {exc}")
 
 
-def _read(path: Path, collected: Collected) -> list[dict]:
+def _records(content: bytes | None, kind: str, collected: Collected) -> list[dict]:
     """The step's requests of one kind. The script wrote the file, so nothing in it is trusted."""
-    if not path.is_file():
+    if content is None:
         return []
     records = []
-    for line in path.read_text(errors="replace").splitlines():
+    for line in content.decode(errors="replace").splitlines():
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             record = None
         if isinstance(record, dict):
             records.append(record)
     if len(records) > MAX_RECORDS:
-        collected.notes.append(f"{len(records) - MAX_RECORDS} of {len(records)} {path.stem} ignored: "
+        collected.notes.append(f"{len(records) - MAX_RECORDS} of {len(records)} {kind} ignored: "
                                f"at most {MAX_RECORDS} per step.")  # fmt: skip
     return records[:MAX_RECORDS]
 
@@ -178,7 +211,9 @@ def _state_key(execution: Execution) -> str:
     return f"{execution.package.package_name}.state"
 
 
-def _put(consul_dir: Path, key: str, value: bytes) -> Path:
-    path = consul_dir / quote(key, safe="")
-    path.write_bytes(value)
-    return path
+def _key_file(key: str) -> str:
+    return quote(key, safe="")
+
+
+def _consul(workspace: Workspace):
+    return open_directory(str(workspace.root), "fx", "consul")

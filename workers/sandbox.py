@@ -2,18 +2,28 @@
 
 No Django here: this module knows processes, not executions. Every step gets: an argv list (no shell), an
 environment built by the caller from nothing, stdin closed, its own process group, a wall-clock timeout that
-kills that whole group, output capped per stream; and, given an Isolation, prlimit resource limits and a
-bubblewrap sandbox (workers/isolation.py says what is inside).
+kills that whole group, output capped per stream; and, given an Isolation, prlimit resource limits, a
+bubblewrap sandbox and a seccomp filter (workers/isolation.py says what is inside, workers/seccomp.py what the
+filter refuses).
+
+What runs outside the sandbox (prlimit, bwrap) runs as the worker, often root, so it never sees anything the
+step controls: it starts with HOST_ENV, and the step's environment is set by bwrap for the sandboxed program
+alone. Private files (argv[1] with the secrets, an SQL step's connection) reach the step as memory-only files
+bound read-only inside the sandbox (bwrap --ro-bind-data): they never touch the disk, and the step cannot
+replace them with anything the worker would then follow.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import PurePosixPath
+
+from . import safe_files
 
 _CHUNK = 64 * 1024
 # After the main process exits, give descendants still holding the pipes this long before killing them.
@@ -22,6 +32,9 @@ _DRAIN_SECONDS = 2.0
 _CANCEL_CHECK_SECONDS = 0.1
 # How often the output so far is handed to on_progress (live output).
 PROGRESS_SECONDS = 1.0
+# The whole environment of the host-side helpers: nothing of the step's (LD_PRELOAD, GCONV_PATH, ... would run
+# code in them as the worker's user, outside the sandbox).
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 @dataclass(frozen=True)
@@ -34,6 +47,7 @@ class ProcessResult:
     cancelled: bool = False  # stopped because someone cancelled the execution
     stdout_dropped: int = 0  # bytes printed beyond the cap and not kept
     stderr_dropped: int = 0
+    sandbox_error: str = ""  # the sandbox could not start (the script never ran): bwrap's or prlimit's reason
 
 
 @dataclass(frozen=True)
@@ -51,14 +65,68 @@ class Isolation:
     open_files: int
     processes: int  # RLIMIT_NPROC: counted per host uid, so it only holds for an unprivileged uid
     uid: int | None = None  # host uid/gid the step runs as when the worker is root; None: a user namespace
+    seccomp: bytes = field(default=b"", repr=False)  # a BPF program (workers/seccomp.py); empty: none
 
 
-def isolated_argv(isolation: Isolation, argv: list[str], *, cwd: str) -> list[str]:
-    """argv wrapped in prlimit (resource limits) and bwrap (namespaces, a minimal read-only filesystem).
+@dataclass
+class _Descriptors:
+    """What bwrap reads from file descriptors: the seccomp program, the private files, and the pipe it reports
+    the sandboxed program's start on. This process closes its copies of the child's ends once bwrap has them."""
 
-    Nothing secret goes on this command line: it is visible in `ps`. The environment reaches the script through
-    the process environment, which bwrap passes on.
-    """
+    seccomp: int | None = None
+    files: dict[str, int] = field(default_factory=dict)  # path inside the sandbox -> memfd
+    status_read: int | None = None
+    status_write: int | None = None
+
+    def for_child(self) -> tuple[int, ...]:
+        return tuple(fd for fd in (self.seccomp, *self.files.values(), self.status_write) if fd is not None)
+
+    def close_child_ends(self) -> None:
+        for fd in self.for_child():
+            os.close(fd)
+        self.seccomp, self.files, self.status_write = None, {}, None
+
+    def started(self) -> bool:
+        """True if bwrap reported the sandboxed program's pid (--json-status-fd): the sandbox was set up. Read
+        after bwrap exited, so everything it wrote is in the pipe."""
+        os.set_blocking(self.status_read, False)
+        try:
+            return b'"child-pid"' in os.read(self.status_read, 65536)
+        except BlockingIOError:
+            return False
+
+
+@contextlib.contextmanager
+def _descriptors(isolation: Isolation, private_files: dict[str, bytes]) -> Iterator[_Descriptors]:
+    descriptors = _Descriptors()
+    try:
+        if isolation.seccomp:
+            descriptors.seccomp = _memory_file("seccomp", isolation.seccomp)
+        for path, content in private_files.items():
+            descriptors.files[path] = _memory_file(PurePosixPath(path).name, content)
+        descriptors.status_read, descriptors.status_write = os.pipe()
+        yield descriptors
+    finally:
+        descriptors.close_child_ends()
+        if descriptors.status_read is not None:
+            os.close(descriptors.status_read)
+
+
+def _memory_file(name: str, content: bytes) -> int:
+    fd = os.memfd_create(f"executor-{name}")
+    os.write(fd, content)
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def isolated_argv(
+    isolation: Isolation, argv: list[str], *, cwd: str, env: dict[str, str], descriptors: _Descriptors
+) -> list[str]:
+    """argv wrapped in prlimit (resource limits) and bwrap (namespaces, a minimal read-only filesystem, the
+    seccomp filter, the step's environment for the sandboxed program only).
+
+    Nothing secret goes on this command line, which `ps` shows: `env` must hold none (secrets come as private
+    files)."""
     limits = [
         "prlimit", f"--as={isolation.memory_bytes}",
         # Soft limit below the hard one: the step gets SIGXCPU (reported as a CPU limit), not a bare SIGKILL.
@@ -72,15 +140,22 @@ def isolated_argv(isolation: Isolation, argv: list[str], *, cwd: str) -> list[st
         "--symlink", "usr/bin", "/bin", "--symlink", "usr/sbin", "/sbin",
         "--proc", "/proc", "--dev", "/dev",
         "--size", str(isolation.tmp_size_bytes), "--perms", "1777", "--tmpfs", "/tmp",
+        "--json-status-fd", str(descriptors.status_write), "--clearenv",
     ]  # fmt: skip
+    for name, value in env.items():
+        sandbox += ["--setenv", name, value]
     if isolation.network:
         sandbox.append("--share-net")
-    for directory in _parents_of(isolation.read_only + isolation.writable):
+    if descriptors.seccomp is not None:
+        sandbox += ["--seccomp", str(descriptors.seccomp)]
+    for directory in _parents_of(isolation.read_only + isolation.writable + tuple(descriptors.files)):
         sandbox += ["--perms", "0755", "--dir", directory]
     for path in isolation.read_only:  # after the /tmp tmpfs, which would hide anything bound below it
         sandbox += ["--ro-bind-try", path, path]
     for path in isolation.writable:
         sandbox += ["--bind", path, path]
+    for path, fd in descriptors.files.items():  # readable by the step's uid, in this sandbox only
+        sandbox += ["--perms", "0444", "--ro-bind-data", str(fd), path]
     return [*limits, *sandbox, "--chdir", cwd, "--", *_drop_to_uid(isolation), *argv]
 
 
@@ -156,39 +231,29 @@ def run_process(
     on_progress: Callable[[str, str], None] | None = None,
     on_tick: Callable[[], None] | None = None,
     isolation: Isolation | None = None,
+    private_files: dict[str, bytes] | None = None,
 ) -> ProcessResult:
     """Run argv to completion, until `timeout_seconds`, or until `cancel` is set; then make sure nothing it
-    started is left behind. While it runs, `on_progress(stdout_so_far, stderr_so_far)` is called from this
-    thread about every PROGRESS_SECONDS when the output changed (live output), and `on_tick()` about every
-    0.1 s (heartbeats, cancel polling); an exception from either stops the process and propagates."""
+    started is left behind, whatever fails on the way. While it runs, `on_progress(stdout_so_far,
+    stderr_so_far)` is called from this thread about every PROGRESS_SECONDS when the output changed (live
+    output), and `on_tick()` about every 0.1 s (heartbeats, cancel polling); an exception from either stops the
+    process and propagates.
+
+    `private_files` (absolute path -> content) are there for the step to read: inside the sandbox as memory-only
+    files; without one (EXECUTOR_SANDBOX=off) written at those paths, which must be in a directory only the
+    worker can write, and removed afterwards."""
     started = time.monotonic()
-    if isolation is not None:
-        argv = isolated_argv(isolation, argv, cwd=cwd)
-    proc = subprocess.Popen(
-        argv,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, so one signal reaches every descendant
-        close_fds=True,
-    )
-    readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
-    for reader in readers:
-        reader.start()
-    # A blocking wait in its own thread: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would add
-    # that much latency to every step.
-    exited = threading.Event()
-    threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
-    progress = _Progress(readers, on_progress)
-    try:
-        ending = _wait(exited, started + timeout_seconds, cancel or threading.Event(), progress, on_tick)
-    finally:
-        _kill_group(proc.pid)
-        proc.wait()
-    for reader in readers:
-        reader.join(timeout=_DRAIN_SECONDS)
+    if isolation is None:
+        with _files_on_disk(private_files or {}):
+            ending, proc, readers = _run(argv, cwd, env, (), timeout_seconds, output_cap_bytes, cancel,
+                                         on_progress, on_tick)  # fmt: skip
+        sandbox_error = ""
+    else:
+        with _descriptors(isolation, private_files or {}) as descriptors:
+            command = isolated_argv(isolation, argv, cwd=cwd, env=env, descriptors=descriptors)
+            ending, proc, readers = _run(command, cwd, HOST_ENV, descriptors, timeout_seconds, output_cap_bytes,
+                                         cancel, on_progress, on_tick)  # fmt: skip
+            sandbox_error = "" if ending or descriptors.started() else _reason(readers[1].text())
     return ProcessResult(
         exit_code=None if ending else proc.returncode,
         stdout=readers[0].text(),
@@ -198,7 +263,68 @@ def run_process(
         duration_ms=round((time.monotonic() - started) * 1000),
         stdout_dropped=readers[0].dropped,
         stderr_dropped=readers[1].dropped,
+        sandbox_error=sandbox_error,
     )
+
+
+def _run(command, cwd, env, descriptors, timeout_seconds, output_cap_bytes, cancel, on_progress, on_tick):
+    """Start the process and supervise it. Everything after Popen is inside the try: if a thread cannot start
+    (or anything else fails), the whole process group is still killed and reaped before the error propagates."""
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own process group, so one signal reaches every descendant
+        close_fds=True,
+        pass_fds=descriptors.for_child() if descriptors else (),
+    )
+    readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
+    try:
+        if descriptors:
+            descriptors.close_child_ends()  # bwrap has its copies; the status pipe then ends when bwrap does
+        for reader in readers:
+            reader.start()
+        # A blocking wait in its own thread: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would
+        # add that much latency to every step.
+        exited = threading.Event()
+        threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
+        progress = _Progress(readers, on_progress)
+        ending = _wait(exited, time.monotonic() + timeout_seconds, cancel or threading.Event(), progress, on_tick)
+    except BaseException:
+        _kill_group(proc.pid)
+        proc.wait()
+        for reader in readers:
+            if not reader.is_alive():
+                reader.pipe.close()
+        raise
+    _kill_group(proc.pid)
+    proc.wait()
+    for reader in readers:
+        reader.join(timeout=_DRAIN_SECONDS)
+    return ending, proc, readers
+
+
+def _reason(stderr: str) -> str:
+    """Why the sandbox did not start: bwrap or prlimit said so on stderr (the script never ran)."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    return lines[-1][:500] if lines else "no reason given"
+
+
+@contextlib.contextmanager
+def _files_on_disk(files: dict[str, bytes]) -> Iterator[None]:
+    """Without a sandbox: each private file created afresh in its (worker-only) directory, removed after."""
+    for path, content in files.items():
+        with safe_files.open_directory(str(PurePosixPath(path).parent)) as directory:
+            safe_files.write_new(directory, PurePosixPath(path).name, content)
+    try:
+        yield
+    finally:
+        for path in files:
+            with safe_files.open_directory(str(PurePosixPath(path).parent)) as directory:
+                safe_files.remove(directory, PurePosixPath(path).name)
 
 
 class _Progress:

@@ -4,6 +4,13 @@
     <root>/home/      HOME
     <root>/tmp/       TMPDIR
     <root>/fx/        files the FX adapter answers from (workers/fx_bridge.py)
+    <root>/private/   argv[1], the package's variables, an SQL step's connection: in the sandbox, memory-only
+                      files bound read-only there (workers/sandbox.py); on the host it stays empty, except with
+                      EXECUTOR_SANDBOX=off, where they are written there for the step's duration
+
+The root and private/ belong to the worker (mode 700) and are never bound into the sandbox as they are: a step
+can write only in the four directories above private/, and the worker treats everything in those as hostile
+(workers/safe_files.py).
 
 The environment is built from nothing: scripts never see the worker's own variables (database and broker
 credentials, SECRET_KEY).
@@ -33,10 +40,20 @@ class Workspace:
     def fx_dir(self) -> Path:
         return self.root / "fx"
 
+    @property
+    def private_dir(self) -> Path:
+        return self.root / "private"
+
+    @property
+    def step_dirs(self) -> tuple[Path, ...]:
+        """The directories a step may write to (bound read-write into its sandbox)."""
+        return (self.package_dir, self.home, self.tmp, self.fx_dir)
+
 
 def create_workspace(root: Path, files: dict[str, bytes]) -> Workspace:
+    """`root`: a new, empty directory of the worker's own (tempfile makes it mode 700)."""
     workspace = Workspace(root)
-    for directory in (workspace.package_dir, workspace.home, workspace.tmp, workspace.fx_dir):
+    for directory in (*workspace.step_dirs, workspace.private_dir):
         directory.mkdir(mode=0o700)
     for file_name, content in files.items():
         # File names are validated on save; this guards against anything that slipped past into a path.

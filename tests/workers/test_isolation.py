@@ -154,7 +154,7 @@ def test_the_admin_warns_when_the_sandbox_is_off(admin_client, settings):
 
 
 def test_an_unprivileged_worker_s_steps_are_nobody_in_a_user_namespace(tmp_path):
-    isolation = isolation_for(tmp_path, network=False, uid=None)  # what a worker not running as root uses
+    isolation = isolation_for([tmp_path], network=False, uid=None)  # what a worker not running as root uses
     result = run_process(
         [django_settings.EXECUTOR_SCRIPT_PYTHON, "-c", "import os, sys; print(os.getuid(), sys.prefix)"],
         cwd=str(tmp_path), env={"PATH": "/usr/bin:/bin"}, timeout_seconds=30, output_cap_bytes=4096,

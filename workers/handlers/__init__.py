@@ -17,8 +17,10 @@ class StepRun:
 
     file_name: str
     package_dir: Path
+    private_dir: Path  # where the step's private files appear (workers/workspace.py)
     payload: dict  # argv[1]
-    env: dict[str, str]
+    env: dict[str, str]  # the executor's variables: no secrets (they are on the sandbox's command line)
+    package_env: dict[str, str]  # the package's variables, applied inside the step (handlers/python.py)
     interpreter: str
     timeout_seconds: float
     output_cap_bytes: int

@@ -1,7 +1,5 @@
-"""The one way handlers start a step's process (with every control the StepRun carries) and hand it files."""
+"""The one way handlers start a step's process, with every control the StepRun carries."""
 
-import os
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from workers.sandbox import ProcessResult, run_process
@@ -10,7 +8,10 @@ if TYPE_CHECKING:
     from . import StepRun
 
 
-def run_step_process(step: "StepRun", argv: list[str], env: dict[str, str]) -> ProcessResult:
+def run_step_process(
+    step: "StepRun", argv: list[str], env: dict[str, str], private_files: dict[str, bytes]
+) -> ProcessResult:
+    """`private_files`: file name in the step's private directory -> content (see workers/workspace.py)."""
     return run_process(
         argv,
         cwd=str(step.package_dir),
@@ -21,12 +22,5 @@ def run_step_process(step: "StepRun", argv: list[str], env: dict[str, str]) -> P
         on_progress=step.on_progress,
         on_tick=step.on_tick,
         isolation=step.isolation,
+        private_files={str(step.private_dir / name): content for name, content in private_files.items()},
     )
-
-
-def write_step_file(step: "StepRun", path: Path, text: str) -> None:
-    """A file only the step may read (it may hold secrets): mode 600, owned by the uid the step runs as."""
-    path.write_text(text)
-    path.chmod(0o600)
-    if step.isolation is not None and step.isolation.uid is not None:
-        os.chown(path, step.isolation.uid, step.isolation.uid)

@@ -3,6 +3,10 @@
 argv[1] carries decrypted secrets, and a command line is visible to every `ps` on the worker host. So the JSON
 goes into a private file of the step, and the runtime's start-up hook (workers/runtime/site/executor_fx) puts
 it into sys.argv[1] before the script runs: the script sees exactly what FX would pass, `ps` sees a placeholder.
+
+The package's environment variables come the same way and the hook adds them to os.environ: the processes that
+set the sandbox up (and setpriv inside it, still privileged) never have them, so no LD_PRELOAD or the like can
+run code in them. The executor's own variables (`step.env`) win over a package variable of the same name.
 """
 
 import json
@@ -10,17 +14,20 @@ from typing import TYPE_CHECKING
 
 from workers.sandbox import ProcessResult
 
-from .process import run_step_process, write_step_file
+from .process import run_step_process
 
 if TYPE_CHECKING:
     from . import StepRun
 
 ARGS_PLACEHOLDER = "@EXECUTOR_ARGS_FILE"
+ARGS_FILE = "argv.json"
+ENV_FILE = "environment.json"
 
 
 def run(step: "StepRun") -> ProcessResult:
-    args_file = step.package_dir.parent / "fx" / f"argv-{step.file_name}.json"
-    write_step_file(step, args_file, json.dumps(step.payload))
-    return run_step_process(
-        step, [step.interpreter, step.file_name, ARGS_PLACEHOLDER], {**step.env, "EXECUTOR_ARGS_FILE": str(args_file)}
-    )
+    env = {**step.env, "EXECUTOR_ARGS_FILE": str(step.private_dir / ARGS_FILE)}
+    files = {ARGS_FILE: json.dumps(step.payload).encode()}
+    if step.package_env:
+        env["EXECUTOR_ENV_FILE"] = str(step.private_dir / ENV_FILE)
+        files[ENV_FILE] = json.dumps(step.package_env).encode()
+    return run_step_process(step, [step.interpreter, step.file_name, ARGS_PLACEHOLDER], env, files)
