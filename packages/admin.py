@@ -344,3 +344,4 @@ class PackageAdmin(admin.ModelAdmin):
 
 
 from . import git_admin  # noqa: F401, E402  (registers GitRepositoryAdmin)
+from .sql_connection_admin import SqlConnectionAdmin  # noqa: F401, E402  (registers it)

@@ -281,16 +281,23 @@ def _interrupted_by_shutdown(
 
 
 def _sql_settings(context: RunContext) -> dict:
-    """Where and how SQL steps run: the package's config key or secret wins over the executor's default."""
+    """Where and how SQL steps run. The database is the administrator's SQL connection that config.json names, or
+    the platform default (packages/sql_connections.py); a package never supplies a URL. Without one, `error` says
+    why and the SQL handler fails the step with it."""
+    from packages.sql_connections import SqlConnectionError, url_for  # (this function is its only user here)
+
     try:
         config = json.loads(context.files.get("config.json", b"{}"))
     except ValueError:
         config = {}
     config = config if isinstance(config, dict) else {}
+    try:
+        database_url, error = url_for(context.execution.package, config), ""
+    except SqlConnectionError as exc:
+        database_url, error = "", str(exc)
     return {
-        "database_url": config.get("sql_database_url")
-        or context.secrets.get("SQL_DATABASE_URL")
-        or settings.EXECUTOR_SQL_DATABASE_URL,
+        "database_url": database_url,
+        "error": error,
         "statement_timeout_ms": settings.EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS * 1000,
         "max_rows": settings.EXECUTOR_SQL_MAX_ROWS,
         "config": config,

@@ -7,6 +7,8 @@ import pytest
 
 from executions.models import ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution, wait_until_finished
+from packages.models import SqlConnection
+from packages.sql_connections import set_url
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -20,7 +22,11 @@ SELECT region, sum(amount) FROM e2e_sales GROUP BY region;
 
 
 def run(package_name: str, files: dict, url: str, **params):
-    config = json.dumps({"sql_database_url": url, "region": "north"})
+    """Run a package whose config.json names an administrator's SQL connection to `url`."""
+    connection = SqlConnection(name="e2e_dwh")
+    set_url(connection, url)
+    connection.save()
+    config = json.dumps({"sql_connection": "e2e_dwh", "region": "north"})
     package = make_package(package_name, {"config.json": config, **files})
     execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params=params)
     return wait_until_finished(execution, timeout=60)

@@ -1,4 +1,5 @@
-"""SQL steps against a real PostgreSQL database created for these tests (not the executor's own)."""
+"""SQL steps against a real PostgreSQL database created for these tests (not the executor's own), which is the
+platform default (EXECUTOR_SQL_DATABASE_URL) unless a test names an administrator's SQL connection."""
 
 from urllib.parse import urlsplit
 
@@ -7,7 +8,8 @@ import pytest
 
 from executions.models import ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
-from packages.models import Secret, SecretScope
+from packages.models import SqlConnection
+from packages.sql_connections import set_url
 from tests.factories import make_package
 from workers import runner
 
@@ -81,15 +83,17 @@ def test_the_statement_timeout_applies(settings):
     assert "canceling statement due to statement timeout" in step.stderr
 
 
-def test_a_package_secret_can_point_sql_steps_at_a_database(sql_database_url, settings):
-    settings.EXECUTOR_SQL_DATABASE_URL = ""
-    package = make_package(files={"q.sql": "SELECT current_database()"})
-    secret = Secret(scope=SecretScope.PACKAGE, package=package, name="SQL_DATABASE_URL")
-    secret.set_value(sql_database_url)
-    secret.save()
+def test_a_named_sql_connection_is_used_instead_of_the_platform_default(sql_database_url, settings):
+    settings.EXECUTOR_SQL_DATABASE_URL = urlsplit(sql_database_url)._replace(path="/postgres").geturl()
+    connection = SqlConnection(name="reporting")
+    set_url(connection, sql_database_url)
+    connection.save()
+    package = make_package(
+        files={"config.json": '{"sql_connection": "reporting"}', "q.sql": "SELECT current_database()"}
+    )
     execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
     runner.run_execution(str(execution.id), worker_name="test-worker")
-    step = execution.steps.get()
+    step = execution.steps.get(file_name="q.sql")
     assert step.status == StepStatus.COMPLETED, step.stderr
     assert step.stdout == f"affected rows: 1\ncurrent_database\n{urlsplit(sql_database_url).path[1:]}\n"
 
@@ -98,4 +102,4 @@ def test_without_a_database_the_step_fails_with_a_clear_reason(settings):
     settings.EXECUTOR_SQL_DATABASE_URL = ""
     step = run_sql({"q.sql": "SELECT 1"}).steps.get()
     assert step.status == StepStatus.FAILED
-    assert step.status_reason.startswith("failed: no SQL database configured")
+    assert step.status_reason.startswith("failed: no SQL connection: name one in config.json (sql_connection)")

@@ -21,10 +21,7 @@ SQL_STEP = Path(__file__).resolve().parent.parent / "runtime" / "sql_step.py"
 
 def run(step: "StepRun") -> ProcessResult:
     if not step.sql.get("database_url"):
-        raise StepSetupError(
-            "no SQL database configured (EXECUTOR_SQL_DATABASE_URL, or the package's sql_database_url config "
-            "key or SQL_DATABASE_URL secret)"
-        )
+        raise StepSetupError(step.sql.get("error") or "no SQL database configured")
     spec_path = step.package_dir.parent / "fx" / f"sql-{step.file_name}.json"
     spec = {"file_name": step.file_name, "params": step.payload, "config": step.sql["config"], **step.sql}
     write_step_file(step, spec_path, json.dumps(spec))
