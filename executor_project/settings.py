@@ -156,8 +156,9 @@ EXECUTOR_STEP_PROCESSES = env_int("EXECUTOR_STEP_PROCESSES", 256, minimum=8)  # 
 # A root worker runs slot n's steps as host uid/gid BASE + n: give each worker on one host its own range.
 EXECUTOR_STEP_UID_BASE = env_int("EXECUTOR_STEP_UID_BASE", 20000, minimum=1000)
 EXECUTOR_STEP_TMP_MB = env_int("EXECUTOR_STEP_TMP_MB", 256, minimum=1)
-# SQL steps run against this database (a package's `sql_database_url` config key or SQL_DATABASE_URL secret wins).
-# Empty: SQL steps fail with a message saying so. Deliberately not the executor's own database by default.
+# The platform default of SQL steps, for packages whose config.json names no SQL connection (administrators define
+# those in the admin; packages never supply a URL: packages/sql_connections.py). Empty: those SQL steps fail with a
+# message saying so. Deliberately not the executor's own database: give it a least-privilege role (README).
 EXECUTOR_SQL_DATABASE_URL = env_str("EXECUTOR_SQL_DATABASE_URL", "")
 EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS = env_int("EXECUTOR_SQL_STATEMENT_TIMEOUT_SECONDS", 300, minimum=1)
 EXECUTOR_SQL_MAX_ROWS = env_int("EXECUTOR_SQL_MAX_ROWS", 50, minimum=1, maximum=10_000)
