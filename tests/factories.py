@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from packages.models import Package, Script
+from packages.models import Package, Script, Secret
 
 FIXTURES = Path(__file__).parent / "fixtures"
 SEED_DIR = FIXTURES / "seed_package"
@@ -21,3 +21,9 @@ def make_package(package_name: str = "alice_reports", files: dict[str, str | byt
 def seed_files() -> dict[str, bytes]:
     """The seed walkthrough's two files: config.json, then test_scr.py (reads it through ferris_cli)."""
     return {name: (SEED_DIR / name).read_bytes() for name in ("config.json", "test_scr.py")}
+
+
+def add_secret(package=None, project=None, *, name: str, value: str, scope: str = "package") -> None:
+    secret = Secret(scope=scope, package=package, project=project, name=name)
+    secret.set_value(value)
+    secret.save()

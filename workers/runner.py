@@ -12,6 +12,7 @@ import tempfile
 from pathlib import Path
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
@@ -20,7 +21,7 @@ from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
 from packages.encryption import EncryptionError
-from packages.models import Package, ScriptKind, kind_for_file_name, secrets_for
+from packages.models import Package, ScriptKind, kind_for_file_name, secrets_for, validate_env_var_name
 
 from . import fx_bridge, masking, shutdown
 from .handlers import StepRun, handler_for
@@ -50,7 +51,8 @@ class RunContext:
     watch: ExecutionWatch
     lifecycle: Lifecycle
     files: dict[str, bytes]
-    env: dict[str, str]
+    env: dict[str, str]  # the executor's variables
+    package_env: dict[str, str]  # the package's, set inside the step only (workers/handlers/python.py)
     secrets: dict[str, str]
     set_secret_values: list[str] = dataclasses.field(default_factory=list)  # by steps (context.secrets.set)
 
@@ -74,6 +76,7 @@ def run_execution(execution_id: str, worker_name: str) -> None:
         _fail_unfinished(lease, f"failed: {exc}")
     except Exception as exc:
         logger.exception("execution %s: internal error", execution_id)
+        # Outside any step the secrets to mask are unknown, so the message is not shown (the log has it).
         _fail_unfinished(lease, f"failed: internal error in the worker ({type(exc).__name__})")
 
 
@@ -93,9 +96,10 @@ def _run_claimed(lease: Lease) -> None:
         add_run_files(workspace, {file.path: bytes(file.content) for file in execution.files.all()})
         env = _environment(workspace, execution, files)
         uid = step_uid() if sandbox_enabled() else None
-        give_to_step_uid(workspace.root, uid)
+        give_to_step_uid(workspace.step_dirs, uid)
         watch = ExecutionWatch(lease, settings.EXECUTOR_HEARTBEAT_SECONDS)
-        context = RunContext(execution, workspace, uid, watch, lifecycle, files, env, secrets)
+        package_env = _package_environment(execution)
+        context = RunContext(execution, workspace, uid, watch, lifecycle, files, env, package_env, secrets)
         handed_over = _run_steps(lease, context, steps)
     if handed_over:
         _hand_over(lease, execution)
@@ -192,8 +196,10 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
     run = StepRun(
         file_name=step.file_name,
         package_dir=context.workspace.package_dir,
+        private_dir=context.workspace.private_dir,
         payload=_payload(context.execution, context.secrets),
         env=context.env,
+        package_env=context.package_env,
         interpreter=settings.EXECUTOR_SCRIPT_PYTHON,
         timeout_seconds=package.effective_step_timeout,
         output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
@@ -202,16 +208,21 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         on_tick=watch.tick,
         sql=_sql_settings(context) if is_sql else {},
         # SQL steps must reach their database; Python steps get the network only if the package allows.
-        isolation=isolation_for(context.workspace.root, network=is_sql or package.network_access, uid=context.uid),
+        isolation=isolation_for(context.workspace.step_dirs, network=is_sql or package.network_access, uid=context.uid),
     )
-    state = None if is_sql else fx_bridge.begin_step(context.workspace.fx_dir, context.execution, context.uid)
+    state = None if is_sql else fx_bridge.begin_step(context.workspace, context.execution, context.uid)
     try:
         check_sandbox()
         result = handler(run)
+    except LeaseLost:
+        raise
     except OSError as exc:  # the interpreter is missing or not executable
         return _record_failure(lease, step, started, f"failed: could not start the script ({exc.strerror})")
     except (StepSetupError, SandboxUnavailable) as exc:
         return _record_failure(lease, step, started, f"failed: {exc}")
+    except Exception as exc:  # the worker's fault, not the script's: this step fails, the later ones are skipped
+        logger.exception("execution %s: internal error running step %s", context.execution.id, step.position)
+        return _record_failure(lease, step, started, _internal_error(exc, context.masked_values))
     if state is not None:  # what the script asked FX's backends for: state, secrets, later runs, events
         result = _with_fx_requests_done(context, result, state)
     if result.cancelled and watch.stop_reason == "shutdown":
@@ -236,7 +247,7 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
 def _with_fx_requests_done(context: RunContext, result: ProcessResult, state: dict) -> ProcessResult:
     """Carry out the step's FX requests; what could not be done is told at the end of its stderr, and secrets it
     set are masked in its output like the others (for this and the next steps)."""
-    collected = fx_bridge.collect(context.workspace.fx_dir, context.execution, state)
+    collected = fx_bridge.collect(context.workspace, context.execution, state)
     if collected.secret_values:
         context.set_secret_values.extend(collected.secret_values)
         context.secrets.update(secrets_for(context.execution.package))  # the next steps' argv[1] has them
@@ -321,6 +332,8 @@ def _live_output(lease: Lease, step: ExecutionStep, secret_values):
 
 
 def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus, str]:
+    if result.sandbox_error:  # the script never ran: not its exit code
+        return StepStatus.FAILED, f"failed: sandbox could not start: {result.sandbox_error}"
     if result.timed_out:
         return StepStatus.FAILED, f"failed: timed out after {timeout_seconds:g} s"
     if result.exit_code == 0:
@@ -365,23 +378,43 @@ def _payload(execution: Execution, secrets: dict[str, str]) -> dict:
 
 
 def _environment(workspace: Workspace, execution: Execution, files: dict[str, bytes]) -> dict[str, str]:
-    """The package's own variables first: the executor's (PATH, HOME, the FX adapter's) cannot be replaced."""
-    env = {variable.name: variable.value for variable in execution.package.environment_variables.all()}
-    env.update(base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent))
-    env.update(fx_bridge.prepare(workspace.fx_dir, execution.package.package_name, files.get("config.json")))
+    """The executor's variables for every step: paths, the FX adapter's, the time zone. Nothing secret: they
+    are on the sandbox's command line."""
+    env = base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent)
+    env.update(fx_bridge.prepare(workspace, execution.package.package_name, files.get("config.json")))
     env["TZ"] = str(execution.package.timezone)  # local time in scripts = the schedule's; later runs read it so
     return env
 
 
+def _package_environment(execution: Execution) -> dict[str, str]:
+    """The package's variables. Names are checked when saved; one stored before a name was forbidden (LD_PRELOAD,
+    PYTHONPATH, ...) is left out here too."""
+    env = {}
+    for variable in execution.package.environment_variables.all():
+        try:
+            validate_env_var_name(variable.name)
+        except ValidationError:
+            logger.warning("execution %s: environment variable %s left out: not allowed", execution.id, variable.name)
+            continue
+        env[variable.name] = variable.value
+    return env
+
+
+def _internal_error(exc: Exception, secret_values: list[str]) -> str:
+    return f"failed: internal error in the worker: {type(exc).__name__}: {masking.mask(str(exc), secret_values)}"
+
+
 def _fail_unfinished(lease: Lease, reason: str) -> None:
-    """After an error outside any step: close what this worker still owns so nothing stays in progress."""
+    """After an error outside any step: the running step (if any) fails with `reason`, the steps after it are
+    skipped, and the execution fails, so nothing stays in progress."""
+    now = timezone.now()
     try:
-        ExecutionStep.objects.filter(
-            execution_id=lease.execution_id,
-            execution__lease_owner=lease.token,
-            status__in=[StepStatus.PENDING, StepStatus.RUNNING],
-        ).update(status=StepStatus.FAILED, status_reason=reason, finished_at=timezone.now())
-        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=timezone.now())
+        mine = ExecutionStep.objects.filter(execution_id=lease.execution_id, execution__lease_owner=lease.token)
+        mine.filter(status=StepStatus.RUNNING).update(status=StepStatus.FAILED, status_reason=reason, finished_at=now)
+        mine.filter(status=StepStatus.PENDING).update(
+            status=StepStatus.SKIPPED, status_reason="skipped: the execution failed (see its reason)"
+        )
+        lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now)
     except LeaseLost:
         pass
     except Exception:

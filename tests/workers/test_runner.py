@@ -7,8 +7,8 @@ from cryptography.fernet import Fernet
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
-from packages.models import EnvironmentVariable, Project, Secret, SecretScope
-from tests.factories import make_package
+from packages.models import EnvironmentVariable, Project, SecretScope
+from tests.factories import add_secret, make_package
 from workers import runner
 from workers.lease import LeaseLost, claim
 from workers.masking import MASK
@@ -145,12 +145,6 @@ def test_writes_after_losing_the_lease_are_refused(seed_package):
     with pytest.raises(LeaseLost):
         lease.update_execution(status=ExecutionStatus.COMPLETED)
     assert execution.steps.first().status == StepStatus.PENDING
-
-
-def add_secret(package=None, project=None, *, name: str, value: str, scope: str) -> None:
-    secret = Secret(scope=scope, package=package, project=project, name=name)
-    secret.set_value(value)
-    secret.save()
 
 
 def test_scripts_get_secrets_package_over_project_over_platform_and_output_masks_them():
