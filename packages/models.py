@@ -28,13 +28,28 @@ env_var_name_validator = RegexValidator(
     r"^[A-Za-z_][A-Za-z0-9_]*\Z", "Letters, digits and '_', not starting with a digit (a shell variable name)."
 )
 # Set by the executor for every step; a package variable may not replace them.
-RESERVED_ENV_VARS = frozenset({"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL", "PYTHONPATH", "PYTHONHOME"})
+RESERVED_ENV_VARS = frozenset(
+    {"PATH", "HOME", "TMPDIR", "LANG", "LANGUAGE", "TZ", "PWD", "SHELL", "USER", "SECRETS_API_URL", "SERVICES_API_URL"}
+)
+# Names that change how programs load or run (the dynamic loader, glibc, shells, interpreters): refused, so a
+# package variable can never turn into code running in something the package did not write.
+LOADER_ENV_VARS = frozenset({
+    "GCONV_PATH", "GLIBC_TUNABLES", "LOCPATH", "NLSPATH", "HOSTALIASES", "RES_OPTIONS", "LOCALDOMAIN", "TZDIR",
+    "BASH_ENV", "ENV", "IFS", "CDPATH", "SHELLOPTS", "BASHOPTS", "PS4", "PROMPT_COMMAND", "PERL5LIB", "PERL5OPT",
+    "PERLLIB", "RUBYOPT", "RUBYLIB", "NODE_OPTIONS", "NODE_PATH", "JAVA_TOOL_OPTIONS", "_JAVA_OPTIONS",
+    "OPENSSL_CONF", "OPENSSL_ENGINES", "SSL_CERT_FILE", "SSL_CERT_DIR", "PGSERVICEFILE", "PGPASSFILE",
+})  # fmt: skip
+RESERVED_ENV_PREFIXES = ("LD_", "LC_", "MALLOC_", "PYTHON", "EXECUTOR_", "CONSUL_", "BASH_FUNC_")
 
 
 def validate_env_var_name(name: str) -> None:
     env_var_name_validator(name)
     if name in RESERVED_ENV_VARS or name.startswith(("EXECUTOR_", "CONSUL_")):
         raise ValidationError(f"{name} is set by the executor and cannot be overridden.")
+    if name in LOADER_ENV_VARS or name.startswith(RESERVED_ENV_PREFIXES):
+        raise ValidationError(
+            f"{name} changes how programs load or run (the dynamic loader, shells, interpreters) and is not allowed."
+        )
 
 
 def validate_cron(expression: str) -> None:

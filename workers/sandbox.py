@@ -71,7 +71,7 @@ class Isolation:
 @dataclass
 class _Descriptors:
     """What bwrap reads from file descriptors: the seccomp program, the private files, and the pipe it reports
-    the sandboxed program's start on. This process closes its copies of the child's ends once bwrap has them."""
+    the sandboxed program's exit code on. This process closes its copies of the child's ends once bwrap has them."""
 
     seccomp: int | None = None
     files: dict[str, int] = field(default_factory=dict)  # path inside the sandbox -> memfd
@@ -86,12 +86,13 @@ class _Descriptors:
             os.close(fd)
         self.seccomp, self.files, self.status_write = None, {}, None
 
-    def started(self) -> bool:
-        """True if bwrap reported the sandboxed program's pid (--json-status-fd): the sandbox was set up. Read
-        after bwrap exited, so everything it wrote is in the pipe."""
+    def program_ran(self) -> bool:
+        """True if bwrap reported the sandboxed program's exit code (--json-status-fd), which it does only for a
+        program it set up and started; a failed set-up ends without one ("child-pid" comes before the set-up, so
+        it proves nothing). Read after bwrap exited, so everything it wrote is in the pipe."""
         os.set_blocking(self.status_read, False)
         try:
-            return b'"child-pid"' in os.read(self.status_read, 65536)
+            return b'"exit-code"' in os.read(self.status_read, 65536)
         except BlockingIOError:
             return False
 
@@ -253,7 +254,7 @@ def run_process(
             command = isolated_argv(isolation, argv, cwd=cwd, env=env, descriptors=descriptors)
             ending, proc, readers = _run(command, cwd, HOST_ENV, descriptors, timeout_seconds, output_cap_bytes,
                                          cancel, on_progress, on_tick)  # fmt: skip
-            sandbox_error = "" if ending or descriptors.started() else _reason(readers[1].text())
+            sandbox_error = "" if ending or descriptors.program_ran() else _reason(readers[1].text())
     return ProcessResult(
         exit_code=None if ending else proc.returncode,
         stdout=readers[0].text(),
