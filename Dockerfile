@@ -29,10 +29,11 @@ FROM ${PYTHON_IMAGE}
 # requirements.txt; prlimit comes with util-linux, which every Debian image has.
 # Processes run as an unprivileged user. The code and both virtualenvs stay owned by root (read-only to it);
 # its home is writable (gunicorn's control socket lives in ~/.gunicorn), and steps run in the system temp dir.
-# openssh-client: Git repositories with a deploy key are fetched over SSH (packages/git_sync.py).
+# openssh-client: Git repositories with a deploy key are fetched over SSH (packages/git_sync.py). libseccomp2: the
+# steps' seccomp filter is compiled with it (workers/seccomp.py; slim images have it already, as apt needs it).
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openssh-client \
+    && apt-get install -y --no-install-recommends openssh-client libseccomp2 \
     && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid 10001 executor \
     && useradd --system --uid 10001 --gid executor --create-home --home-dir /home/executor \
