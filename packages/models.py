@@ -385,6 +385,20 @@ class GitRepository(models.Model):
     def __str__(self) -> str:
         return f"{self.url} ({self.branch})"
 
+    def clean(self) -> None:
+        """The URL policy of packages/git_urls.py (resolving the host now; the sync checks again), and a URL the
+        chosen authentication can be used with."""
+        from .git_urls import HTTPS, SSH, UnsafeGitUrl, check_url
+
+        try:
+            url = check_url(self.url)
+        except UnsafeGitUrl as exc:
+            raise ValidationError({"url": str(exc)}) from None
+        if self.auth == GitAuth.HTTPS_TOKEN and url.kind != HTTPS:
+            raise ValidationError({"url": "HTTPS token authentication needs an https:// URL."})
+        if self.auth == GitAuth.DEPLOY_KEY and url.kind != SSH:
+            raise ValidationError({"url": "Deploy key authentication needs an ssh:// or git@host:org/repo.git URL."})
+
 
 class SqlConnection(models.Model):
     """A database that SQL steps may connect to, defined by an administrator. Packages name it (config.json key
