@@ -1,10 +1,11 @@
 import json
+import os
 
 import pytest
 from django.core.management import CommandError, call_command
 from django_celery_beat.models import PeriodicTask
 
-from packages.importer import PackageImportError, import_package_dir
+from packages.importer import PackageImportError, import_package_dir, import_package_files
 from packages.models import Package, Secret
 from tests.factories import SEED_DIR
 
@@ -144,3 +145,33 @@ def test_the_command_prints_the_order_and_fails_clearly(tmp_path, capsys):
     assert "1. config.json\n  2. test_scr.py" in capsys.readouterr().out
     with pytest.raises(CommandError, match="is not a directory"):
         call_command("import_package", str(tmp_path / "missing"))
+
+
+def test_the_core_imports_a_mapping_of_file_names_to_bytes():
+    result = import_package_files("gina", {"b.py": b"print(2)", "a.py": b"print(1)", "secrets.json": b'{"k": "v"}'},
+                                  project_name="demo")  # fmt: skip
+
+    assert (result.created, result.files, result.secrets) == (True, ["a.py", "b.py"], ["k"])
+    assert [bytes(s.content) for s in result.package.scripts.all()] == [b"print(1)", b"print(2)"]
+    assert result.package.project.name == "demo"
+
+
+def test_a_file_over_the_size_limit_is_refused_before_it_is_read(tmp_path, settings):
+    settings.EXECUTOR_MAX_SCRIPT_BYTES = 1024
+    directory = write(tmp_path / "hank", {"a.py": ""})
+    (directory / "huge.csv").touch()
+    os.truncate(directory / "huge.csv", 64 << 30)
+
+    with pytest.raises(PackageImportError, match=f"huge.csv is {64 << 30} bytes; the limit is 1024 bytes"):
+        import_package_dir(directory)  # 64 GiB (sparse): reading it first would not end in time
+    assert Package.objects.count() == 0
+
+
+def test_nested_directories_are_listed_not_imported(tmp_path):
+    directory = write(tmp_path / "ivy", {"a.py": ""})
+    (directory / "lib").mkdir()
+    (directory / "lib" / "helper.py").write_text("")
+
+    result = import_package_dir(directory)
+
+    assert result.files == ["a.py"] and result.skipped == ["lib: directories inside a package are not imported"]

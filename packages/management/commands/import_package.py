@@ -6,15 +6,20 @@ from packages.importer import PackageImportError, import_package_dir
 
 
 class Command(BaseCommand):
-    help = "Create or update a package from a directory of scripts (FX layout: one directory = one package)."
+    help = ("Create or update a package from a directory of scripts (FX layout: one directory = one package). "
+            "Only regular files directly inside it are read: symbolic links, directories and special files are "
+            "listed and skipped.")  # fmt: skip
 
     def add_arguments(self, parser):
         parser.add_argument("directory", type=Path)
-        parser.add_argument("--project", help="Project to bind the package to (created if missing).")
+        parser.add_argument("--project", help="Project of a new package, or of one that has none (created if "
+                            "missing). An existing package of another project is refused.")  # fmt: skip
+        parser.add_argument("--detach", action="store_true", help="Import over a package that comes from a Git "
+                            "repository, taking it out of the repository (the next sync leaves it alone).")  # fmt: skip
 
-    def handle(self, *args, directory: Path, project: str | None, **options):
+    def handle(self, *args, directory: Path, project: str | None, detach: bool, **options):
         try:
-            result = import_package_dir(directory, project_name=project)
+            result = import_package_dir(directory, project_name=project, detach=detach)
         except PackageImportError as exc:
             raise CommandError(str(exc)) from None
         verb = "Created" if result.created else "Updated"
@@ -23,3 +28,7 @@ class Command(BaseCommand):
             self.stdout.write(f"  {position}. {name}")
         if result.secrets:
             self.stdout.write(f"  secrets stored encrypted: {', '.join(result.secrets)} (secrets.json not kept)")
+        for note in result.notes:
+            self.stdout.write(f"  {note}")
+        for line in result.skipped:
+            self.stdout.write(f"  not imported: {line}")
