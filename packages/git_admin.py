@@ -1,4 +1,8 @@
-"""The admin of Git repositories: connect one, show its deploy key, Sync Now, regenerate keys."""
+"""The admin of Git repositories: connect one, show its deploy key, queue syncs, regenerate keys.
+
+Syncs are queued on a worker (packages/git_webhook.py `queue_sync`), never run inside the web request: a
+fetch can take minutes and talks to hosts the web process has no business reaching.
+"""
 
 from django import forms
 from django.contrib import admin, messages
@@ -7,7 +11,16 @@ from django.utils.html import format_html, format_html_join
 
 from executions.admin import status_badge
 
-from .git_credentials import regenerate_deploy_key, set_secret_field
+from .git_credentials import (
+    bind_credentials_to_url,
+    forget_host_key,
+    regenerate_deploy_key,
+    set_secret_field,
+    stored_token_fits,
+    url_host,
+)
+from .git_report import skipped_lines
+from .git_webhook import queue_sync
 from .models import GitAuth, GitRepository
 
 
@@ -26,12 +39,22 @@ class GitRepositoryForm(forms.ModelForm):
     class Meta:
         model = GitRepository
         fields = ["project", "url", "branch", "auth"]
+        help_texts = {
+            "url": "git@host:org/repo.git, ssh://host/org/repo.git or https://host/org/repo.git. Hosts on the "
+            "server's own network need EXECUTOR_GIT_ALLOWED_HOSTS; file:// and local paths EXECUTOR_GIT_ALLOW_LOCAL."
+        }
 
     def clean(self):
         cleaned = super().clean()
-        has_token = cleaned.get("https_token") or self.instance.https_token_encrypted
-        if cleaned.get("auth") == GitAuth.HTTPS_TOKEN and not has_token:
-            self.add_error("https_token", "HTTPS token authentication needs a token.")
+        url = cleaned.get("url") or self.instance.url
+        # A stored token counts only for the host it was given for: a new host needs the token entered again.
+        if cleaned.get("auth") == GitAuth.HTTPS_TOKEN and not cleaned.get("https_token"):
+            if not stored_token_fits(self.instance, url):
+                bound = self.instance.credentials_host if self.instance.https_token_encrypted else ""
+                self.add_error("https_token", (
+                    f"The stored token was given for {bound} and is never sent to another host: enter the token "
+                    f"for {url_host(url) or 'this URL'}." if bound else "HTTPS token authentication needs a token."
+                ))  # fmt: skip
         return cleaned
 
 
@@ -42,11 +65,14 @@ class GitRepositoryAdmin(admin.ModelAdmin):
     list_filter = ["status", "project"]
     list_select_related = ["project"]
     search_fields = ["url"]
-    actions = ["sync_now", "regenerate_keys"]
-    readonly_fields = ["deploy_public_key_display", "webhook", "status_display", "last_sync_at", "current_commit",
-                       "branch_list", "last_error", "report", "package_list"]  # fmt: skip
+    actions = ["sync_now", "sync_adopting", "regenerate_keys", "forget_host_keys"]
+    readonly_fields = ["deploy_public_key_display", "host_key", "webhook", "status_display", "last_sync_at",
+                       "current_commit", "branch_list", "last_error", "report", "package_list"]  # fmt: skip
     fieldsets = [
-        (None, {"fields": ["project", "url", "branch", "auth", "https_token", "deploy_public_key_display"]}),
+        (
+            None,
+            {"fields": ["project", "url", "branch", "auth", "https_token", "deploy_public_key_display", "host_key"]},
+        ),  # fmt: skip
         ("Push webhook", {"fields": ["webhook_secret", "webhook"]}),
         (
             "Last sync",
@@ -65,7 +91,8 @@ class GitRepositoryAdmin(admin.ModelAdmin):
     ]
 
     def save_model(self, request, obj, form, change):
-        set_secret_field(obj, "https_token", form.cleaned_data.get("https_token", ""))
+        for forgotten in bind_credentials_to_url(obj, new_token=form.cleaned_data.get("https_token", "")):
+            messages.warning(request, f"The URL now points to {url_host(obj.url) or 'a local path'}: {forgotten}.")
         set_secret_field(obj, "webhook_secret", form.cleaned_data.get("webhook_secret", ""))
         if obj.auth == GitAuth.DEPLOY_KEY and not obj.deploy_private_key_encrypted:
             regenerate_deploy_key(obj)
@@ -75,14 +102,36 @@ class GitRepositoryAdmin(admin.ModelAdmin):
 
     @admin.action(description="Sync now")
     def sync_now(self, request, queryset):
-        # Imported here: every process loads the admin (workers too), and dulwich is needed only to sync.
-        from .git_sync import sync_repository
+        for repository in queryset:
+            queue_sync(repository)
+            self.message_user(request, f"Sync of {repository} queued; the page shows the result when it ends.",
+                              messages.SUCCESS)  # fmt: skip
 
-        for repository in queryset.select_related("project"):
-            report = sync_repository(repository)
-            summary = f"{repository}: {report.error}" if report.error else _summary(repository, report)
-            level = messages.SUCCESS if report.ok else messages.ERROR if report.error else messages.WARNING
-            self.message_user(request, summary, level)
+    @admin.action(description="Sync now, adopting the packages it left alone", permissions=["adopt"])
+    def sync_adopting(self, request, queryset):
+        """Adopts the packages the last sync reported as conflicts: their scripts, project and secrets then belong
+        to the repository. Superusers only: it can move a package out of another project."""
+        for repository in queryset:
+            names = sorted((repository.last_report or {}).get("conflicts") or {})
+            if not names:
+                self.message_user(request, f"{repository}: the last sync left no package alone; nothing to adopt.",
+                                  messages.INFO)  # fmt: skip
+                continue
+            queue_sync(repository, adopt=names)
+            self.message_user(request, f"Sync of {repository} queued, adopting {', '.join(names)}; the page shows "
+                              "the result when it ends.", messages.SUCCESS)  # fmt: skip
+
+    def has_adopt_permission(self, request) -> bool:
+        return request.user.is_superuser
+
+    @admin.action(description="Forget pinned SSH host keys")
+    def forget_host_keys(self, request, queryset):
+        for repository in queryset:
+            forget_host_key(repository)
+            repository.save(update_fields=["ssh_known_hosts", "credentials_host"])
+        self.message_user(request, "Pinned SSH host keys forgotten: the next sync trusts the key each host shows "
+                          "and pins it again. Do this only if you know the host's key changed.",
+                          messages.WARNING)  # fmt: skip
 
     @admin.action(description="Regenerate deploy keys")
     def regenerate_keys(self, request, queryset):
@@ -127,10 +176,21 @@ class GitRepositoryAdmin(admin.ModelAdmin):
     @admin.display(description="Last report")
     def report(self, repository: GitRepository) -> str:
         report = repository.last_report or {}
+        if not report:
+            return "—"
         lists = (("Created", "created"), ("Updated", "updated"), ("Deactivated", "deactivated"))
         rows = [(label, ", ".join(report.get(key) or []) or "—") for label, key in lists]
         rows += [(f"Failed: {name}", error) for name, error in (report.get("failed") or {}).items()]
-        return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows) if report else "—"
+        rows += [(f"Left alone: {name}", reason) for name, reason in (report.get("conflicts") or {}).items()]
+        rows += [("Note", note) for note in report.get("notes") or []]
+        rows += [("Not imported", line) for line in skipped_lines(report.get("skipped") or {})]
+        return format_html_join("", "<div><strong>{}</strong>: {}</div>", rows)
+
+    @admin.display(description="Pinned SSH host key")
+    def host_key(self, repository: GitRepository) -> str:
+        if not repository.ssh_known_hosts:
+            return "— (pinned at the first sync over SSH)"
+        return format_html("<code>{}</code> for {}", repository.ssh_known_hosts.strip(), repository.credentials_host)
 
     @admin.display(description="Packages")
     def package_list(self, repository: GitRepository) -> str:
@@ -138,8 +198,3 @@ class GitRepositoryAdmin(admin.ModelAdmin):
         return format_html_join(", ", '<a href="{}">{}</a>{}', (
             (reverse("admin:packages_package_change", args=[p.pk]), p.package_name, "" if p.active else " (inactive)")
             for p in packages)) or "—"  # fmt: skip
-
-
-def _summary(repository: GitRepository, report) -> str:
-    counts = {name: len(getattr(report, name)) for name in ("created", "updated", "deactivated", "failed")}
-    return f"{repository} at {report.commit[:10]}: " + ", ".join(f"{name} {n}" for name, n in counts.items())

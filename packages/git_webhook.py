@@ -1,11 +1,15 @@
 """Push webhooks and the Sync Now API: both queue a sync of the repository on a worker (packages/git_sync.py)."""
 
-import json
 import logging
+from collections.abc import Sequence
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+
+from executor_project import bounded_json
 
 from .git_credentials import signature_is_valid
 from .models import GitRepository
@@ -13,7 +17,14 @@ from .models import GitRepository
 logger = logging.getLogger(__name__)
 
 
-def queue_sync(repository: GitRepository) -> None:
+def queue_sync(repository: GitRepository, adopt: Sequence[str] = ()) -> None:
+    """Queue a sync of `repository` on the maintenance lane; with `adopt`, one that may take over the packages of
+    those names (packages/tasks.py). The web process never fetches a repository itself."""
+    if adopt:
+        from .tasks import sync_repository_adopting
+
+        sync_repository_adopting.apply_async(args=[repository.pk, sorted(adopt)], queue="maintenance")
+        return
     from workers.tasks import sync_repository  # the web process needs the task's signature only
 
     sync_repository.apply_async(args=[repository.pk], queue="maintenance")
@@ -27,17 +38,33 @@ def push_webhook(request, repository_id: int):
     repository = GitRepository.objects.filter(pk=repository_id).first()
     if repository is None:
         return JsonResponse({"detail": f"No repository {repository_id}."}, status=404)
-    if not signature_is_valid(repository, request.body, request.headers.get("X-Hub-Signature-256")):
+    try:
+        body = request.body
+    except RequestDataTooBig:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return JsonResponse({"detail": f"The body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)."},
+                            status=413)  # fmt: skip
+    signature = request.headers.get("X-Hub-Signature-256", "")
+    # A hex digest is ASCII; hmac.compare_digest raises TypeError on a str that is not.
+    if not signature.isascii() or not signature_is_valid(repository, body, signature):
         logger.warning("webhook for %s refused: bad or missing signature", repository)
         return JsonResponse({"detail": "Missing or wrong X-Hub-Signature-256 (or no webhook secret is set)."},
                             status=403)  # fmt: skip
-    try:
-        ref = json.loads(request.body or b"{}").get("ref")
-    except (ValueError, AttributeError):
-        ref = None
+    ref = _pushed_ref(body)
     if request.headers.get("X-GitHub-Event") == "ping":
         return JsonResponse({"status": "pong"})
     if ref and ref != f"refs/heads/{repository.branch}":
         return JsonResponse({"status": f"ignored: a push to {ref}, not to {repository.branch}"})
     queue_sync(repository)
     return JsonResponse({"status": "sync queued"}, status=202)
+
+
+def _pushed_ref(body: bytes) -> str | None:
+    """The `ref` of a push payload. Anything else (not JSON, too deep, not an object, no string ref; e.g. a hook
+    sent form-encoded) is None: the signature already proved the sender, and a sync of the branch is harmless."""
+    try:
+        document = bounded_json.loads(body or b"{}")
+    except bounded_json.JSONRejected:
+        return None
+    ref = document.get("ref") if isinstance(document, dict) else None
+    return ref if isinstance(ref, str) else None

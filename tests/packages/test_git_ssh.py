@@ -1,4 +1,5 @@
-"""Deploy keys for real: a repository served by an OpenSSH server on localhost that knows only the deploy key.
+"""Deploy keys for real: a repository served by an OpenSSH server on localhost that knows only the deploy key,
+and the host key pinned per repository on the first sync.
 
 Needs Debian's openssh-server (`.ci/run` installs it); without it these tests skip, or fail when
 EXECUTOR_REQUIRE_SSHD=1 (as in CI).
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 
 from packages.git_credentials import regenerate_deploy_key
 from packages.git_sync import sync_repository
@@ -21,10 +23,16 @@ pytestmark = pytest.mark.django_db
 SSHD = Path("/usr/sbin/sshd")
 
 
+@pytest.fixture(autouse=True)
+def localhost_allowed(settings):
+    """The test server listens on 127.0.0.1, which the URL policy refuses unless listed."""
+    settings.EXECUTOR_GIT_ALLOWED_HOSTS = ["127.0.0.1"]
+
+
 @pytest.fixture
-def ssh_server(tmp_path, monkeypatch):
-    """An sshd on a free localhost port; write the allowed public keys to `.authorized_keys`."""
-    monkeypatch.setenv("HOME", str(tmp_path))  # a known_hosts of its own: each test's server has a new host key
+def ssh_server(tmp_path):
+    """An sshd on a free localhost port; write the allowed public keys to `.authorized_keys`; `restart(new_host_key=
+    True)` brings it back on the same port with another host key (a changed host, or someone in between)."""
     if not SSHD.exists():
         if os.environ.get("EXECUTOR_REQUIRE_SSHD") == "1":
             pytest.fail("no /usr/sbin/sshd (EXECUTOR_REQUIRE_SSHD=1): apt-get install openssh-server")
@@ -33,24 +41,47 @@ def ssh_server(tmp_path, monkeypatch):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "host_key")], check=True)
     authorized = tmp_path / "authorized_keys"
     authorized.touch()
-    config = tmp_path / "sshd_config"
-    config.write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host_key'}\nAuthorizedKeysFile {authorized}\n"
-        "PasswordAuthentication no\nPermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
-        f"PidFile {tmp_path / 'sshd.pid'}\n"
-    )
-    server = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=open(tmp_path / "sshd.log", "w"))
-    deadline = time.monotonic() + 10
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert time.monotonic() < deadline and server.poll() is None, (tmp_path / "sshd.log").read_text()
-        time.sleep(0.1)
-    server.port, server.authorized_keys = port, authorized
+    server = SshServer(tmp_path, port, authorized)
+    server.start()
     yield server
-    server.terminate()
-    server.wait(timeout=10)
+    server.stop()
+
+
+class SshServer:
+    def __init__(self, directory: Path, port: int, authorized_keys: Path):
+        self.directory, self.port, self.authorized_keys = directory, port, authorized_keys
+        self.process: subprocess.Popen | None = None
+        self.host_key = directory / "host_key"
+
+    def start(self) -> None:
+        if not self.host_key.exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(self.host_key)], check=True)
+        config = self.directory / "sshd_config"
+        config.write_text(
+            f"Port {self.port}\nListenAddress 127.0.0.1\nHostKey {self.host_key}\n"
+            f"AuthorizedKeysFile {self.authorized_keys}\nPasswordAuthentication no\n"
+            "PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n"
+            f"PidFile {self.directory / 'sshd.pid'}\n"
+        )
+        log = self.directory / "sshd.log"
+        self.process = subprocess.Popen([str(SSHD), "-D", "-e", "-f", str(config)], stderr=open(log, "a"))
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", self.port)) != 0:
+            assert time.monotonic() < deadline and self.process.poll() is None, log.read_text()
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+    def restart(self, *, new_host_key: bool) -> None:
+        self.stop()
+        if new_host_key:
+            self.host_key.unlink()
+            self.host_key.with_suffix(".pub").unlink()
+        self.start()
 
 
 def ssh_repository(ssh_server, tmp_path) -> GitRepository:
@@ -64,7 +95,7 @@ def ssh_repository(ssh_server, tmp_path) -> GitRepository:
     return repository
 
 
-def test_a_repository_syncs_over_ssh_with_its_deploy_key(ssh_server, tmp_path):
+def test_a_repository_syncs_over_ssh_with_its_deploy_key_and_pins_the_host_key(ssh_server, tmp_path):
     repository = ssh_repository(ssh_server, tmp_path)
     ssh_server.authorized_keys.write_text(repository.deploy_public_key + "\n")
 
@@ -72,6 +103,44 @@ def test_a_repository_syncs_over_ssh_with_its_deploy_key(ssh_server, tmp_path):
 
     assert report.ok and report.created == ["over_ssh"], report.error
     assert Package.objects.get(package_name="over_ssh").source_commit == report.commit
+    repository.refresh_from_db()
+    host_key = (tmp_path / "host_key.pub").read_text().split()[1]
+    assert host_key in repository.ssh_known_hosts and repository.credentials_host == f"127.0.0.1:{ssh_server.port}"
+    assert report.notes == [f"pinned the SSH host key of 127.0.0.1:{ssh_server.port} (first sync): later syncs "
+                            "require it"]  # fmt: skip
+    assert sync_repository(repository).ok  # the pinned key, checked strictly
+
+
+def test_a_changed_host_key_is_refused_and_changes_nothing(ssh_server, tmp_path):
+    repository = ssh_repository(ssh_server, tmp_path)
+    ssh_server.authorized_keys.write_text(repository.deploy_public_key + "\n")
+    first = sync_repository(repository)
+    pinned = GitRepository.objects.get().ssh_known_hosts
+    ssh_server.restart(new_host_key=True)  # same address and port, another key: a host in between
+
+    report = sync_repository(repository)
+
+    assert report.error.startswith(f"the SSH host key 127.0.0.1:{ssh_server.port} showed is not the one pinned at "
+                                   "the first sync")  # fmt: skip
+    repository.refresh_from_db()
+    assert repository.status == GitSyncStatus.FAILED and repository.ssh_known_hosts == pinned
+    assert Package.objects.get().source_commit == first.commit
+
+
+def test_forgetting_the_pinned_key_trusts_the_new_one_at_the_next_sync(ssh_server, tmp_path, admin_client):
+    repository = ssh_repository(ssh_server, tmp_path)
+    ssh_server.authorized_keys.write_text(repository.deploy_public_key + "\n")
+    assert sync_repository(repository).ok
+    ssh_server.restart(new_host_key=True)
+    assert sync_repository(repository).error
+
+    admin_client.post(reverse("admin:packages_gitrepository_changelist"),
+                      {"action": "forget_host_keys", "_selected_action": [repository.pk]})  # fmt: skip
+    repository.refresh_from_db()
+    assert repository.ssh_known_hosts == ""
+
+    assert sync_repository(repository).ok
+    assert (tmp_path / "host_key.pub").read_text().split()[1] in GitRepository.objects.get().ssh_known_hosts
 
 
 def test_a_deploy_key_the_host_does_not_know_is_refused(ssh_server, tmp_path):

@@ -21,9 +21,15 @@ from packages.git_credentials import set_secret_field
 from packages.git_sync import LOCK_NAMESPACE, sync_repository
 from packages.models import GitAuth, GitRepository, GitSyncStatus, Package, Project
 from packages.schedules import periodic_task_name
-from tests.git_repos import FxRepository, fx_package
+from tests.git_repos import FxRepository, fake_dns, fx_package
 
 pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture(autouse=True)
+def local_repositories_allowed(settings):
+    """These tests sync file:// repositories; production refuses them (tests/security/test_git.py)."""
+    settings.EXECUTOR_GIT_ALLOW_LOCAL = True
 
 
 @pytest.fixture
@@ -222,7 +228,8 @@ def test_sync_now_api_queues_a_sync(client, repository):
     assert client.post("/fx/git/repositories/1/sync").status_code == 401
 
 
-def test_the_admin_generates_a_deploy_key_and_never_shows_secrets(admin_client):
+def test_the_admin_generates_a_deploy_key_and_never_shows_secrets(admin_client, monkeypatch):
+    fake_dns(monkeypatch, {"github.com": "140.82.112.3"})
     project = Project.objects.create(name="Sales")
     response = admin_client.post(reverse("admin:packages_gitrepository_add"), {
         "project": project.pk, "url": "git@github.com:acme/fx-packages.git", "branch": "main",
@@ -242,10 +249,19 @@ def test_the_admin_generates_a_deploy_key_and_never_shows_secrets(admin_client):
     assert GitRepository.objects.get().deploy_public_key != repository.deploy_public_key
 
 
-def test_the_admin_sync_now_action_reports(admin_client, repository):
-    response = admin_client.post(reverse("admin:packages_gitrepository_changelist"),
-                                 {"action": "sync_now", "_selected_action": [repository.pk]}, follow=True)  # fmt: skip
-    assert "created 2, updated 0, deactivated 0, failed 0" in response.content.decode()
+def test_the_admin_sync_now_action_queues_a_sync_and_the_page_shows_its_report(admin_client, repository):
+    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
+        response = admin_client.post(
+            reverse("admin:packages_gitrepository_changelist"),
+            {"action": "sync_now", "_selected_action": [repository.pk]},
+            follow=True,
+        )
+    assert f"Sync of {repository} queued; the page shows the result when it ends." in response.content.decode()
+    apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+
+    sync_repository(repository)  # what the worker does with the message
+    page = admin_client.get(reverse("admin:packages_gitrepository_change", args=[repository.pk])).content.decode()
+    assert "<strong>Created</strong>: daily_report, orders_load" in page
 
 
 def test_the_package_page_shows_its_repository_and_commit(admin_client, repository):
