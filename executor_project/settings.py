@@ -48,6 +48,8 @@ MIDDLEWARE = [
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
+    # Before CSRF, which reads every form's body: refuses oversized or malformed bodies first (uploads.py).
+    "executor_project.uploads.RequestLimitsMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
@@ -115,13 +117,20 @@ STORAGES = {
     },
 }
 
-# Uploads: one script file may not exceed this; the whole request is capped a little above a full form.
+# Uploads (executor_project/uploads.py): one script file may not exceed this.
 EXECUTOR_MAX_SCRIPT_BYTES = env_int("EXECUTOR_MAX_SCRIPT_BYTES", 5 * 1024 * 1024, minimum=1024)
 # Run-form uploads and secrets.json files: a larger one is refused before it is read (checked on Content-Length,
 # then again while the body streams in).
 EXECUTOR_MAX_UPLOAD_BYTES = env_int("EXECUTOR_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+# Form fields other than files, and request bodies read whole (the webhook's).
 DATA_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
+# LimitedUploadHandler first: it stops a file that grows past the larger of the two limits above.
+FILE_UPLOAD_HANDLERS = [
+    "executor_project.uploads.LimitedUploadHandler",
+    "django.core.files.uploadhandler.MemoryFileUploadHandler",
+    "django.core.files.uploadhandler.TemporaryFileUploadHandler",
+]
 
 LOGGING = {
     "version": 1,

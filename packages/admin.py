@@ -17,7 +17,7 @@ from executions.run_pages import run_form_page
 from executions.services import TriggerRefused, trigger_execution
 
 from . import state as package_state
-from .forms import ScriptInlineForm, ScriptInlineFormSet, json_object
+from .forms import ScriptInlineForm, ScriptInlineFormSet
 from .models import (
     EnvironmentVariable,
     EventType,
@@ -28,12 +28,17 @@ from .models import (
     Secret,
     SecretScope,
     Tag,
-    secret_name_validator,
     store_package_secrets,
 )
 from .schedule_preview import schedule_preview_html
 from .schedules import remove_package_schedule, sync_package_schedule
-from .secret_forms import PackageSecretForm, PlatformSecretForm, ProjectSecretForm, UniqueNamesFormSet
+from .secret_forms import (
+    PackageSecretForm,
+    PlatformSecretForm,
+    ProjectSecretForm,
+    UniqueNamesFormSet,
+    read_secrets_file,
+)
 from .trigger_events import trigger_event_for
 
 
@@ -154,18 +159,7 @@ class PackageForm(forms.ModelForm):
         return [name.strip() for name in self.cleaned_data["new_tags"].split(",") if name.strip()]
 
     def clean_secrets_file(self) -> dict[str, str]:
-        upload = self.cleaned_data.get("secrets_file")
-        if upload is None:
-            return {}
-        values = json_object(upload.read(), "secrets.json")
-        if not all(isinstance(value, str) for value in values.values()):
-            raise forms.ValidationError("secrets.json values must be strings.")
-        for name in values:
-            try:
-                secret_name_validator(name)
-            except forms.ValidationError:
-                raise forms.ValidationError(f"secrets.json: {name!r} is not a valid secret name.") from None
-        return values
+        return read_secrets_file(self.cleaned_data.get("secrets_file"))
 
 
 class ScheduledFilter(admin.SimpleListFilter):

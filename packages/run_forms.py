@@ -4,20 +4,28 @@
 types text, textarea, int (min, max), float (min, max, step), select and radio (choices: [{title, value}]),
 multiselect (a list) and file. An uploaded file is given to the run: the worker writes it at
 `_uploads/<field>/<file name>` in the scripts' working directory, and that relative path is the field's value.
+A file may be at most EXECUTOR_MAX_UPLOAD_BYTES (executor_project/uploads.py refuses a larger request before it
+is read; the field checks the file's size again).
 """
 
-import json
 import re
 
 from django import forms
+from django.conf import settings
+from django.core.exceptions import SuspiciousFileOperation
 from django.core.files.uploadedfile import UploadedFile
 from django.utils.text import get_valid_filename
+
+from executor_project import bounded_json
+from executor_project.uploads import too_large
 
 from .models import PARAMETERS_FILE, Package
 
 UPLOAD_DIR = "_uploads"
 TYPES = {"text", "textarea", "int", "float", "select", "radio", "multiselect", "file"}
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*\Z")
+# `_uploads/<field>/<file name>` must fit ExecutionFile.path (300 characters).
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}\Z")
+MAX_FILE_NAME = 200
 
 
 class ParametersError(ValueError):
@@ -32,8 +40,8 @@ def parameter_fields(package: Package) -> list[dict] | None:
 
 def parse_parameters(content: bytes) -> list[dict]:
     try:
-        document = json.loads(content)
-    except ValueError as exc:
+        document = bounded_json.loads(content)
+    except bounded_json.JSONRejected as exc:
         raise ParametersError(f"parameters.json is not valid JSON: {exc}") from None
     fields = document.get("fields") if isinstance(document, dict) else None
     if not isinstance(fields, list):
@@ -44,7 +52,7 @@ def parse_parameters(content: bytes) -> list[dict]:
         if not isinstance(spec, dict) or spec.get("type") not in TYPES:
             raise ParametersError(f"{where}: type must be one of {', '.join(sorted(TYPES))}.")
         if not isinstance(spec.get("name"), str) or not _NAME.match(spec["name"]) or spec["name"] in names:
-            raise ParametersError(f"{where}: name must be a unique identifier (letters, digits, _).")
+            raise ParametersError(f"{where}: name must be a unique identifier (letters, digits, _; at most 64).")
         if spec["type"] in ("select", "radio", "multiselect") and not _valid_choices(spec.get("choices")):
             raise ParametersError(f"{where} ({spec['name']}): choices must be a list of {{title, value}}.")
         names.add(spec["name"])
@@ -101,8 +109,22 @@ def _form_field(spec: dict, initial: dict) -> forms.Field:
         if initial.get(spec["name"]):  # a re-run keeps the earlier file unless a new one is chosen
             options["required"] = False
             options["help_text"] = f"{options['help_text']} Now: {initial[spec['name']]}".strip()
-        return forms.FileField(**options)
+        return forms.FileField(max_length=MAX_FILE_NAME, validators=[_within_upload_limit, _usable_name], **options)
     return _choice_field(spec, options)
+
+
+def _within_upload_limit(upload: UploadedFile) -> None:
+    """On the size the upload handler counted, before anything reads the file."""
+    limit = settings.EXECUTOR_MAX_UPLOAD_BYTES
+    if upload.size > limit:
+        raise forms.ValidationError(too_large(upload.name, limit, "EXECUTOR_MAX_UPLOAD_BYTES"))
+
+
+def _usable_name(upload: UploadedFile) -> None:
+    try:
+        get_valid_filename(upload.name)
+    except SuspiciousFileOperation:
+        raise forms.ValidationError("The file name has no letters or digits: rename the file.") from None
 
 
 def _choice_field(spec: dict, options: dict) -> forms.Field:

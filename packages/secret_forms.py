@@ -1,8 +1,52 @@
 """Write-only secret forms: a value goes in, and is never rendered again (not even masked into the page)."""
 
 from django import forms
+from django.conf import settings
+from django.core.files.uploadedfile import UploadedFile
 
-from .models import Secret, SecretScope
+from executor_project import bounded_json
+from executor_project.uploads import too_large
+
+from .models import Secret, SecretScope, secret_name_validator
+
+# One file sets at most this many secrets: each is encrypted and saved in the request that uploads it.
+MAX_SECRETS_PER_FILE = 1000
+_NAME_LENGTH = Secret._meta.get_field("name").max_length
+
+
+def read_secrets_file(upload: UploadedFile | None) -> dict[str, str]:
+    """The names and values of an uploaded secrets.json (a JSON object of names to strings), or {} for no file.
+
+    Its size is checked before it is read (EXECUTOR_MAX_UPLOAD_BYTES); a file that is not such an object is refused
+    with a ValidationError that names what is wrong and never quotes a value."""
+    if upload is None:
+        return {}
+    limit = settings.EXECUTOR_MAX_UPLOAD_BYTES
+    if upload.size > limit:
+        raise forms.ValidationError(too_large(upload.name, limit, "EXECUTOR_MAX_UPLOAD_BYTES"))
+    try:
+        values = bounded_json.loads(upload.read())
+    except bounded_json.JSONRejected as exc:
+        raise forms.ValidationError(f"secrets.json cannot be imported: {exc}.") from None
+    if not isinstance(values, dict):
+        raise forms.ValidationError("secrets.json must hold a JSON object.")
+    if len(values) > MAX_SECRETS_PER_FILE:
+        raise forms.ValidationError(f"secrets.json holds {len(values)} secrets; at most {MAX_SECRETS_PER_FILE}.")
+    if not all(isinstance(value, str) for value in values.values()):
+        raise forms.ValidationError("secrets.json values must be strings.")
+    for name in values:
+        _check_name(name)
+    return values
+
+
+def _check_name(name: str) -> None:
+    shown = name if len(name) <= 60 else f"{name[:60]}…"
+    if len(name) > _NAME_LENGTH:
+        raise forms.ValidationError(f"secrets.json: {shown!r} is longer than {_NAME_LENGTH} characters.")
+    try:
+        secret_name_validator(name)
+    except forms.ValidationError:
+        raise forms.ValidationError(f"secrets.json: {shown!r} is not a valid secret name.") from None
 
 
 class SecretForm(forms.ModelForm):
