@@ -177,8 +177,8 @@ def _import_tree(repository: GitRepository, store: BaseObjectStore, root: Tree, 
         if skipped:
             report.skipped[name] = skipped
         try:
-            result = import_package_files(name, files, project_name=repository.project.name, source=source,
-                                          skipped=skipped, adopt=name in adopt)  # fmt: skip
+            # The package's project is the repository's (importer: _Claim); adopt only the names asked for.
+            result = import_package_files(name, files, source=source, skipped=skipped, adopt=name in adopt)
         except PackageImportError as exc:
             target = report.conflicts if isinstance(exc, PackageConflict) else report.failed
             target[name] = str(exc)
@@ -324,8 +324,12 @@ def _ssh_client(repository: GitRepository, url: GitUrl, tmp: Path, report: SyncR
     if repository.auth == GitAuth.DEPLOY_KEY:
         key_file = tmp / "deploy_key"
         _write_private(key_file, decrypt(repository.deploy_private_key_encrypted))
-    # Connect to an address checked now, not to whatever the name resolves to when ssh looks it up again.
-    address = git_urls.resolve_host(url.host, url.effective_port)[0]
+    # ssh connects to this address, checked here, not to whatever the name resolves to when ssh looks it up again.
+    try:
+        address = git_urls.resolve_host(url.host, url.effective_port)[0]
+        git_urls.check_address(url.host, address)
+    except UnsafeGitUrl as exc:
+        raise SyncError(f"the URL is not allowed: {exc}") from None
     vendor = _SshVendor(known_hosts, pinned=bool(repository.ssh_known_hosts), address=address, alias=url.host)
     client = SSHGitClient(url.host, port=url.port, username=url.username, vendor=vendor,
                           key_filename=str(key_file) if key_file else None)  # fmt: skip

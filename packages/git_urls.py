@@ -61,13 +61,14 @@ class GitUrl:
 
     @property
     def authority(self) -> str:
-        """The host credentials are bound to: `host`, or `host:port` for a port other than the scheme's."""
+        """The host credentials are bound to, as in a URL: `host`, or `host:port` for a port other than the
+        scheme's default."""
         if not self.host:
             return ""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = f"[{self.host}]" if ":" in self.host else self.host  # IPv6: bracketed, as in a URL
         if self.port and self.port != DEFAULT_PORTS[self.kind]:
             return f"{host}:{self.port}"
-        return self.host
+        return host
 
 
 def parse_url(url: str) -> GitUrl:

@@ -16,7 +16,7 @@ from django.contrib.auth.models import Permission, User
 from django.core.management import CommandError, call_command
 from django.urls import reverse
 
-from packages.git_credentials import set_secret_field
+from packages.git_credentials import regenerate_deploy_key, set_secret_field
 from packages.git_sync import sync_repository
 from packages.git_urls import UnsafeGitUrl, check_url
 from packages.models import GitAuth, GitRepository, GitSyncStatus, Package, Project, Script
@@ -406,6 +406,7 @@ def test_the_url_policy_accepts_public_hosts_and_the_listed_internal_ones(monkey
     fake_dns(monkeypatch, {"github.com": PUBLIC_ADDRESS, "git.internal": "10.1.2.3"})
     assert check_url("git@github.com:acme/x.git").authority == "github.com"
     assert check_url("https://github.com:8443/acme/x.git").authority == "github.com:8443"
+    assert check_url("https://[2606:4700::1111]/acme/x.git").authority == "[2606:4700::1111]"
     settings.EXECUTOR_GIT_ALLOWED_HOSTS = ["git.internal"]
     assert check_url("ssh://git@git.internal:2222/srv/x.git").kind == "ssh"
 
@@ -463,6 +464,21 @@ def test_a_name_that_resolves_elsewhere_when_connecting_is_caught_on_the_connect
                             "does not fetch from its own network unless the host is listed in "
                             "EXECUTOR_GIT_ALLOWED_HOSTS")  # fmt: skip
     assert git_server.requests == []  # not a byte of HTTP, so no token either
+
+
+def test_ssh_connects_to_the_address_it_checked_not_to_a_second_answer(ops, monkeypatch):
+    answers = iter([PUBLIC_ADDRESS, "127.0.0.1"])  # the URL check, then the address ssh would be given
+    fake_dns(monkeypatch, {"git.example.com": lambda: next(answers)})
+    repository = GitRepository(project=ops, url="git@git.example.com:acme/fx-packages.git", auth=GitAuth.DEPLOY_KEY)
+    regenerate_deploy_key(repository)
+    repository.save()
+
+    with mock.patch("subprocess.Popen", side_effect=AssertionError("ssh was started")):
+        report = sync_repository(repository)
+
+    assert report.error.startswith("the URL is not allowed: host git.example.com resolves to 127.0.0.1, which is a "
+                                   "loopback address")  # fmt: skip
+    assert GitRepository.objects.get().ssh_known_hosts == ""
 
 
 def test_a_local_repository_is_refused_at_sync_time_without_executor_git_allow_local(tmp_path, ops):
