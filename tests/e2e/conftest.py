@@ -21,6 +21,8 @@ from workers.tasks import run_execution
 
 BASE_DIR = Path(settings.BASE_DIR)
 LANES = "priority,default,slow,scheduled,maintenance"
+# Test repositories are file:// URLs, which production refuses (packages/git_urls.py).
+TEST_WORKER_ENV = {"EXECUTOR_GIT_ALLOW_LOCAL": "true"}
 
 
 class WorkerProcess:
@@ -57,7 +59,8 @@ def worker_process(log_path: Path, *, queues: str = LANES, name: str = "e2e", en
     ]  # fmt: skip
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            argv, cwd=BASE_DIR, env={**os.environ, "DATABASE_URL": database_url, **(env or {})}, stdout=log,
+            argv, cwd=BASE_DIR, env={**os.environ, **TEST_WORKER_ENV, "DATABASE_URL": database_url, **(env or {})},
+            stdout=log,
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     worker = WorkerProcess(log_path, proc, queues)

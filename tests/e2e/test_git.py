@@ -3,7 +3,6 @@
 import hashlib
 import hmac
 import json
-import os
 import time
 
 import pytest
@@ -18,10 +17,6 @@ from packages.models import GitRepository, Package, Project
 from tests.git_repos import FxRepository, fx_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-# The repositories below are file:// URLs, which production refuses (packages/git_urls.py). The e2e worker starts
-# once per session with this process's environment, after every module was collected, so it allows them too.
-os.environ.setdefault("EXECUTOR_GIT_ALLOW_LOCAL", "true")
 
 
 @pytest.fixture(autouse=True)
