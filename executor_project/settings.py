@@ -210,7 +210,7 @@ EXECUTOR_EVENT_MAX_CHAIN_DEPTH = env_int("EXECUTOR_EVENT_MAX_CHAIN_DEPTH", 20, m
 # An event that would start more executions than this starts none (a subscription mistake, not a workload).
 EXECUTOR_EVENT_MAX_FAN_OUT = env_int("EXECUTOR_EVENT_MAX_FAN_OUT", 100, minimum=1)
 
-# --- Celery (see ../shared/RELIABILITY.md for why each of these) --------------------------------------------
+# --- Celery (each setting below says which measured fault it answers) -----------------------------------------
 # Unset: the embedded Redis that `make run` starts on a socket in the data directory (bin/devstack.py).
 REDIS_URL = env_redis_url("REDIS_URL", f"redis+socket://{DATA_DIR / 'redis.sock'}")
 CELERY_BROKER_URL = REDIS_URL

@@ -1,11 +1,11 @@
 """Admin forms: a package's scripts are uploaded as files and stored in the database."""
 
-import json
-
 from django import forms
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db.models import Max
+
+from executor_project import bounded_json
 
 from .models import Script, file_name_validator
 
@@ -15,8 +15,8 @@ JSON_OBJECT_FILES = ("config.json", "parameters.json", "manifest.json")
 def json_object(data: bytes, file_name: str) -> dict:
     """Parse an uploaded JSON file that must hold an object; the error never quotes the content."""
     try:
-        value = json.loads(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        value = bounded_json.loads(data)
+    except bounded_json.JSONRejected as exc:
         raise ValidationError(f"{file_name} is not valid JSON: {exc}") from None
     if not isinstance(value, dict):
         raise ValidationError(f"{file_name} must hold a JSON object.")

@@ -18,7 +18,6 @@ allow_manual_triggering, active, output_events (FX_REFERENCE.md). Unknown keys a
 silently ignored.
 """
 
-import json
 import os
 import stat
 from collections.abc import Iterable, Mapping
@@ -28,6 +27,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
+
+from executor_project import bounded_json
 
 from . import cron
 from .models import (
@@ -353,8 +354,8 @@ def _order(names: list[str], execution_order) -> list[str]:
 
 def _parse_json(name: str, content: bytes):
     try:
-        return json.loads(content.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
+        return bounded_json.loads(content)
+    except bounded_json.JSONRejected as exc:
         # Never echo a secrets file's content: the message names the position only.
         raise PackageImportError(f"{name} is not valid JSON: {exc}") from None
 

@@ -28,6 +28,7 @@ from django.core.exceptions import ValidationError
 from executions.events import EventRejected, dispatch
 from executions.later_runs import schedule_later_run
 from executions.models import Execution
+from executor_project import bounded_json
 from packages import state as package_state
 from packages.cron import CronError
 from packages.models import Secret, SecretScope
@@ -111,8 +112,8 @@ def _save_state(workspace: Workspace, execution: Execution, before: dict, collec
         collected.notes.append(f"context.state not saved: {exc}.")
         return
     try:
-        after = json.loads(content) if content is not None else {}
-    except ValueError:
+        after = bounded_json.loads(content) if content is not None else {}
+    except bounded_json.JSONRejected:  # also NaN, NUL, too deep: what jsonb could not store
         # ferris_cli's put_item turns every ' into ", so a value with an apostrophe breaks the JSON (as on FX).
         collected.notes.append("context.state not saved: the step left it as invalid JSON (a value with an ').")
         return
@@ -196,8 +197,8 @@ def _records(content: bytes | None, kind: str, collected: Collected) -> list[dic
     records = []
     for line in content.decode(errors="replace").splitlines():
         try:
-            record = json.loads(line)
-        except (ValueError, RecursionError):
+            record = bounded_json.loads(line)
+        except bounded_json.JSONRejected:
             record = None
         if isinstance(record, dict):
             records.append(record)
