@@ -522,3 +522,19 @@ def test_over_http_a_chunked_upload_is_refused_and_a_30_mib_one_is_answered_befo
     status, answer = http_exchange(live_server, f"{head}Content-Length: {stream.length}\r\n\r\n".encode(), [chunk])
     assert status == 413 and b"files may be at most 10 MiB (EXECUTOR_MAX_UPLOAD_BYTES)" in answer
     assert nothing_was_started()
+
+
+DEEP_CONFIG = b'{"a": ' * 5000 + b"1" + b"}" * 5000
+
+
+def test_a_package_file_nested_5000_deep_is_refused_by_the_admin_form_and_by_import(db):
+    from django.core.exceptions import ValidationError
+
+    from packages.forms import json_object
+    from packages.importer import PackageImportError, import_package_files
+
+    with pytest.raises(ValidationError, match="config.json is not valid JSON: nested deeper than"):
+        json_object(DEEP_CONFIG, "config.json")
+    with pytest.raises(PackageImportError, match="config.json is not valid JSON"):
+        import_package_files("deep_config", {"config.json": DEEP_CONFIG, "main.py": b"print(1)"})
+    assert not Package.objects.filter(package_name="deep_config").exists()
