@@ -1,4 +1,4 @@
-"""Request bodies are bounded before they are read (SECURITY.md rule 6).
+"""Request bodies are bounded before they are read (README: Security model).
 
 Three limits, each checked as early as it can be:
 

@@ -14,7 +14,7 @@ store (packages/git_sync.py). Ownership is explicit: an import changes only a pa
 (`import_package_files`), so neither a repository nor a person takes over someone else's package by its name.
 
 manifest.json keys: description, entrypoint, execution_order, tags, trigger_events, schedule, priority,
-allow_manual_triggering, active, output_events (FX_REFERENCE.md). Unknown keys are refused, so a typo is not
+allow_manual_triggering, active, output_events (as on FX). Unknown keys are refused, so a typo is not
 silently ignored.
 """
 

@@ -1,4 +1,4 @@
-"""The ready-to-send event that starts a package from outside ("Show Trigger Event", FX_REFERENCE.md)."""
+"""The ready-to-send event that starts a package from outside ("Show Trigger Event", in FX's format)."""
 
 import json
 from datetime import datetime

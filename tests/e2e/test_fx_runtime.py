@@ -1,5 +1,5 @@
-"""FX scripts run unchanged on a real worker, sandbox on, network off: every API of FX_REFERENCE.md's "Scripts'
-view of the platform", answered by the adapter (workers/fx_bridge.py + workers/runtime/site/executor_fx)."""
+"""FX scripts run unchanged on a real worker, sandbox on, network off: every FX API a script calls (README: Coming
+from FX), answered by the adapter (workers/fx_bridge.py + workers/runtime/site/executor_fx)."""
 
 import json
 import signal

@@ -1,4 +1,4 @@
-"""Attacks through Git sync and import_package (SECURITY.md rules 3 and 4), performed for real.
+"""Attacks through Git sync and import_package (README: Security model, Git repositories), performed for real.
 
 The attacker pushes to one synced repository, or edits a repository's settings in the admin. Every test makes a
 real repository on disk (tests/git_repos.py), syncs it against PostgreSQL, and checks both that the attack failed

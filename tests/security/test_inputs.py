@@ -1,4 +1,4 @@
-"""Bounded inputs (SECURITY.md rule 6): hostile bodies and headers get a 4xx with a message, never a 500, and
+"""Bounded inputs (README: Security model): hostile bodies and headers get a 4xx with a message, never a 500, and
 nothing is stored. Run-form uploads, secrets.json imports, POST /fx/events, the other API endpoints and the push
 webhook, through Django's test client against PostgreSQL, and uploads over a real HTTP server (the live server).
 
