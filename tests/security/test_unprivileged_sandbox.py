@@ -15,7 +15,7 @@ import pytest
 from django.conf import settings
 
 from tests.security.test_sandbox import ESCAPES, build_evil_library
-from workers.isolation import bwrap_binary
+from workers.isolation import SELF_TEST, bwrap_binary
 from workers.seccomp import step_filter
 
 SYSTEM_PYTHON = "/usr/bin/python3"
@@ -84,3 +84,13 @@ def test_a_step_s_environment_never_reaches_the_unprivileged_worker_s_own_helper
     assert not marker.exists(), marker.read_text()  # prlimit and bwrap, uid 10001 on the host, never loaded it
     assert (result["exit_code"], result["stdout"]) == (0, "secret args eu\n")  # the step itself got both
     assert not Path(f"{workspace}-private").exists()  # the private file never touched the host's disk
+
+
+def test_the_worker_s_self_test_passes_in_the_unprivileged_mode(workspace):
+    """The image's worker (uid 10001) runs the same self-test before its first step: it must not refuse steps."""
+    private = f"{workspace}-private/check"
+
+    result = run_as_unprivileged_worker(workspace, [SYSTEM_PYTHON, "-I", "-c", SELF_TEST, private], {},
+                                        files={private: "private"})  # fmt: skip
+
+    assert (result["exit_code"], result["stdout"]) == (0, "sandbox ok\n"), result["stderr"]
