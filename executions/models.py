@@ -77,6 +77,11 @@ class TriggerEvent(models.Model):
     )
     correlation_id = models.CharField(max_length=64, db_index=True)
     chain_depth = models.PositiveSmallIntegerField(default=0)
+    # Whose event it is: the sending key's or execution's project. Empty: sent with a platform key (superusers
+    # see it; members see it through the executions it started in their projects).
+    project = models.ForeignKey(
+        "packages.Project", null=True, blank=True, on_delete=models.SET_NULL, related_name="trigger_events"
+    )
     status = models.CharField(max_length=20, choices=TriggerEventStatus)
     status_reason = models.CharField(max_length=500, blank=True)
 
@@ -236,13 +241,30 @@ class ExecutionStep(models.Model):
         return [(f"stdout_{n}", line) for n, line in enumerate(self.stdout.splitlines(), start=1)]
 
 
+class ApiScope(models.TextChoices):
+    EVENTS_SEND = "events:send", "Send events (POST /fx/events)"
+    EXECUTIONS_READ = "executions:read", "Read executions (GET /fx/executions, /fx/cid)"
+    GIT_SYNC = "git:sync", "Sync Git repositories and read their status"
+
+
+ALL_API_SCOPES = [scope.value for scope in ApiScope]
+
+
 class ApiKey(models.Model):
     """A key for the HTTP API (`X-API-KEY` header). Only its SHA-256 is stored: the key itself is shown once, when
-    it is issued. Keys are random (256 bits), so a fast hash is enough; a lookup by hash finds the key."""
+    it is issued. Keys are random (256 bits), so a fast hash is enough; a lookup by hash finds the key.
+
+    A project key reaches only its project's packages, executions and repositories; a platform key (no project,
+    issued by superusers) reaches everything. `scopes` says which endpoints it may call at all."""
 
     PREFIX = "exk_"
 
     name = models.CharField(max_length=100, help_text="Who or what uses this key, e.g. the system sending events.")
+    project = models.ForeignKey(
+        "packages.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="api_keys",
+        help_text="Empty: a platform key (superusers only), which reaches every project.",
+    )  # fmt: skip
+    scopes = models.JSONField(default=list, help_text="What the key may do: events:send, executions:read, git:sync.")
     key_hash = models.CharField(max_length=64, unique=True, editable=False)
     hint = models.CharField(max_length=12, editable=False, help_text="The start of the key, to recognise it.")
     created_by = models.ForeignKey(
@@ -273,9 +295,13 @@ class ApiKey(models.Model):
         self.key_hash, self.hint = self.hash(key), key[:12]
         return key
 
+    def allows(self, scope: str) -> bool:
+        return scope in self.scopes
+
     @classmethod
-    def issue(cls, name: str, user=None) -> tuple["ApiKey", str]:
-        api_key = cls(name=name, created_by=user)
+    def issue(cls, name: str, user=None, *, project=None, scopes=None) -> tuple["ApiKey", str]:
+        scopes = list(ALL_API_SCOPES if scopes is None else scopes)
+        api_key = cls(name=name, created_by=user, project=project, scopes=scopes)
         key = api_key.set_new_key()
         api_key.save()
         return api_key, key

@@ -70,6 +70,59 @@ class Project(models.Model):
         return self.name
 
 
+class ProjectRole(models.TextChoices):
+    """What a member may do in a project (packages/access.py holds the table): each role includes the ones above it.
+
+    viewer: see the project's packages, executions, results, events, state. runner: also run, re-run, cancel,
+    save and name runs. maintainer: also edit packages, scripts, variables, package secrets, schedules,
+    subscriptions and Git repositories. owner: also members, project API keys and project secrets.
+    """
+
+    VIEWER = "viewer", "Viewer"
+    RUNNER = "runner", "Runner"
+    MAINTAINER = "maintainer", "Maintainer"
+    OWNER = "owner", "Owner"
+
+
+class ProjectMembership(models.Model):
+    """A user's role in a project. Superusers need none: they see and do everything."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="project_memberships")
+    role = models.CharField(max_length=20, choices=ProjectRole)
+
+    class Meta:
+        ordering = ["project__name", "user__username"]
+        constraints = [models.UniqueConstraint(fields=["project", "user"], name="one_role_per_user_and_project")]
+
+    def __str__(self) -> str:
+        return f"{self.user} · {self.get_role_display()} of {self.project}"
+
+
+class AuditEntry(models.Model):
+    """Who did what, when: written in the same transaction as the action (packages/audit.py). Never holds step
+    output or secret values: `details` names things (fields changed, parameters' keys), it does not copy them."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_entries")
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    actor = models.CharField(max_length=200, help_text="Who, in words: a user, an API key, the scheduler.")
+    action = models.CharField(max_length=50, db_index=True)
+    object_type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=100, blank=True)
+    object_repr = models.CharField(max_length=300, blank=True)
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at"]
+        verbose_name_plural = "audit entries"
+
+    def __str__(self) -> str:
+        return f"{self.actor} {self.action} {self.object_type} {self.object_repr}"
+
+
 class Tag(models.Model):
     name = models.CharField(max_length=100, unique=True)
 
