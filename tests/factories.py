@@ -27,3 +27,19 @@ def add_secret(package=None, project=None, *, name: str, value: str, scope: str 
     secret = Secret(scope=scope, package=package, project=project, name=name)
     secret.set_value(value)
     secret.save()
+
+
+def make_staff(username: str, password: str = "password", **fields):
+    """A staff user with no model permissions at all: what they may do comes from their project memberships."""
+    from django.contrib.auth import get_user_model
+
+    fields.setdefault("is_staff", True)
+    return get_user_model().objects.create_user(username, password=password, **fields)
+
+
+def make_member(user, project, role: str):
+    """Give `user` the `role` (viewer, runner, maintainer, owner) in `project`."""
+    from packages.models import ProjectMembership
+
+    membership, _ = ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    return membership
