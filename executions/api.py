@@ -2,6 +2,9 @@
 Sync Now for Git repositories: POST /fx/git/repositories/<id>/sync, GET /fx/git/repositories/<id>.
 
 Authentication: an `X-API-KEY` header holding a key from the admin (API keys) or `manage.py create_api_key`.
+Each endpoint needs its scope on the key (`events:send`, `executions:read`, `git:sync`): without it, 403. A project
+key reaches only its project: another project's execution, chain or repository answers 404 exactly like a missing
+one, and its events start only its project's packages. A platform key reaches every project.
 The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Errors answer `{"detail": "..."}`
 with a 4xx status and a message saying what is wrong.
 """
@@ -13,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.db.models import Prefetch
+from django.db.models import Prefetch, QuerySet
 from django.shortcuts import render
 from ninja import NinjaAPI, Schema, Status, Swagger
 from ninja.errors import HttpError
@@ -21,12 +24,13 @@ from ninja.security import APIKeyHeader
 
 from executor_project import bounded_json
 from executor_project.uploads import BadLength, declared_length
+from packages.audit import AuditAction, record
 from packages.git_webhook import queue_sync
 from packages.models import GitRepository
 
 from . import event_input
 from .events import EventRejected, dispatch
-from .models import ApiKey, Execution, ExecutionStep
+from .models import ApiKey, ApiScope, Execution, ExecutionStep
 
 
 class ApiKeyAuth(APIKeyHeader):
@@ -40,6 +44,28 @@ class ApiKeyAuth(APIKeyHeader):
         if api_key is None:
             raise HttpError(401, "Unknown or revoked API key.")
         return api_key
+
+
+SCOPE_WORDS = {
+    ApiScope.EVENTS_SEND: "send events",
+    ApiScope.EXECUTIONS_READ: "read executions",
+    ApiScope.GIT_SYNC: "sync or read Git repositories",
+}
+
+
+def _key_with(request, scope: ApiScope) -> ApiKey:
+    """The request's key, if it carries `scope`; else 403 naming the scope (before the request is looked at)."""
+    api_key: ApiKey = request.auth
+    if not api_key.allows(scope):
+        raise HttpError(403, f"This API key may not {SCOPE_WORDS[scope]} (scope {scope.value}).")
+    return api_key
+
+
+def _within_reach(queryset: QuerySet, api_key: ApiKey, path: str) -> QuerySet:
+    """`queryset` narrowed to the key's project (through `path`); a platform key reaches everything."""
+    if api_key.project_id is None:
+        return queryset
+    return queryset.filter(**{path: api_key.project_id})
 
 
 class ExecutorAPI(NinjaAPI):
@@ -138,7 +164,11 @@ EVENT_REQUEST_BODY = {
 
 @api.post(
     "/events",
-    response={200: EventAccepted, 202: EventAccepted, **{status: Error for status in (400, 401, 404, 411, 413, 415)}},
+    response={
+        200: EventAccepted,
+        202: EventAccepted,
+        **{status: Error for status in (400, 401, 403, 404, 409, 411, 413, 415)},
+    },
     openapi_extra={"requestBody": EVENT_REQUEST_BODY},
     summary="Send an event",
     url_name="events",
@@ -146,10 +176,13 @@ EVENT_REQUEST_BODY = {
 def post_event(request):
     """Store the event and start one execution of every active package subscribed to its type (or, for
     `ferris_executor.run_execution.triggered_run` naming a package, that package). 202 with what it started;
-    200 if this (source, id) was received before: the first delivery's outcome, nothing started again."""
+    200 if this (source, id) was received before: the first delivery's outcome, nothing started again.
+    A project key's event starts only its project's packages; a direct trigger of a package outside it is 404,
+    of a package that does not allow manual triggering 403. Needs the scope events:send."""
+    api_key = _key_with(request, ApiScope.EVENTS_SEND)
     body = _event_body(request)
     try:
-        outcome = dispatch(event_input.parse(request.headers, body), api_key=request.auth)
+        outcome = dispatch(event_input.parse(request.headers, body), api_key=api_key)
     except EventRejected as exc:
         raise HttpError(exc.status, str(exc)) from None
     event = outcome.event
@@ -188,31 +221,38 @@ def _event_body(request) -> bytes:
                              "EXECUTOR_MAX_SCRIPT_BYTES).") from None  # fmt: skip
 
 
-@api.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 404: Error},
+@api.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 403: Error, 404: Error},
          summary="An execution with its steps")  # fmt: skip
 def get_execution(request, execution_id: str):
+    """Needs the scope executions:read; another project's execution is 404, like a missing one."""
+    api_key = _key_with(request, ApiScope.EXECUTIONS_READ)
     try:
-        execution = _executions().get(pk=uuid.UUID(execution_id))
+        execution = _executions(api_key).get(pk=uuid.UUID(execution_id))
     except (ValueError, Execution.DoesNotExist):
         raise HttpError(404, f"No execution {execution_id}.") from None
     return _execution_out(execution)
 
 
-@api.get("/cid/{cid}", response={200: Chain, 401: Error, 404: Error}, summary="A chain: its executions in time order")
+@api.get("/cid/{cid}", response={200: Chain, 401: Error, 403: Error, 404: Error},
+         summary="A chain: its executions in time order")  # fmt: skip
 def get_chain(request, cid: str):
+    """Needs the scope executions:read; a project key sees only its project's executions of the chain (404 when
+    it has none there)."""
+    api_key = _key_with(request, ApiScope.EXECUTIONS_READ)
     try:
         bounded_json.check_text(cid)  # a NUL in the URL would reach PostgreSQL as a query parameter
     except bounded_json.JSONRejected:
         raise HttpError(404, "No execution with that correlation id.") from None
-    executions = list(_executions().filter(correlation_id=cid).order_by("created_at"))
+    executions = list(_executions(api_key).filter(correlation_id=cid).order_by("created_at"))
     if not executions:
         raise HttpError(404, f"No execution with correlation id {cid}.")
     return {"cid": cid, "executions": [_execution_out(execution) for execution in executions]}
 
 
-def _executions():
+def _executions(api_key: ApiKey) -> QuerySet:
     steps = Prefetch("steps", queryset=ExecutionStep.objects.defer("stdout", "stderr"))  # output can be MiBs
-    return Execution.objects.select_related("package", "trigger_event").prefetch_related(steps)
+    executions = Execution.objects.select_related("package", "trigger_event").prefetch_related(steps)
+    return _within_reach(executions, api_key, "package__project_id")
 
 
 def _execution_out(execution: Execution) -> dict:
@@ -261,22 +301,27 @@ class RepositoryOut(Schema):
     branches: list[str]
 
 
-@api.post("/git/repositories/{repository_id}/sync", response={202: RepositoryOut, 401: Error, 404: Error},
+@api.post("/git/repositories/{repository_id}/sync", response={202: RepositoryOut, 401: Error, 403: Error, 404: Error},
           summary="Sync a Git repository now (queued)")  # fmt: skip
 def sync_repository_now(request, repository_id: int):
-    repository = _repository(repository_id)
+    """Needs the scope git:sync; another project's repository is 404, like a missing one."""
+    api_key = _key_with(request, ApiScope.GIT_SYNC)
+    repository = _repository(repository_id, api_key)
+    # Recorded first, then queued (a broker that is down leaves a visible "synced" request, not a silent one).
+    record(AuditAction.SYNC, repository, api_key=api_key, details={"via": "API"})
     queue_sync(repository)
     return Status(202, repository)
 
 
-@api.get("/git/repositories/{repository_id}", response={200: RepositoryOut, 401: Error, 404: Error},
+@api.get("/git/repositories/{repository_id}", response={200: RepositoryOut, 401: Error, 403: Error, 404: Error},
          summary="A Git repository's sync status and last report")  # fmt: skip
 def get_repository(request, repository_id: int):
-    return _repository(repository_id)
+    """Needs the scope git:sync; another project's repository is 404, like a missing one."""
+    return _repository(repository_id, _key_with(request, ApiScope.GIT_SYNC))
 
 
-def _repository(repository_id: int) -> GitRepository:
-    repository = GitRepository.objects.filter(pk=repository_id).first()
+def _repository(repository_id: int, api_key: ApiKey) -> GitRepository:
+    repository = _within_reach(GitRepository.objects.filter(pk=repository_id), api_key, "project_id").first()
     if repository is None:
         raise HttpError(404, f"No repository {repository_id}.")
     return repository

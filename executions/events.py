@@ -6,8 +6,15 @@ its type, and creates one pending execution per target package; the executions a
 (executions/services.py), so the packages run in parallel on whichever workers are free.
 
 Targets: an event of type `ferris_executor.run_execution.triggered_run` whose data names a package
-(`package_id` / `package_name`, the package page's "Show Trigger Event") starts that package; any other event
-starts every active package subscribed to its type.
+(`package_id` / `package_name`, the package page's "Show Trigger Event") starts that package, if it allows manual
+triggering; any other event starts every active package subscribed to its type.
+
+Reach: an event starts only packages of one project, or of every project. An event sent with a project API key
+reaches that key's project; one emitted by an execution (a script's outbox, a lifecycle event) reaches the
+emitting package's project. Otherwise a package author of one team could start another team's packages (and
+feed them data) just by emitting an event of a type they subscribe to. Only a platform API key, a package of no
+project (the platform's) and the platform's own callers reach every project. The stored event records the project
+it reached; outside that reach a named package, a parent execution or an earlier delivery is "not here".
 
 Chains: `_fxcid` in the data names the correlation id to join (a new one otherwise); `_fxparentexec` names the
 execution that sent the event, and the new executions become its children, one level deeper. Two guards stop
@@ -22,6 +29,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
+from packages.audit import AuditAction, record
 from packages.models import EventType, Package
 from packages.trigger_events import TRIGGERED_RUN
 
@@ -60,21 +68,27 @@ class Dispatch:
 
 
 def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None = None) -> Dispatch:
-    """Store `incoming` and start what it reaches. Raises EventRejected (nothing stored) for a direct trigger
-    naming no known package or for malformed chain keys. A repeated (source, id) returns the first delivery."""
-    existing = _received(incoming)
+    """Store `incoming` and start what it reaches: with an `api_key`, the packages of the key's project (all of
+    them for a platform key); with a `parent` (an execution emitting it), those of the parent's package's project
+    (all for a package of no project). Raises EventRejected (nothing stored) for a direct trigger naming no
+    package within reach or one that does not allow manual triggering, for malformed chain keys, and for a
+    (source, id) received before from outside the reach. A repeated (source, id) returns the first delivery."""
+    project_id = _reach(api_key, parent)
+    existing = _received(incoming, project_id)
     if existing:
         return existing
-    parent = parent or _parent_named_in(incoming.data)
+    parent = parent or _parent_named_in(incoming.data, project_id)
     correlation_id = _correlation_id(incoming.data, parent)
-    targets = _targets(incoming)
+    targets = _targets(incoming, project_id)
     try:
         with transaction.atomic():
-            event = _store(incoming, api_key, parent, correlation_id)
+            event = _store(incoming, api_key, parent, correlation_id, project_id)
             executions = _start(event, targets, parent)
+            if api_key is not None:
+                _audit(event, executions, api_key)
     except IntegrityError:
         # A concurrent delivery of the same event won the unique (source, id); its outcome stands.
-        existing = _received(incoming)
+        existing = _received(incoming, project_id)
         if existing is None:
             raise
         return existing
@@ -82,14 +96,29 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
     return Dispatch(event, executions, duplicate=False)
 
 
-def _received(incoming: IncomingEvent) -> Dispatch | None:
+def _reach(api_key, parent: Execution | None) -> int | None:
+    """The project whose packages the event may start; None: every project."""
+    if api_key is not None:
+        return api_key.project_id
+    if parent is not None:
+        return parent.package.project_id
+    return None  # the platform's own callers
+
+
+def _received(incoming: IncomingEvent, project_id: int | None) -> Dispatch | None:
     event = TriggerEvent.objects.filter(source=incoming.source, event_id=incoming.event_id).first()
     if event is None:
         return None
+    if project_id is not None and event.project_id != project_id:
+        # Answering with the first delivery would show another project's executions; storing it again would
+        # break the (source, id) identity. The sender can pick a new id; nothing of the other event is told.
+        raise EventRejected("An event with this source and id was received before from another sender: "
+                            "send it with a new id.", status=409)  # fmt: skip
     return Dispatch(event, list(event.executions.order_by("created_at")), duplicate=True)
 
 
-def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlation_id: str) -> TriggerEvent:
+def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlation_id: str,
+           project_id: int | None) -> TriggerEvent:  # fmt: skip
     EventType.objects.get_or_create(name=incoming.type)  # unknown types are registered, as FX does
     return TriggerEvent.objects.create(
         event_id=incoming.event_id,
@@ -103,6 +132,7 @@ def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlati
         parent_execution=parent,
         correlation_id=correlation_id,
         chain_depth=parent.chain_depth + 1 if parent else 0,
+        project_id=project_id,
     )
 
 
@@ -139,26 +169,41 @@ def _start(event: TriggerEvent, targets: list[Package], parent: Execution | None
     return _record(event, executions, status, reason)
 
 
+def _audit(event: TriggerEvent, executions: list[Execution], api_key) -> None:
+    """Who sent what, and for a direct trigger who ran what: names and ids only, never the event's data."""
+    started = [execution.package.package_name for execution in executions]
+    details = {"type": event.type, "event_id": event.event_id, "status": event.status, "started": started}
+    record(AuditAction.SEND_EVENT, event, api_key=api_key, details=details)
+    if event.type == TRIGGERED_RUN and ("package_id" in event.data or "package_name" in event.data):
+        for execution in executions:
+            record(AuditAction.RUN, execution, api_key=api_key, details={"event_id": event.event_id})
+
+
 def _record(event: TriggerEvent, executions: list[Execution], status: str, reason: str) -> list[Execution]:
     event.status, event.status_reason = status, reason[:500]
     event.save(update_fields=["status", "status_reason"])
     return executions
 
 
-def _targets(incoming: IncomingEvent) -> list[Package]:
+def _targets(incoming: IncomingEvent, project_id: int | None) -> list[Package]:
     data = incoming.data
     if incoming.type == TRIGGERED_RUN and ("package_id" in data or "package_name" in data):
-        return [_named_package(data)]
-    subscribers = Package.objects.filter(active=True, trigger_event_types__name=incoming.type)
+        return [_named_package(data, project_id)]
+    subscribers = _within(Package.objects.filter(active=True, trigger_event_types__name=incoming.type), project_id)
     return list(subscribers.order_by("pk"))
 
 
-def _named_package(data: dict) -> Package:
-    """The package a direct trigger names. Both keys may be given (Show Trigger Event does); they must agree."""
+def _within(packages, project_id: int | None):
+    return packages if project_id is None else packages.filter(project_id=project_id)
+
+
+def _named_package(data: dict, project_id: int | None) -> Package:
+    """The package a direct trigger names. Both keys may be given (Show Trigger Event does); they must agree.
+    A package outside the reach is answered exactly like a missing one: the sender learns nothing of it."""
     package_id, package_name = data.get("package_id"), data.get("package_name")
     if package_id is not None and not str(package_id).isdigit():
         raise EventRejected(f"data.package_id must be a package's number, not {package_id!r}.")
-    packages = Package.objects.all()
+    packages = _within(Package.objects.all(), project_id)
     if package_id is not None:
         packages = packages.filter(pk=int(package_id))
     if package_name is not None:
@@ -168,11 +213,16 @@ def _named_package(data: dict) -> Package:
         given = {"package_id": package_id, "package_name": package_name}
         named = " and ".join(f"{key} {value!r}" for key, value in given.items() if value is not None)
         raise EventRejected(f"No package with {named}.", status=404)
+    if not package.allow_manual_triggering:
+        # A direct trigger is a Run from outside: the package's owners turned that off.
+        raise EventRejected(f"Package {package.name!r} does not allow manual triggering (its Allow manual "
+                            "triggering is off), so a triggered_run event cannot start it.", status=403)  # fmt: skip
     return package
 
 
-def _parent_named_in(data: dict) -> Execution | None:
-    """The execution named by `_fxparentexec`; None when absent or unknown here (an event from another system)."""
+def _parent_named_in(data: dict, project_id: int | None) -> Execution | None:
+    """The execution named by `_fxparentexec`; None when absent or unknown here (an event from another system,
+    or an execution outside the reach: a project key cannot hang its runs under another project's)."""
     parent_id = data.get("_fxparentexec")
     if parent_id is None:
         return None
@@ -180,7 +230,10 @@ def _parent_named_in(data: dict) -> Execution | None:
         parent_id = uuid.UUID(str(parent_id))
     except ValueError:
         raise EventRejected(f"data._fxparentexec must be an execution id (a UUID), not {parent_id!r}.") from None
-    return Execution.objects.filter(pk=parent_id).only("id", "correlation_id", "chain_depth").first()
+    executions = Execution.objects.filter(pk=parent_id)
+    if project_id is not None:
+        executions = executions.filter(package__project_id=project_id)
+    return executions.only("id", "correlation_id", "chain_depth").first()
 
 
 def _correlation_id(data: dict, parent: Execution | None) -> str:

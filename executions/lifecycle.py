@@ -6,10 +6,14 @@ so what it starts joins the chain one level deeper, and the chain depth guard st
 own events. An event's data reaches the scripts it starts as top-level argv[1] keys; the platform sets
 `package_name` and friends for the receiving package, so the sender's are named `source_*`.
 
-Events are emitted only for the types some active package subscribes to (looked up once per execution): a run
-nobody listens to writes nothing extra to the ledger. An execution started by a lifecycle event emits none of its
-own, like a failure callback in Airflow: otherwise two packages that react to `execution_finished` would start
-each other until the chain depth guard stopped them, on every run.
+Events are emitted only for the types some active package within reach subscribes to (looked up once per
+execution): a run nobody listens to writes nothing extra to the ledger. Within reach means of the emitting
+package's project (every project for a package of no project), as for any event an execution emits
+(executions/events.py says why): a package of one team finishing must not start another team's packages.
+
+An execution started by a lifecycle event emits none of its own, like a failure callback in Airflow: otherwise
+two packages that react to `execution_finished` would start each other until the chain depth guard stopped them,
+on every run.
 """
 
 import logging
@@ -35,8 +39,7 @@ class Lifecycle:
         self.execution = execution
         self.audience: frozenset[str] = frozenset()
         if not (execution.trigger_event and execution.trigger_event.type in TYPES):
-            subscribed = EventType.objects.filter(name__in=TYPES, subscribers__active=True)
-            self.audience = frozenset(subscribed.values_list("name", flat=True).distinct())
+            self.audience = _subscribed_types(execution.package.project_id)
 
     def started(self) -> None:
         self._emit(PROCESSING_STARTED, {"status": "in_progress"})
@@ -67,3 +70,12 @@ class Lifecycle:
         except Exception:
             # The run itself is recorded either way; a reaction that could not start must not fail it.
             logger.exception("execution %s: could not emit %s", execution.id, event_type)
+
+
+def _subscribed_types(project_id: int | None) -> frozenset[str]:
+    """The lifecycle types some active package the execution's events reach subscribes to."""
+    subscriber = {"subscribers__active": True}
+    if project_id is not None:
+        subscriber["subscribers__project_id"] = project_id  # in one filter(): the same subscriber, active and ours
+    subscribed = EventType.objects.filter(name__in=TYPES, **subscriber)
+    return frozenset(subscribed.values_list("name", flat=True).distinct())

@@ -113,7 +113,7 @@ def test_a_binary_mode_cloud_event_is_accepted(client, key):
 
 
 def test_show_trigger_event_json_posted_as_it_is_runs_that_package_only(post):
-    target = make_package("alice_target", ONE_STEP, allow_manual_triggering=False)
+    target = make_package("alice_target", ONE_STEP)
     subscribed("bob_bystander", "ferris_executor.run_execution.triggered_run")
     shown = trigger_event_for(target, event_id=uuid.uuid4().hex, time=timezone.now())
     shown["data"] = json.dumps({**json.loads(shown["data"]), "region": "eu"})
