@@ -1,4 +1,5 @@
-"""API keys: issued once, stored hashed, revocable, last use recorded."""
+"""API keys: issued once, stored hashed, revocable, last use recorded. (Scopes and projects:
+tests/security/test_api_access.py.)"""
 
 import io
 
@@ -6,7 +7,7 @@ import pytest
 from django.core.management import call_command
 from django.urls import reverse
 
-from executions.models import ApiKey
+from executions.models import ALL_API_SCOPES, ApiKey
 
 pytestmark = pytest.mark.django_db
 
@@ -39,7 +40,8 @@ def test_create_api_key_prints_a_working_key_once():
     call_command("create_api_key", "ci pipeline", stdout=out, stderr=err)
 
     key = out.getvalue().strip()
-    assert ApiKey.authenticate(key).name == "ci pipeline"
+    api_key = ApiKey.authenticate(key)
+    assert (api_key.name, api_key.project, api_key.scopes) == ("ci pipeline", None, ALL_API_SCOPES)  # as before
     assert key not in err.getvalue()
 
 
