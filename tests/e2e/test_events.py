@@ -1,7 +1,8 @@
 """Events over real HTTP (the live server) run on real `celery worker` processes.
 
 Scripts emit the next event of a chain the way any HTTP client would: POST /fx/events with an API key from a
-platform secret (their packages have network access). Issue 6 adds `context.events.send` for sandboxes without.
+platform secret (their packages have network access), or through `context.events.send` (the FX outbox), which
+fans out only within the emitting package's project.
 """
 
 import html
@@ -15,9 +16,10 @@ import uuid
 import pytest
 from django.urls import reverse
 
+from executions.lifecycle import EXECUTION_FINISHED
 from executions.models import ApiKey, Execution, ExecutionStatus, TriggerEvent, TriggerEventStatus, TriggerType
 from executions.services import trigger_execution, wait_until_finished
-from packages.models import EventType, Secret, SecretScope
+from packages.models import EventType, Project, Secret, SecretScope
 from tests.e2e.conftest import worker_process
 from tests.executions.test_events_api import BAD_INPUT
 from tests.factories import make_package
@@ -202,3 +204,24 @@ def test_lifecycle_events_start_their_subscribers_and_a_reaction_emits_none(cele
     assert (reaction.parent_execution_id, reaction.chain_depth) == (run.id, 1)
     assert Execution.objects.filter(package=watcher).count() == 1
     assert TriggerEvent.objects.filter(type__endswith="execution_finished").count() == 1
+
+
+def test_events_a_script_emits_start_only_its_own_projects_packages(celery_worker):
+    sales, billing = Project.objects.create(name="Sales"), Project.objects.create(name="Billing")
+    sender = make_package("sales_sender", {"send.py": "from ferris_ef import context\n"
+                                                      "context.events.send('e2e.team.news', data={'n': 1})"},
+                          project=sales)  # fmt: skip
+    ours = subscribed("sales_listener", "e2e.team.news", {"main.py": "print('ours')"}, project=sales)
+    subscribed("billing_listener", "e2e.team.news", {"main.py": "print('theirs')"}, project=billing)
+    subscribed("billing_watcher", EXECUTION_FINISHED, {"main.py": "print('watching')"}, project=billing)
+
+    run = wait_until_finished(trigger_execution(sender, trigger_type=TriggerType.MANUAL), timeout=60)
+    reaction = wait_for(lambda: Execution.objects.filter(package=ours).first(), what="the listener started")
+    wait_until_finished(reaction, timeout=60)
+    time.sleep(1)  # room for a wrong start in Billing
+
+    assert (run.status, reaction.status) == (ExecutionStatus.COMPLETED, ExecutionStatus.COMPLETED)
+    assert reaction.parent_execution_id == run.id
+    assert not Execution.objects.filter(package__project=billing).exists()
+    # the script's event, kept as Sales'; no lifecycle event, as only Billing watches for one
+    assert list(TriggerEvent.objects.values_list("type", "project__name")) == [("e2e.team.news", "Sales")]
