@@ -2,24 +2,35 @@ import json
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, IntegerField, OuterRef, Subquery
+from django.db import transaction
+from django.db.models import BooleanField, Case, Count, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
-from django.http import HttpResponseRedirect
-from django.shortcuts import get_object_or_404
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from packages import access
+from packages.access import Action
+from packages.access_admin import ProjectScopedAdmin, ProjectScopedInline
+from packages.audit import AuditAction, record
 from packages.cron import CronError
 from packages.cron import parse as parse_cron
 
 from .big_lists import EstimatedCountPaginator, execution_search
 from .chains import ChainNode, chain_of
-from .models import ApiKey, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
+from .models import ALL_API_SCOPES, ApiKey, ApiScope, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
 from .run_pages import run_form_page
 from .saved_runs import rerun, sync_saved_run_schedule
 from .services import NothingToCancel, TriggerRefused, request_cancel
+
+# A runner may save, name and describe a run; putting it on a schedule is a maintainer's (it runs code unattended).
+SCHEDULE_FIELDS = frozenset({"schedule", "schedule_timezone"})
+RUN_FIELDS = frozenset({"name", "description", "saved"})
+ELSEWHERE = "an execution in another project"  # what stands for an execution the viewer may not see
 
 
 def _step_count(processed_only: bool = False):
@@ -32,6 +43,54 @@ def _step_count(processed_only: bool = False):
     return Coalesce(Subquery(counted, output_field=IntegerField()), 0)
 
 
+def _allowed_for(user, action: Action, path: str):
+    """An annotation: may `user` do `action` on the row (its project reached through `path`)?"""
+    ids = access.project_ids(user, action)
+    if ids is None:
+        return Value(True, output_field=BooleanField())
+    # An empty `ids` makes the When match nothing (Django drops it), so the row gets the default.
+    return Case(When(**{f"{path}__in": ids}, then=Value(True)), default=Value(False), output_field=BooleanField())
+
+
+def _viewer(obj):
+    """The user a page shows `obj` to (set by get_object); nobody, so nothing extra shown, if it was not set."""
+    return getattr(obj, "_viewer", None) or AnonymousUser()
+
+
+class ScopedRelatedFilter(admin.RelatedFieldListFilter):
+    """A related-object filter whose choices are only the user's projects' objects, not every row of the table."""
+
+    path = "project"  # from the filter's related model to its project
+    action = Action.VIEW
+
+    def __init__(self, field, request, *args, **kwargs):
+        self.user = request.user  # before super().__init__, which asks for the choices
+        super().__init__(field, request, *args, **kwargs)
+
+    @property
+    def include_empty_choice(self) -> bool:
+        # "(None)" would offer the platform's objects, which only superusers see.
+        return access.is_superuser(self.user) and super().include_empty_choice
+
+    def field_choices(self, field, request, model_admin):
+        related = access.scoped(field.related_model._default_manager.all(), self.user, self.action, self.path)
+        ordering = self.field_admin_ordering(field, request, model_admin)
+        return [(obj.pk, str(obj)) for obj in (related.order_by(*ordering) if ordering else related)]
+
+
+class ProjectFilter(ScopedRelatedFilter):
+    path = "pk"
+
+
+class PackageFilter(ScopedRelatedFilter):
+    path = "project"
+
+
+class ManagedProjectFilter(ScopedRelatedFilter):
+    path = "pk"
+    action = Action.MANAGE
+
+
 class ExecutionForm(forms.ModelForm):
     class Meta:
         model = Execution
@@ -39,6 +98,12 @@ class ExecutionForm(forms.ModelForm):
 
     def clean(self):
         cleaned = super().clean()
+        if "schedule" not in self.fields:  # read-only for this user (ExecutionAdmin.get_readonly_fields)
+            if self.instance.schedule and "saved" in self.fields and not cleaned.get("saved"):
+                # Unsaving a scheduled run would stop its schedule: that is changing the schedule.
+                self.add_error("saved", "This saved run has a schedule, which only a maintainer or owner of its "
+                                        "project may change: ask one to empty it first.")  # fmt: skip
+            return cleaned
         if cleaned.get("schedule") and not cleaned.get("saved"):
             self.add_error("schedule", "Only a saved run runs on a schedule: tick Saved, or empty the schedule.")
         return cleaned
@@ -48,7 +113,7 @@ def status_badge(status: str, label: str) -> str:
     return format_html('<span class="executor-badge executor-{}">{}</span>', status, label)
 
 
-class ExecutionStepInline(admin.TabularInline):
+class ExecutionStepInline(ProjectScopedInline, admin.TabularInline):
     model = ExecutionStep
     extra = 0
     can_delete = False
@@ -62,6 +127,9 @@ class ExecutionStepInline(admin.TabularInline):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_delete_permission(self, request, obj=None):
+        return False
+
     @admin.display(description="Status")
     def status_display(self, step: ExecutionStep) -> str:
         return status_badge(step.status, step.get_status_display())
@@ -73,7 +141,12 @@ class ExecutionStepInline(admin.TabularInline):
 
 
 @admin.register(Execution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(ProjectScopedAdmin):
+    """Executions of the user's projects. Seeing one needs VIEW; its form (name, description, saved), Re-run and
+    Cancel need RUN; its schedule and deleting it need EDIT (packages/access.py)."""
+
+    project_path = "package__project"
+    edit_action = Action.RUN
     form = ExecutionForm
     change_form_template = "admin/executions/execution/change_form.html"  # the saved runs' admin shares it
     inlines = [ExecutionStepInline]
@@ -92,7 +165,8 @@ class ExecutionAdmin(admin.ModelAdmin):
         "name",
         "saved",
     ]
-    list_filter = ["status", "trigger_type", "saved", "package__project", "package", "created_at"]
+    list_filter = ["status", "trigger_type", "saved", ("package__project", ProjectFilter), ("package", PackageFilter),
+                   "created_at"]  # fmt: skip
     list_select_related = ["package", "trigger_event"]
     # Searched by execution_search (indexed lookups); date_hierarchy is left out: it runs SELECT DISTINCT over
     # every row's date (a quarter of a second at a million executions). bench/admin_lists.py measures these pages.
@@ -134,11 +208,49 @@ class ExecutionAdmin(admin.ModelAdmin):
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(step_total=_step_count(), step_processed=_step_count(True))
 
+    def get_object(self, request, object_id, from_field=None):
+        execution = super().get_object(request, object_id, from_field)
+        if execution is not None:
+            execution._viewer = request.user  # the links and the chain show only what this user may see
+        return execution
+
+    def get_readonly_fields(self, request, obj=None):
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is None or not access.can(request.user, Action.EDIT, obj):
+            fields += sorted(SCHEDULE_FIELDS)  # left out of the form: a posted schedule is ignored, not saved
+        return fields
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return self._may(request, Action.EDIT, obj)  # the ledger is not a runner's to erase
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        context["may_run"] = obj is not None and access.can(request.user, Action.RUN, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
     def save_model(self, request, obj, form, change):
-        super().save_model(request, obj, form, change)
+        changed = set(form.changed_data)
+        if changed & SCHEDULE_FIELDS and not access.can(request.user, Action.EDIT, obj):
+            raise PermissionDenied  # never reached through the form (the fields are read-only); a second lock
+        super().save_model(request, obj, form, change)  # checks RUN
         sync_saved_run_schedule(obj)
+        # The admin's change view runs in one transaction: the entries are kept only if the save is.
+        if changed & SCHEDULE_FIELDS:
+            record(AuditAction.EDIT, obj, user=request.user, details={"fields": sorted(changed & SCHEDULE_FIELDS)})
+        if changed & RUN_FIELDS:
+            record(AuditAction.SAVE_RUN, obj, user=request.user, details={"fields": sorted(changed & RUN_FIELDS)})
+
+    def delete_model(self, request, obj):
+        record(AuditAction.DELETE, obj, user=request.user)
+        super().delete_model(request, obj)
+
+    def delete_queryset(self, request, queryset):
+        with transaction.atomic():
+            for execution in queryset.select_related("package"):
+                record(AuditAction.DELETE, execution, user=request.user)
+            super().delete_queryset(request, queryset)
 
     def get_search_results(self, request, queryset, search_term):
+        # `queryset` is already the user's projects' executions: the search only narrows it.
         if not search_term.strip():
             return queryset, False
         return queryset.filter(execution_search(search_term)), False
@@ -164,7 +276,7 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Re-run of")
     def rerun_link(self, execution: Execution) -> str:
-        return _change_link(execution.rerun_of) if execution.rerun_of_id else "—"
+        return _execution_link(execution.rerun_of, _viewer(execution)) if execution.rerun_of_id else "—"
 
     @admin.display(description="Scripts processed")
     def scripts_processed(self, execution: Execution) -> str:
@@ -176,17 +288,23 @@ class ExecutionAdmin(admin.ModelAdmin):
 
     @admin.display(description="Trigger event")
     def trigger_event_link(self, execution: Execution) -> str:
+        # Whoever sees an execution sees the event that started it (TriggerEventAdmin's rule).
         return _change_link(execution.trigger_event) if execution.trigger_event_id else "—"
 
     @admin.display(description="Started by execution")
     def parent_link(self, execution: Execution) -> str:
-        return _change_link(execution.parent_execution) if execution.parent_execution_id else "—"
+        if not execution.parent_execution_id:
+            return "—"
+        return _execution_link(execution.parent_execution, _viewer(execution))
 
     @admin.display(description="Chain")
     def chain(self, execution: Execution) -> str:
-        chain = chain_of(execution)
+        viewer = _viewer(execution)
+        chain = chain_of(execution, viewer)
         if len(chain.nodes) == 1 and not chain.truncated:
-            return "This execution is the whole chain: no event it sent started another."
+            if access.is_superuser(viewer):
+                return "This execution is the whole chain: no event it sent started another."
+            return "No other execution of this chain is in your projects."
         note = format_html("<p>Showing the first {} executions.</p>", len(chain.nodes)) if chain.truncated else ""
         return format_html('{}<ul class="executor-chain">{}</ul>', note, _tree(chain.roots, execution))
 
@@ -216,10 +334,22 @@ class ExecutionAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
+    def _execution_for(self, request, execution_id, action: Action) -> Execution:
+        """The execution, if the user may see it (else 404, the answer for one that does not exist) and may do
+        `action` on it (else 403)."""
+        visible = access.scoped(Execution.objects.select_related("package"), request.user, Action.VIEW,
+                                self.project_path)  # fmt: skip
+        execution = visible.filter(pk=execution_id).first()
+        if execution is None:
+            raise Http404(f"No execution {execution_id}.")
+        if not access.can(request.user, action, execution):
+            raise PermissionDenied
+        return execution
+
     def rerun_view(self, request, execution_id):
         """POST: a new execution with the same parameters and files; shows it."""
-        source = get_object_or_404(Execution.objects.select_related("package"), pk=execution_id)
-        if request.method != "POST" or not request.user.has_perm("packages.run_package"):
+        source = self._execution_for(request, execution_id, Action.RUN)
+        if request.method != "POST":
             raise PermissionDenied
         try:
             execution = rerun(source, user=request.user)
@@ -230,14 +360,12 @@ class ExecutionAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
 
     def rerun_edited_view(self, request, execution_id):
-        source = get_object_or_404(Execution.objects.select_related("package"), pk=execution_id)
-        if not request.user.has_perm("packages.run_package"):
-            raise PermissionDenied
+        source = self._execution_for(request, execution_id, Action.RUN)
         return run_form_page(request, self.admin_site, source.package, source=source)
 
     def cancel_view(self, request, execution_id):
-        execution = get_object_or_404(Execution, pk=execution_id)
-        if request.method != "POST" or not self.has_change_permission(request, execution):
+        execution = self._execution_for(request, execution_id, Action.RUN)
+        if request.method != "POST":
             raise PermissionDenied
         try:
             messages.success(request, request_cancel(execution, request.user))
@@ -246,11 +374,11 @@ class ExecutionAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
 
     def step_results_view(self, request, execution_id, step_id: int):
-        step = get_object_or_404(
-            ExecutionStep.objects.select_related("execution__package"), pk=step_id, execution_id=execution_id
-        )
-        if not self.has_view_permission(request, step.execution):
-            raise PermissionDenied
+        steps = access.scoped(ExecutionStep.objects.select_related("execution__package"), request.user,
+                              Action.VIEW, "execution__package__project")  # fmt: skip
+        step = steps.filter(pk=step_id, execution_id=execution_id).first()
+        if step is None:
+            raise Http404(f"No step {step_id} of execution {execution_id}.")
         context = {
             **self.admin_site.each_context(request),
             "opts": self.opts,
@@ -266,12 +394,21 @@ def _change_link(obj) -> str:
     return format_html('<a href="{}">{}</a>', url, obj)
 
 
+def _execution_link(execution: Execution, viewer, label: str | None = None) -> str:
+    """A link to `execution`, or words without its name, id or status if `viewer` may not see it."""
+    if not access.can(viewer, Action.VIEW, execution):
+        return ELSEWHERE
+    return _link(execution, label) if label else _change_link(execution)
+
+
 def _tree(nodes: list[ChainNode], current: Execution) -> str:
     return format_html_join("", "<li>{}<ul>{}</ul></li>", ((_node(n, current), _tree(n.children, current))
                                                             for n in nodes))  # fmt: skip
 
 
 def _node(node: ChainNode, current: Execution) -> str:
+    if not node.visible:
+        return format_html('<span class="quiet">{}</span>', ELSEWHERE)
     execution = node.execution
     label = f"{execution.package.package_name} · {execution.short_id}"
     link = (
@@ -295,14 +432,15 @@ class SavedExecutionAdmin(ExecutionAdmin):
     """Saved runs: named, reusable parameter sets; run again (optionally edited) or on their own schedule."""
 
     list_display = ["saved_name", "package", "parameters", "schedule_display", "last_run", "run_again"]
-    list_filter = ["package__project", "package"]
+    list_filter = [("package__project", ProjectFilter), ("package", PackageFilter)]
     list_select_related = ["package"]
 
     def get_queryset(self, request):
         latest = Execution.objects.filter(rerun_of=OuterRef("pk")).order_by("-created_at")
         last = {f"last_run_{name}": Subquery(latest.values(field)[:1])
                 for name, field in (("id", "pk"), ("status", "status"), ("at", "created_at"))}  # fmt: skip
-        return super().get_queryset(request).annotate(**last)
+        may_run = _allowed_for(request.user, Action.RUN, self.project_path)  # for the Run… button
+        return super().get_queryset(request).annotate(**last, may_run=may_run)
 
     @admin.display(description="Name", ordering="name")
     def saved_name(self, execution: Execution) -> str:
@@ -333,13 +471,19 @@ class SavedExecutionAdmin(ExecutionAdmin):
 
     @admin.display(description="")
     def run_again(self, execution: Execution) -> str:
+        if not getattr(execution, "may_run", False):
+            return ""
         url = reverse("admin:executions_execution_rerun_edited", args=[execution.pk])
         return format_html('<a class="button" href="{}">Run…</a>', url)
 
 
 @admin.register(TriggerEvent)
 class TriggerEventAdmin(admin.ModelAdmin):
-    """Every event received or emitted, read-only: what arrived, from whom, and what it started."""
+    """Every event received or emitted, read-only: what arrived, from whom, and what it started.
+
+    A member sees an event of one of their projects (sent with its key or by its execution), or one that started
+    an execution in one of their projects, and of what it started only those executions. An event of a platform
+    key that started nothing of theirs is the platform's: superusers only."""
 
     list_display = ["received_at", "type", "source", "short_event_id", "status_display", "execution_count", "sender"]
     list_filter = ["status", "received_at"]
@@ -353,13 +497,43 @@ class TriggerEventAdmin(admin.ModelAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(execution_count=Count("executions"))
+        queryset = super().get_queryset(request)
+        ids = access.project_ids(request.user, Action.VIEW)
+        # Who sent it, shown only if the viewer may see the sender (columns see the row, not the request).
+        seen = {"parent_visible": _allowed_for(request.user, Action.VIEW, "parent_execution__package__project"),
+                "key_visible": _allowed_for(request.user, Action.VIEW, "api_key__project")}  # fmt: skip
+        if ids is None:
+            return queryset.annotate(execution_count=Count("executions"), **seen)
+        started_here = Execution.objects.filter(trigger_event=OuterRef("pk"), package__project__in=ids)
+        return queryset.filter(Q(project__in=ids) | Exists(started_here)).annotate(
+            execution_count=Count("executions", filter=Q(executions__package__project__in=ids)), **seen
+        )
+
+    def get_object(self, request, object_id, from_field=None):
+        event = super().get_object(request, object_id, from_field)
+        if event is not None:
+            event._viewer = request.user  # "started" lists only the executions this user may see
+        return event
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No event {object_id}.")  # the same answer whether it exists elsewhere or not
+
+    def has_module_permission(self, request) -> bool:
+        return access.can_anywhere(request.user, Action.VIEW)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        if obj is None:
+            return access.can_anywhere(request.user, Action.VIEW)
+        return self.get_queryset(request).filter(pk=obj.pk).exists()
 
     def has_add_permission(self, request):
         return False  # events arrive through the API (POST /fx/events) or from executions
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return access.is_superuser(request.user)  # an event may concern several projects
 
     @admin.display(description="Id", ordering="event_id")
     def short_event_id(self, event: TriggerEvent) -> str:
@@ -372,8 +546,14 @@ class TriggerEventAdmin(admin.ModelAdmin):
     @admin.display(description="Sent by")
     def sender(self, event: TriggerEvent) -> str:
         if event.parent_execution_id:
+            if not getattr(event, "parent_visible", False):
+                return ELSEWHERE
             return _link(event.parent_execution, f"execution {event.parent_execution.short_id}")
-        return f"API key {event.api_key}" if event.api_key_id else "—"
+        if not event.api_key_id:
+            return "—"
+        if getattr(event, "key_visible", False):
+            return f"API key {event.api_key}"
+        return "a platform API key" if event.api_key.project_id is None else "an API key of another project"
 
     @admin.display(description="Executions started", ordering="execution_count")
     def execution_count(self, event: TriggerEvent) -> int:
@@ -381,35 +561,106 @@ class TriggerEventAdmin(admin.ModelAdmin):
 
     @admin.display(description="Executions started")
     def started(self, event: TriggerEvent) -> str:
-        executions = event.executions.select_related("package").order_by("created_at")
+        executions = access.scoped(event.executions.select_related("package"), _viewer(event), Action.VIEW,
+                                   "package__project").order_by("created_at")  # fmt: skip
         return format_html_join(", ", "{}", ((_link(e, e.package.package_name),) for e in executions)) or "—"
+
+
+class ApiKeyForm(forms.ModelForm):
+    scopes = forms.MultipleChoiceField(
+        choices=ApiScope.choices,
+        initial=ALL_API_SCOPES,
+        required=False,  # none ticked: a key that may call nothing, harmless (never read as "all")
+        widget=forms.CheckboxSelectMultiple,
+        help_text="What the key may call. A project key reaches only its project's packages, executions and "
+        "repositories.",
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "project", "scopes"]
 
 
 @admin.register(ApiKey)
 class ApiKeyAdmin(admin.ModelAdmin):
-    """Keys are issued here (shown once, on the page right after Save) and revoked, never shown again."""
+    """Keys are issued here (shown once, on the page right after Save) and revoked, never shown again.
 
-    list_display = ["name", "hint", "state", "created_by", "created_at", "last_used_at"]
-    list_filter = [("revoked_at", admin.EmptyFieldListFilter)]
+    A project's keys are its owners' (MANAGE) to issue, see and revoke; platform keys (no project), which reach
+    every project, are superusers' only."""
+
+    form = ApiKeyForm
+    list_display = ["name", "project", "hint", "scope_list", "state", "created_by", "created_at", "last_used_at"]
+    list_filter = [("project", ManagedProjectFilter), ("revoked_at", admin.EmptyFieldListFilter)]
     search_fields = ["name", "hint"]
-    list_select_related = ["created_by"]
+    list_select_related = ["created_by", "project"]
     actions = ["revoke"]
 
+    def get_queryset(self, request):
+        return access.scoped(super().get_queryset(request), request.user, Action.MANAGE)
+
+    def has_module_permission(self, request) -> bool:
+        return access.can_anywhere(request.user, Action.MANAGE)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return self._may_manage(request, obj)
+
+    def has_add_permission(self, request) -> bool:
+        return access.can_anywhere(request.user, Action.MANAGE)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return self._may_manage(request, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return access.is_superuser(request.user)  # owners revoke: the key's row stays, with its last use
+
+    def _may_manage(self, request, obj) -> bool:
+        if obj is None:
+            return access.can_anywhere(request.user, Action.MANAGE)
+        return access.can(request.user, Action.MANAGE, obj)  # no project: the platform's, superusers only
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No API key {object_id}.")
+
     def get_fields(self, request, obj=None):
-        return ["name"] if obj is None else ["name", "hint", "state", "created_by", "created_at", "last_used_at"]
+        if obj is None:
+            return ["name", "project", "scopes"]
+        return ["name", "project", "scope_list", "hint", "state", "created_by", "created_at", "last_used_at"]
 
     def get_readonly_fields(self, request, obj=None):
-        return [] if obj is None else ["hint", "state", "created_by", "created_at", "last_used_at"]
+        # A key's reach is fixed when it is issued: to change it, issue another and revoke this one.
+        return [] if obj is None else ["project", "scope_list", "hint", "state", "created_by", "created_at",
+                                       "last_used_at"]  # fmt: skip
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "project":
+            kwargs["queryset"] = access.projects(request.user, Action.MANAGE)
+            if not access.is_superuser(request.user):
+                kwargs["required"] = True  # only superusers issue platform keys
+            else:
+                kwargs["help_text"] = "Empty: a platform key, which reaches every project."
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    @admin.display(description="scopes")
+    def scope_list(self, api_key: ApiKey) -> str:
+        return ", ".join(api_key.scopes) or "none"
 
     @admin.display(description="state", ordering="revoked_at")
     def state(self, api_key: ApiKey) -> str:
         return "active" if api_key.is_active else f"revoked {api_key.revoked_at:%Y-%m-%d %H:%M}"
 
     def save_model(self, request, obj, form, change):
-        if not change:
-            obj.created_by = request.user
-            request._issued_api_key = obj.set_new_key()
+        # The project was just chosen: the rule applies to where the key lands (none: a platform key).
+        if not access.can(request.user, Action.MANAGE, obj):
+            raise PermissionDenied
+        if change:
+            super().save_model(request, obj, form, change)
+            return
+        obj.created_by = request.user
+        request._issued_api_key = obj.set_new_key()
         super().save_model(request, obj, form, change)
+        # In the add view's transaction. The key itself is never written anywhere but the response.
+        record(AuditAction.ISSUE_KEY, obj, user=request.user,
+               details={"scopes": list(obj.scopes), "platform": obj.project_id is None})  # fmt: skip
 
     def response_add(self, request, obj, post_url_continue=None):
         """The key itself, once: rendered into this response only (not a message kept in a cookie or session)."""
@@ -419,6 +670,24 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected API keys")
     def revoke(self, request, queryset):
-        for api_key in queryset.filter(revoked_at__isnull=True):
-            api_key.revoke()
-        self.message_user(request, "Revoked: requests with these keys are refused from now on.", messages.SUCCESS)
+        """Revokes the selected keys the user may manage; the others are skipped and reported."""
+        selected = len(request.POST.getlist(helpers.ACTION_CHECKBOX_NAME))
+        considered = list(queryset.select_related("project"))  # already narrowed to keys the user may see
+        revoked = skipped = 0
+        for api_key in considered:
+            if not access.can(request.user, Action.MANAGE, api_key):
+                skipped += 1
+            elif api_key.is_active:
+                with transaction.atomic():  # the revocation and its audit entry: both or neither
+                    api_key.revoke()
+                    record(AuditAction.REVOKE_KEY, api_key, user=request.user)
+                revoked += 1
+        skipped += max(selected - len(considered), 0)  # chosen, but not the user's to see (another project's)
+        if revoked:
+            self.message_user(request, f"Revoked {revoked} API key{'s' if revoked != 1 else ''}: requests with "
+                              "them are refused from now on.", messages.SUCCESS)  # fmt: skip
+        if skipped:
+            self.message_user(request, f"Skipped {skipped} API key{'s' if skipped != 1 else ''} you may not revoke.",
+                              messages.WARNING)  # fmt: skip
+        if not revoked and not skipped:
+            self.message_user(request, "Those API keys were already revoked.", messages.INFO)

@@ -3,10 +3,13 @@
 
 from django import forms
 from django.contrib import messages
-from django.http import HttpResponseRedirect
+from django.core.exceptions import PermissionDenied
+from django.http import Http404, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
+from packages import access
+from packages.access import Action
 from packages.models import Package
 from packages.run_forms import ParametersError, RunForm, parameter_fields
 
@@ -35,7 +38,11 @@ class ParametersForm(forms.Form):
 
 
 def run_form_page(request, admin_site, package: Package, *, source: Execution | None = None):
-    """GET: the form (pre-filled from `source`); POST: start the run and show the package's executions."""
+    """GET: the form (pre-filled from `source`); POST: start the run and show the package's executions.
+
+    Needs RUN on the package: a package of another project is not there (404); one the user may only see
+    answers 403, for GET too, so nothing of the form suggests otherwise."""
+    require_run(request.user, package)
     back = _page_of(source or package)
     try:
         specs = parameter_fields(package)
@@ -65,6 +72,13 @@ def run_form_page(request, admin_site, package: Package, *, source: Execution | 
     context = {**admin_site.each_context(request), "title": title, "form": form, "package": package,
                "source": source, "back": back, "opts": Execution._meta}  # fmt: skip
     return TemplateResponse(request, "admin/executions/run_form.html", context)
+
+
+def require_run(user, package: Package) -> None:
+    if not access.can(user, Action.VIEW, package):
+        raise Http404(f"No package {package.pk}.")  # the same answer as for a package that does not exist
+    if not access.can(user, Action.RUN, package):
+        raise PermissionDenied
 
 
 def _page_of(obj) -> str:

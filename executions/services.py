@@ -12,6 +12,7 @@ import uuid
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from packages.audit import AuditAction, record
 from packages.models import Package
 
 from .models import Execution, ExecutionFile, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
@@ -35,6 +36,7 @@ def trigger_execution(
     parent: Execution | None = None,
     rerun_of: Execution | None = None,
     files: dict[str, bytes] | None = None,
+    api_key=None,
 ) -> Execution:
     """Create a pending execution of `package` with one pending step per script, and enqueue it on commit.
 
@@ -42,6 +44,9 @@ def trigger_execution(
     execution the first one created and enqueues nothing. Raises TriggerRefused for a run that is not allowed.
     An execution started by a `trigger_event` (executions/events.py) is a child of the execution that sent it,
     one level deeper; one a `parent` asked for later (executions/later_runs.py) is its child at the same depth.
+
+    A run a `user` or an `api_key` asked for is written to the audit log (RUN, or RERUN with `rerun_of`) in the
+    same transaction; schedule ticks and events from scripts are not someone's action and are not.
     """
     _check_allowed(package, trigger_type)
     if params is not None and not isinstance(params, dict):
@@ -68,6 +73,8 @@ def trigger_execution(
                 ExecutionFile(execution=execution, path=path, content=content)
                 for path, content in (files or {}).items()
             )
+            if user is not None or api_key is not None:
+                _audit_run(execution, user, api_key)
     except IntegrityError:
         # Lost a race with an identical trigger: the other one's execution stands.
         if idempotency_key:
@@ -76,6 +83,15 @@ def trigger_execution(
     transaction.on_commit(lambda: enqueue(execution))
     logger.info("execution %s of %s created (%s)", execution.id, package.package_name, trigger_type)
     return execution
+
+
+def _audit_run(execution: Execution, user, api_key) -> None:
+    # Parameters' keys only: their values may be anything a person typed, secrets included.
+    details = {"trigger_type": execution.trigger_type, "parameters": sorted(execution.params)}
+    if execution.rerun_of_id:
+        details["rerun_of"] = str(execution.rerun_of_id)
+    action = AuditAction.RERUN if execution.rerun_of_id else AuditAction.RUN
+    record(action, execution, user=user, api_key=api_key, details=details)
 
 
 def enqueue(execution: Execution) -> None:
@@ -171,6 +187,7 @@ def request_cancel(execution: Execution, user) -> str:
     """
     now = timezone.now()
     reason = f"cancelled by {user}"
+    # One transaction for the cancel and its audit entry: both are kept, or neither.
     with transaction.atomic():
         cancelled_pending = Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.PENDING).update(
             status=ExecutionStatus.CANCELLED,
@@ -183,12 +200,14 @@ def request_cancel(execution: Execution, user) -> str:
             execution.steps.filter(status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, status_reason="skipped: execution cancelled"
             )
+            record(AuditAction.CANCEL, execution, user=user, details={"was": ExecutionStatus.PENDING})
             return f"Execution {execution.short_id} {reason} before it started."
-    flagged = Execution.objects.filter(
-        pk=execution.pk, status=ExecutionStatus.IN_PROGRESS, cancel_requested_at__isnull=True
-    ).update(cancel_requested_at=now, cancel_requested_by=user)
-    if flagged:
-        return f"Cancelling execution {execution.short_id}: its running step is being stopped."
+        flagged = Execution.objects.filter(
+            pk=execution.pk, status=ExecutionStatus.IN_PROGRESS, cancel_requested_at__isnull=True
+        ).update(cancel_requested_at=now, cancel_requested_by=user)
+        if flagged:
+            record(AuditAction.CANCEL, execution, user=user, details={"was": ExecutionStatus.IN_PROGRESS})
+            return f"Cancelling execution {execution.short_id}: its running step is being stopped."
     execution.refresh_from_db()
     if execution.status == ExecutionStatus.IN_PROGRESS:
         return f"Execution {execution.short_id} is already being cancelled."

@@ -5,16 +5,17 @@ from .. import dashboard
 register = template.Library()
 
 
-@register.inclusion_tag("admin/executions/dashboard.html")
-def executor_dashboard():
-    days = dashboard.executions_per_day()
-    slowest = dashboard.time_per_package()
+@register.inclusion_tag("admin/executions/dashboard.html", takes_context=True)
+def executor_dashboard(context):
+    user = context["request"].user  # every figure counts only this user's projects
+    days = dashboard.executions_per_day(user)
+    slowest = dashboard.time_per_package(user)
     return {
         "days": days,
         "statuses": dashboard.STATUSES,
         "busiest": max((day.total for day in days), default=0) or 1,
-        "failures": dashboard.latest_failures(),
-        "running": dashboard.running_now(),
+        "failures": dashboard.latest_failures(user),
+        "running": dashboard.running_now(user),
         "slowest": slowest,
         "longest_ms": max((row["average_ms"] for row in slowest), default=0) or 1,
     }
