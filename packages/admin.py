@@ -3,20 +3,34 @@ import uuid
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import Http404, HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
 from django.utils.html import format_html
+from django_celery_beat.models import (
+    ClockedSchedule,
+    CrontabSchedule,
+    IntervalSchedule,
+    PeriodicTask,
+    SolarSchedule,
+)
 
 from executions.models import TriggerType
 from executions.run_pages import run_form_page
 from executions.services import TriggerRefused, trigger_execution
 
+from . import access
 from . import state as package_state
+from .access import Action
+from .access_admin import PlatformAdmin, ProjectScopedAdmin, ProjectScopedInline
+from .admin_filters import ProjectListFilter
+from .audit_admin import AuditedAdminMixin
 from .forms import ScriptInlineForm, ScriptInlineFormSet
 from .models import (
     EnvironmentVariable,
@@ -24,6 +38,7 @@ from .models import (
     Package,
     PlatformSecret,
     Project,
+    ProjectMembership,
     Script,
     Secret,
     SecretScope,
@@ -51,32 +66,111 @@ class SecretInlineBase(admin.TabularInline):
     verbose_name_plural = "Secrets (write-only: values are never shown again)"
 
 
-class PackageSecretInline(SecretInlineBase):
+class PackageSecretInline(ProjectScopedInline, SecretInlineBase):
     form = PackageSecretForm
     fk_name = "package"
 
 
-class ProjectSecretInline(SecretInlineBase):
+class ProjectSecretInline(ProjectScopedInline, SecretInlineBase):
+    """Members see the names (never a value); only owners write them."""
+
     form = ProjectSecretForm
     fk_name = "project"
+    edit_action = Action.MANAGE
+
+
+class MembershipForm(forms.ModelForm):
+    # A username to type rather than a list to pick from: an owner adds people they know, and the page never
+    # lists every account on the platform.
+    user = forms.ModelChoiceField(
+        queryset=get_user_model().objects.filter(is_active=True),
+        to_field_name="username",
+        widget=forms.TextInput,
+        label="Username",
+        error_messages={"invalid_choice": "No active user has this username."},
+    )
+
+    class Meta:
+        model = ProjectMembership
+        fields = ["user", "role"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.instance.pk:  # the initial value is the user's pk; the field shows and compares usernames
+            self.initial["user"] = self.instance.user.get_username()
+
+
+class MembershipInline(ProjectScopedInline, admin.TabularInline):
+    """Members and their roles: every member sees them, owners change them."""
+
+    model = ProjectMembership
+    form = MembershipForm
+    extra = 0
+    verbose_name = "member"
+    verbose_name_plural = "Members (viewer: sees; runner: also runs; maintainer: also edits; owner: also members, "
+    verbose_name_plural += "API keys and project secrets)"
+    edit_action = Action.MANAGE
 
 
 @admin.register(Project)
-class ProjectAdmin(admin.ModelAdmin):
-    inlines = [ProjectSecretInline]
+class ProjectAdmin(AuditedAdminMixin, admin.ModelAdmin):
+    """Members see their projects; owners edit them, their members and secrets; only superusers create or delete
+    projects (a project is a unit of access, not something a member hands themselves)."""
+
+    inlines = [MembershipInline, ProjectSecretInline]
     list_display = ["name", "description", "package_count"]
     search_fields = ["name"]
+    fields = ["name", "description"]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(package_total=Count("packages"))
+        projects = access.scoped(super().get_queryset(request), request.user, Action.VIEW, path="pk")
+        return projects.annotate(package_total=Count("packages"))
+
+    def has_module_permission(self, request) -> bool:
+        return access.can_anywhere(request.user, Action.VIEW)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return access.can(request.user, Action.VIEW, obj) if obj else access.can_anywhere(request.user, Action.VIEW)
+
+    def has_add_permission(self, request) -> bool:
+        return access.is_superuser(request.user)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        if obj is None:
+            return access.can_anywhere(request.user, Action.MANAGE)
+        return access.can(request.user, Action.MANAGE, obj)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return access.is_superuser(request.user)
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} {object_id}.")  # another project's: as if it did not exist
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        context["may_read_audit_log"] = obj is not None and access.can(request.user, Action.EDIT, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def save_formset(self, request, form, formset, change) -> None:
+        super().save_formset(request, form, formset, change)
+        if formset.model is ProjectMembership:
+            # A member logs in through the admin, which takes staff accounts only. Staff alone grants nothing:
+            # every page asks the role table.
+            for membership in formset.new_objects + [obj for obj, _ in formset.changed_objects]:
+                _make_staff(membership.user)
 
     @admin.display(description="Packages", ordering="package_total")
     def package_count(self, project: Project) -> int:
         return project.package_total
 
 
+def _make_staff(user) -> None:
+    if not user.is_staff:
+        user.is_staff = True
+        user.save(update_fields=["is_staff"])
+
+
 @admin.register(PlatformSecret)
-class PlatformSecretAdmin(admin.ModelAdmin):
+class PlatformSecretAdmin(AuditedAdminMixin, PlatformAdmin):
     form = PlatformSecretForm
     list_display = ["name", "updated_at"]
     search_fields = ["name"]
@@ -88,12 +182,33 @@ class PlatformSecretAdmin(admin.ModelAdmin):
 
 @admin.register(Tag)
 class TagAdmin(admin.ModelAdmin):
+    """Tags are shared by every project: members see them and maintainers add them; renaming or deleting one
+    would change other projects' packages, so that is for superusers."""
+
     list_display = ["name"]
     search_fields = ["name"]
 
+    def has_module_permission(self, request) -> bool:
+        return access.can_anywhere(request.user, Action.VIEW)
+
+    def has_view_permission(self, request, obj=None) -> bool:
+        return access.can_anywhere(request.user, Action.VIEW)
+
+    def has_add_permission(self, request) -> bool:
+        return access.can_anywhere(request.user, Action.EDIT)
+
+    def has_change_permission(self, request, obj=None) -> bool:
+        return access.is_superuser(request.user)
+
+    def has_delete_permission(self, request, obj=None) -> bool:
+        return access.is_superuser(request.user)
+
 
 @admin.register(EventType)
-class EventTypeAdmin(admin.ModelAdmin):
+class EventTypeAdmin(PlatformAdmin):
+    """The global registry, with every project's subscribers: superusers only. A package's form still offers every
+    event type as a choice, names being shared across projects."""
+
     list_display = ["name", "subscriber_list", "created_at"]
     search_fields = ["name"]
     readonly_fields = ["subscriber_list"]
@@ -106,7 +221,7 @@ class EventTypeAdmin(admin.ModelAdmin):
         return ", ".join(package.name for package in event_type.subscribers.all()) or "—"
 
 
-class ScriptInline(admin.TabularInline):
+class ScriptInline(ProjectScopedInline, admin.TabularInline):
     model = Script
     form = ScriptInlineForm
     formset = ScriptInlineFormSet
@@ -130,7 +245,7 @@ class ScriptInline(admin.TabularInline):
         return format_html('<a href="{}">Download</a>', reverse("admin:packages_script_download", args=[script.pk]))
 
 
-class EnvironmentVariableInline(admin.TabularInline):
+class EnvironmentVariableInline(ProjectScopedInline, admin.TabularInline):
     model = EnvironmentVariable
     formset = UniqueNamesFormSet
     extra = 0
@@ -178,11 +293,20 @@ class ScheduledFilter(admin.SimpleListFilter):
 
 
 @admin.register(Package)
-class PackageAdmin(admin.ModelAdmin):
+class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
+    """Members see their projects' packages (read-only, state included); maintainers and owners edit them;
+    runners and above run them."""
+
     form = PackageForm
     inlines = [ScriptInline, EnvironmentVariableInline, PackageSecretInline]
     list_display = ["name", "project", "tag_list", "script_count", "schedule", "active", "priority", "run"]
-    list_filter = ["project", "tags", "active", ScheduledFilter, "trigger_event_types"]
+    list_filter = [
+        ("project", ProjectListFilter),
+        "tags",
+        "active",
+        ScheduledFilter,
+        ("trigger_event_types", admin.RelatedOnlyFieldListFilter),  # only the types the user's packages use
+    ]
     list_select_related = ["project"]
     search_fields = ["name", "package_name", "description"]
     prepopulated_fields = {"package_name": ["name"]}
@@ -268,10 +392,22 @@ class PackageAdmin(admin.ModelAdmin):
 
     @admin.display(description="")
     def run(self, package: Package) -> str:
-        if not (package.active and package.allow_manual_triggering):
-            return ""
-        url = reverse("admin:packages_package_run", args=[package.pk])
-        return format_html('<a class="button" href="{}">Run</a>', url)
+        """The class-level column; get_list_display swaps in one that knows who is looking."""
+        return ""
+
+    def get_list_display(self, request):
+        return [
+            _run_column(request.user) if column == "run" else column for column in super().get_list_display(request)
+        ]
+
+    def formfield_for_foreignkey(self, db_field, request, **kwargs):
+        if db_field.name == "project" and not access.is_superuser(request.user):
+            kwargs["required"] = True  # a package of no project is the platform's: only superusers make one
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        context["may_run"] = obj is not None and access.can(request.user, Action.RUN, obj)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
@@ -305,10 +441,10 @@ class PackageAdmin(admin.ModelAdmin):
     def run_view(self, request, package_id: int):
         """GET: confirm (or the run form of a package with parameters.json); POST: start a manual execution and
         show the package's executions (or the new execution, after a form)."""
-        package = get_object_or_404(Package, pk=package_id)
-        if not request.user.has_perm("packages.run_package"):
-            messages.error(request, "You are not allowed to run packages.")
-            return HttpResponseRedirect(reverse("admin:packages_package_change", args=[package.pk]))
+        # Another project's package is not there (404); one the user may see but not run is refused (403).
+        package = get_object_or_404(access.scoped(Package.objects.all(), request.user), pk=package_id)
+        if not access.can(request.user, Action.RUN, package):
+            raise PermissionDenied("Running this package needs the runner role in its project.")
         if package.has_run_form:  # a form instead of a plain Run
             return run_form_page(request, self.admin_site, package)
         if request.method != "POST":
@@ -329,13 +465,41 @@ class PackageAdmin(admin.ModelAdmin):
         return HttpResponseRedirect(f"{url}?package__id__exact={package.pk}")
 
     def download_view(self, request, script_id: int):
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        script = get_object_or_404(Script, pk=script_id)
+        scripts = access.scoped(Script.objects.all(), request.user, Action.VIEW, path="package__project")
+        script = get_object_or_404(scripts, pk=script_id)
         response = HttpResponse(bytes(script.content), content_type="application/octet-stream")
         response["Content-Disposition"] = f'attachment; filename="{script.file_name}"'
         return response
 
+
+def _run_column(user):
+    """The list's Run button, shown only on packages the user may run (and that can be run by hand)."""
+    runnable = access.project_ids(user, Action.RUN)
+
+    @admin.display(description="")
+    def run(package: Package) -> str:
+        if not (package.active and package.allow_manual_triggering):
+            return ""
+        if runnable is not None and package.project_id not in runnable:
+            return ""
+        url = reverse("admin:packages_package_run", args=[package.pk])
+        return format_html('<a class="button" href="{}">Run</a>', url)
+
+    return run
+
+
+def _platform_only(*models) -> None:
+    """Re-register `models` with their current admin class made superuser-only: a project member must never edit
+    schedules (beat would run them) or accounts behind the role table, whatever model permissions they hold."""
+    for model in models:
+        current = type(admin.site.get_model_admin(model))
+        if issubclass(current, PlatformAdmin):
+            continue
+        admin.site.unregister(model)
+        admin.site.register(model, type(f"Platform{current.__name__}", (PlatformAdmin, current), {}))
+
+
+_platform_only(PeriodicTask, CrontabSchedule, IntervalSchedule, ClockedSchedule, SolarSchedule, get_user_model(), Group)
 
 from . import git_admin  # noqa: F401, E402  (registers GitRepositoryAdmin)
 from .sql_connection_admin import SqlConnectionAdmin  # noqa: F401, E402  (registers it)

@@ -2,15 +2,26 @@
 
 Syncs are queued on a worker (packages/git_webhook.py `queue_sync`), never run inside the web request: a
 fetch can take minutes and talks to hosts the web process has no business reaching.
+
+Repositories are their project's: maintainers and owners add, edit and sync them; every action checks that role
+on each selected repository, skips the others and says so.
 """
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
 from executions.admin import status_badge
 
+from . import access
+from .access import Action
+from .access_admin import ProjectScopedAdmin
+from .admin_filters import ProjectListFilter
+from .audit import AuditAction, record
+from .audit_admin import AuditedAdminMixin
 from .git_credentials import (
     bind_credentials_to_url,
     forget_host_key,
@@ -59,10 +70,10 @@ class GitRepositoryForm(forms.ModelForm):
 
 
 @admin.register(GitRepository)
-class GitRepositoryAdmin(admin.ModelAdmin):
+class GitRepositoryAdmin(AuditedAdminMixin, ProjectScopedAdmin):
     form = GitRepositoryForm
     list_display = ["url", "project", "branch", "status_display", "last_sync_at", "short_commit", "error_line"]
-    list_filter = ["status", "project"]
+    list_filter = ["status", ("project", ProjectListFilter)]
     list_select_related = ["project"]
     search_fields = ["url"]
     actions = ["sync_now", "sync_adopting", "regenerate_keys", "forget_host_keys"]
@@ -100,10 +111,24 @@ class GitRepositoryAdmin(admin.ModelAdmin):
                                    "keys (read access), then Sync Now.")  # fmt: skip
         super().save_model(request, obj, form, change)
 
-    @admin.action(description="Sync now")
+    def _editable(self, request, queryset: QuerySet) -> list[GitRepository]:
+        """The selected repositories the user may change; the others are skipped and named in a message (the list
+        shows every repository of the user's projects, including ones where they only view)."""
+        allowed, refused = [], []
+        for repository in queryset.select_related("project"):
+            (allowed if access.can(request.user, Action.EDIT, repository) else refused).append(repository)
+        if refused:
+            names = ", ".join(str(repository) for repository in refused)
+            self.message_user(request, f"Skipped (changing them needs the maintainer role in their project): {names}.",
+                              messages.WARNING)  # fmt: skip
+        return allowed
+
+    @admin.action(description="Sync now", permissions=["change"])
     def sync_now(self, request, queryset):
-        for repository in queryset:
-            queue_sync(repository)
+        for repository in self._editable(request, queryset):
+            with transaction.atomic():  # the entry is kept only if the sync was queued
+                record(AuditAction.SYNC, repository, user=request.user)
+                queue_sync(repository)
             self.message_user(request, f"Sync of {repository} queued; the page shows the result when it ends.",
                               messages.SUCCESS)  # fmt: skip
 
@@ -117,28 +142,39 @@ class GitRepositoryAdmin(admin.ModelAdmin):
                 self.message_user(request, f"{repository}: the last sync left no package alone; nothing to adopt.",
                                   messages.INFO)  # fmt: skip
                 continue
-            queue_sync(repository, adopt=names)
+            with transaction.atomic():
+                record(AuditAction.SYNC, repository, user=request.user, details={"adopt": names})
+                queue_sync(repository, adopt=names)
             self.message_user(request, f"Sync of {repository} queued, adopting {', '.join(names)}; the page shows "
                               "the result when it ends.", messages.SUCCESS)  # fmt: skip
 
     def has_adopt_permission(self, request) -> bool:
-        return request.user.is_superuser
+        return access.is_superuser(request.user)
 
-    @admin.action(description="Forget pinned SSH host keys")
+    @admin.action(description="Forget pinned SSH host keys", permissions=["change"])
     def forget_host_keys(self, request, queryset):
-        for repository in queryset:
-            forget_host_key(repository)
-            repository.save(update_fields=["ssh_known_hosts", "credentials_host"])
-        self.message_user(request, "Pinned SSH host keys forgotten: the next sync trusts the key each host shows "
-                          "and pins it again. Do this only if you know the host's key changed.",
-                          messages.WARNING)  # fmt: skip
+        repositories = self._editable(request, queryset)
+        for repository in repositories:
+            with transaction.atomic():
+                forget_host_key(repository)
+                repository.save(update_fields=["ssh_known_hosts", "credentials_host"])
+                record(AuditAction.EDIT, repository, user=request.user,
+                       details={"fields": ["ssh_known_hosts", "credentials_host"]})  # fmt: skip
+        if repositories:
+            self.message_user(request, "Pinned SSH host keys forgotten: the next sync trusts the key each host "
+                              "shows and pins it again. Do this only if you know the host's key changed.",
+                              messages.WARNING)  # fmt: skip
 
-    @admin.action(description="Regenerate deploy keys")
+    @admin.action(description="Regenerate deploy keys", permissions=["change"])
     def regenerate_keys(self, request, queryset):
-        for repository in queryset.select_related("project"):
-            regenerate_deploy_key(repository)
-            repository.save(update_fields=["deploy_private_key_encrypted", "deploy_public_key"])
-        self.message_user(request, "New deploy keys: replace the public keys at the Git host.", messages.WARNING)
+        repositories = self._editable(request, queryset)
+        for repository in repositories:
+            with transaction.atomic():
+                regenerate_deploy_key(repository)
+                repository.save(update_fields=["deploy_private_key_encrypted", "deploy_public_key"])
+                record(AuditAction.REGENERATE_KEYS, repository, user=request.user)
+        if repositories:
+            self.message_user(request, "New deploy keys: replace the public keys at the Git host.", messages.WARNING)
 
     @admin.display(description="Deploy key (public)")
     def deploy_public_key_display(self, repository: GitRepository) -> str:

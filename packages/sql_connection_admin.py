@@ -1,14 +1,16 @@
 """The admin of SQL connections: the databases packages' SQL steps may reach, defined by administrators only.
 
 The URL is write-only, like every secret: the form never renders it (not even masked), an empty field keeps the
-stored one, and the page shows only user@host:port/database so connections can be told apart. Managing them
-needs the model's Django permissions (superusers by default).
+stored one, and the page shows only user@host:port/database so connections can be told apart. Only superusers
+see and manage them (a connection may serve every project).
 """
 
 from django import forms
 from django.contrib import admin
 from django.utils.html import format_html
 
+from .access_admin import PlatformAdmin
+from .audit_admin import AuditedAdminMixin
 from .models import SqlConnection
 from .sql_connections import InvalidSqlUrl, check_url, describe, set_url
 
@@ -44,7 +46,7 @@ class SqlConnectionForm(forms.ModelForm):
 
 
 @admin.register(SqlConnection)
-class SqlConnectionAdmin(admin.ModelAdmin):
+class SqlConnectionAdmin(AuditedAdminMixin, PlatformAdmin):
     form = SqlConnectionForm
     list_display = ["name", "available_to", "description", "updated_at"]
     list_filter = ["project"]

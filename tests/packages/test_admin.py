@@ -9,7 +9,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from packages.models import EventType, Package, PackageState, Project, Secret, Tag
+from packages.models import EventType, Package, PackageState, Project, ProjectMembership, ProjectRole, Secret, Tag
 from packages.schedules import sync_package_schedule
 from tests.factories import SEED_DIR, make_package
 
@@ -145,14 +145,29 @@ def test_clearing_a_position_keeps_the_script_where_it_was(admin_client, seed_pa
     assert [(s.file_name, s.position) for s in seed_package.scripts.all()] == [("config.json", 1), ("test_scr.py", 7)]
 
 
-def test_a_user_without_the_run_permission_cannot_run(client, seed_package, django_user_model):
+def test_a_viewer_cannot_run_and_nothing_starts(client, django_user_model):
+    package = make_package(files={"a.py": ""}, project=Project.objects.create(name="Sales"))
     bob = django_user_model.objects.create_user("bob", password="pw", is_staff=True)
-    bob.user_permissions.add(Permission.objects.get(codename="view_package"))
+    ProjectMembership.objects.create(project=package.project, user=bob, role=ProjectRole.VIEWER)
     client.force_login(bob)
 
-    response = client.post(reverse("admin:packages_package_run", args=[seed_package.pk]), follow=True)
+    page = client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
+    response = client.post(reverse("admin:packages_package_run", args=[package.pk]))
 
-    assert "You are not allowed to run packages." in response.content.decode()
+    assert reverse("admin:packages_package_run", args=[package.pk]) not in page  # no Run button either
+    assert response.status_code == 403
+    assert Execution.objects.count() == 0
+
+
+def test_the_old_run_permission_alone_runs_nothing(client, django_user_model):
+    package = make_package(files={"a.py": ""}, project=Project.objects.create(name="Sales"))
+    carol = django_user_model.objects.create_user("carol", password="pw", is_staff=True)
+    carol.user_permissions.add(*Permission.objects.filter(codename__in=["run_package", "view_package"]))
+    client.force_login(carol)
+
+    response = client.post(reverse("admin:packages_package_run", args=[package.pk]))
+
+    assert response.status_code == 404  # not a member: the package is not there for her
     assert Execution.objects.count() == 0
 
 
