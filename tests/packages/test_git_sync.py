@@ -16,10 +16,20 @@ from django_celery_beat.models import PeriodicTask
 
 from executions.models import ApiKey, Execution, TriggerType
 from executions.services import trigger_execution
+from packages.audit import AuditAction
 from packages.encryption import decrypt
 from packages.git_credentials import set_secret_field
 from packages.git_sync import LOCK_NAMESPACE, sync_repository
-from packages.models import GitAuth, GitRepository, GitSyncStatus, Package, Project
+from packages.models import (
+    AuditEntry,
+    GitAuth,
+    GitRepository,
+    GitSyncStatus,
+    Package,
+    Project,
+    ProjectMembership,
+    ProjectRole,
+)
 from packages.schedules import periodic_task_name
 from tests.git_repos import FxRepository, fake_dns, fx_package
 
@@ -247,6 +257,7 @@ def test_the_admin_generates_a_deploy_key_and_never_shows_secrets(admin_client, 
     admin_client.post(reverse("admin:packages_gitrepository_changelist"),
                       {"action": "regenerate_keys", "_selected_action": [repository.pk]})  # fmt: skip
     assert GitRepository.objects.get().deploy_public_key != repository.deploy_public_key
+    assert AuditEntry.objects.filter(action=AuditAction.REGENERATE_KEYS, object_id=str(repository.pk)).exists()
 
 
 def test_the_admin_sync_now_action_queues_a_sync_and_the_page_shows_its_report(admin_client, repository):
@@ -269,3 +280,91 @@ def test_the_package_page_shows_its_repository_and_commit(admin_client, reposito
     package = Package.objects.get(package_name="daily_report")
     page = admin_client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
     assert report.commit[:12] in page and repository.url in page
+
+
+# The admin and the role table
+
+
+@pytest.fixture
+def two_repositories(repository, django_user_model, client):
+    """Sales' repository (alice maintains Sales) and HR's (alice only views HR); alice is logged in."""
+    hr_repository = GitRepository.objects.create(project=Project.objects.create(name="HR"), url=repository.url)
+    alice = django_user_model.objects.create_user("alice", is_staff=True)
+    ProjectMembership.objects.create(project=repository.project, user=alice, role=ProjectRole.MAINTAINER)
+    ProjectMembership.objects.create(project=hr_repository.project, user=alice, role=ProjectRole.VIEWER)
+    client.force_login(alice)
+    return repository, hr_repository
+
+
+def test_sync_now_syncs_only_the_repositories_the_user_maintains_and_names_the_others(client, two_repositories):
+    sales_repository, hr_repository = two_repositories
+    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
+        response = client.post(reverse("admin:packages_gitrepository_changelist"),
+                               {"action": "sync_now", "_selected_action": [sales_repository.pk, hr_repository.pk]},
+                               follow=True)  # fmt: skip
+
+    apply_async.assert_called_once_with(args=[sales_repository.pk], queue="maintenance")
+    page = response.content.decode()
+    assert f"Skipped (changing them needs the maintainer role in their project): {hr_repository}" in page
+    entry = AuditEntry.objects.get()
+    assert (entry.action, entry.object_id, entry.user.username) == (AuditAction.SYNC, str(sales_repository.pk), "alice")
+
+
+def test_regenerating_deploy_keys_skips_repositories_the_user_only_views(client, two_repositories):
+    sales_repository, hr_repository = two_repositories
+    for repository in two_repositories:
+        repository.deploy_public_key = "ssh-ed25519 old"
+        repository.save()
+
+    client.post(reverse("admin:packages_gitrepository_changelist"),
+                {"action": "regenerate_keys", "_selected_action": [sales_repository.pk, hr_repository.pk]})  # fmt: skip
+
+    assert GitRepository.objects.get(pk=sales_repository.pk).deploy_public_key != "ssh-ed25519 old"
+    assert GitRepository.objects.get(pk=hr_repository.pk).deploy_public_key == "ssh-ed25519 old"
+    assert list(AuditEntry.objects.values_list("action", "project")) == [
+        (AuditAction.REGENERATE_KEYS, sales_repository.project_id)
+    ]
+
+
+@pytest.mark.parametrize("action", ["sync_now", "regenerate_keys", "forget_host_keys", "sync_adopting"])
+def test_a_viewer_gets_no_repository_action(client, repository, django_user_model, action):
+    viewer = django_user_model.objects.create_user("vic", is_staff=True)
+    ProjectMembership.objects.create(project=repository.project, user=viewer, role=ProjectRole.VIEWER)
+    repository.last_report = {"conflicts": {"orders": "uploaded by hand"}}
+    repository.save()
+    client.force_login(viewer)
+    before = GitRepository.objects.values().get()
+
+    with mock.patch("workers.tasks.sync_repository.apply_async") as sync, \
+         mock.patch("packages.tasks.sync_repository_adopting.apply_async") as adopt:  # fmt: skip
+        client.post(reverse("admin:packages_gitrepository_changelist"),
+                    {"action": action, "_selected_action": [repository.pk]})  # fmt: skip
+
+    assert not sync.called and not adopt.called
+    assert GitRepository.objects.values().get() == before and not AuditEntry.objects.exists()
+
+
+def test_adopting_stays_superuser_only_even_for_owners(client, repository, django_user_model):
+    owner = django_user_model.objects.create_user("olga", is_staff=True)
+    ProjectMembership.objects.create(project=repository.project, user=owner, role=ProjectRole.OWNER)
+    repository.last_report = {"conflicts": {"orders": "uploaded by hand"}}
+    repository.save()
+    client.force_login(owner)
+
+    with mock.patch("packages.tasks.sync_repository_adopting.apply_async") as adopt:
+        client.post(reverse("admin:packages_gitrepository_changelist"),
+                    {"action": "sync_adopting", "_selected_action": [repository.pk]})  # fmt: skip
+
+    assert not adopt.called
+
+
+def test_another_projects_repository_is_not_there(client, two_repositories):
+    sales_repository, _ = two_repositories
+    other = GitRepository.objects.create(project=Project.objects.create(name="Ops"), url="https://example.com/x.git")
+
+    listing = client.get(reverse("admin:packages_gitrepository_changelist")).content.decode()
+
+    assert "example.com" not in listing and "Ops" not in listing
+    assert client.get(reverse("admin:packages_gitrepository_change", args=[other.pk])).status_code == 404
+    add_page = client.get(reverse("admin:packages_gitrepository_add")).content.decode()
+    assert ">Sales</option>" in add_page and ">HR</option>" not in add_page and ">Ops</option>" not in add_page
