@@ -49,7 +49,7 @@ class AuditedAdminMixin:
                 _record_inline(request, deleted_form.instance, deleted=True)
         super().save_formset(request, form, formset, change)
         for obj in formset.new_objects:
-            _record_inline(request, obj, action=AuditAction.CREATE, changed=_form_of(formset, obj).changed_data)
+            _record_inline(request, obj, action=AuditAction.CREATE, changed=_changed_fields(formset, obj))
         for obj, changed in formset.changed_objects:
             _record_inline(request, obj, action=AuditAction.EDIT, changed=changed)
 
@@ -58,8 +58,9 @@ def _fields(changed: list[str]) -> dict:
     return {"fields": sorted(changed)} if changed else {}
 
 
-def _form_of(formset: BaseFormSet, obj: Model):
-    return next(form for form in formset.forms if form.instance is obj)
+def _changed_fields(formset: BaseFormSet, obj: Model) -> list[str]:
+    form = next((form for form in formset.forms if form.instance is obj), None)
+    return form.changed_data if form is not None else []
 
 
 def _record_inline(request, obj: Model, *, action: str = "", changed: list[str] = (), deleted: bool = False) -> None:

@@ -360,11 +360,13 @@ def test_adopting_stays_superuser_only_even_for_owners(client, repository, djang
 
 def test_another_projects_repository_is_not_there(client, two_repositories):
     sales_repository, _ = two_repositories
-    other = GitRepository.objects.create(project=Project.objects.create(name="Ops"), url="https://example.com/x.git")
+    other = GitRepository.objects.create(
+        project=Project.objects.create(name="Operations"), url="https://example.com/x.git"
+    )
 
     listing = client.get(reverse("admin:packages_gitrepository_changelist")).content.decode()
 
-    assert "example.com" not in listing and "Ops" not in listing
+    assert "example.com" not in listing and "Operations" not in listing
     assert client.get(reverse("admin:packages_gitrepository_change", args=[other.pk])).status_code == 404
     add_page = client.get(reverse("admin:packages_gitrepository_add")).content.decode()
-    assert ">Sales</option>" in add_page and ">HR</option>" not in add_page and ">Ops</option>" not in add_page
+    assert ">Sales</option>" in add_page and ">HR</option>" not in add_page and ">Operations</option>" not in add_page

@@ -24,7 +24,7 @@ def sales(db) -> Project:
 
 @pytest.fixture
 def hr(db) -> Project:
-    return Project.objects.create(name="HR")
+    return Project.objects.create(name="Human Resources")
 
 
 @pytest.fixture
@@ -126,7 +126,7 @@ def test_another_projects_page_is_not_there_and_projects_are_made_by_superusers(
 
     listing = client.get(reverse("admin:packages_project_changelist")).content.decode()
 
-    assert "Sales" in listing and "HR" not in listing
+    assert "Sales" in listing and "Human Resources" not in listing
     assert client.get(change_url(hr)).status_code == 404
     assert client.post(change_url(hr), project_form(hr, [])).status_code == 404
     assert client.get(reverse("admin:packages_project_add")).status_code == 403
@@ -238,7 +238,7 @@ def test_the_audit_log_shows_maintainers_their_projects_entries_only(client, mem
     page = client.get(log).content.decode()
 
     assert "sales_orders" in page and "hr_payroll" not in page and "platform_key" not in page
-    assert "HR" not in page  # not even as a filter choice
+    assert "Human Resources" not in page  # not even as a filter choice
     assert client.get(change_url(AuditEntry.objects.get(project=hr))).status_code == 404
     assert client.get(change_url(platform)).status_code == 404
     assert "sales_orders" in client.get(log, {"q": "sales"}).content.decode()
@@ -308,7 +308,7 @@ def test_a_maintainer_puts_packages_only_into_projects_they_maintain(client, mem
     into_none = client.post(reverse("admin:packages_package_add"), package_form(project=""))
     into_sales = client.post(reverse("admin:packages_package_add"), package_form(project=str(sales.pk)))
 
-    assert f'<option value="{sales.pk}">Sales</option>' in add_page and ">HR</option>" not in add_page
+    assert f'<option value="{sales.pk}">Sales</option>' in add_page and ">Human Resources</option>" not in add_page
     assert into_hr.status_code == 200 and "Select a valid choice" in into_hr.content.decode()
     assert into_none.status_code == 200 and "This field is required" in into_none.content.decode()
     assert into_sales.status_code == 302
@@ -396,3 +396,11 @@ def test_tags_are_seen_by_members_added_by_maintainers_and_renamed_by_superusers
     assert client.post(reverse("admin:packages_tag_add"), {"name": "mine"}).status_code == 302
     assert client.post(change_url(tag), {"name": "renamed"}).status_code == 403
     assert sorted(Tag.objects.values_list("name", flat=True)) == ["finance", "mine"]
+
+
+@pytest.mark.parametrize(("role", "has_link"), [(ProjectRole.VIEWER, False), (ProjectRole.RUNNER, False),
+                                               (ProjectRole.MAINTAINER, True), (ProjectRole.OWNER, True)])  # fmt: skip
+def test_the_project_page_links_its_audit_log_for_maintainers_and_owners(client, member, sales, role, has_link):
+    member(sales, role)
+    log = f"{reverse('admin:packages_auditentry_changelist')}?project__id__exact={sales.pk}"
+    assert (log in client.get(change_url(sales)).content.decode()) == has_link
