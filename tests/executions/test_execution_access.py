@@ -170,6 +170,19 @@ def test_a_viewer_sees_a_run_and_its_results_but_every_run_action_answers_403(wo
     assert not AuditEntry.objects.exists()
 
 
+def test_the_saved_runs_list_offers_run_only_to_those_who_may_run(world, django_user_model):
+    Execution.objects.filter(pk=world.done.pk).update(saved=True, name="Weekly Sales")
+    run_again = url("rerun_edited", world.done.pk)
+    saved_list = reverse("admin:executions_savedexecution_changelist")
+
+    seen_by_vera = client_of("vera", django_user_model).get(saved_list).content.decode()
+    seen_by_rita = client_of("rita", django_user_model).get(saved_list).content.decode()
+
+    assert "Weekly Sales" in seen_by_vera and run_again not in seen_by_vera
+    assert run_again in seen_by_rita
+    assert "Weekly Sales" not in client_of("hank", django_user_model).get(saved_list).content.decode()
+
+
 def test_a_runner_cannot_delete_executions(world, django_user_model):
     rita = client_of("rita", django_user_model)
     response = rita.post(reverse("admin:executions_execution_delete", args=[world.done.pk]), {"post": "yes"})
