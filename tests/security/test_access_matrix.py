@@ -330,8 +330,8 @@ ACTIONS: dict[str, Act] = {
     "add a member": Act(add_member, "owner",
                         lambda w: ProjectMembership.objects.filter(user=w.newcomer, project=w.sales).exists()),
     "issue a project API key": Act(issue_key, "owner",
-                                   lambda w: ApiKey.objects.filter(name="issued in the matrix",
-                                                                   project=w.sales).exists()),
+                                   lambda w: ApiKey.objects.filter(name="issued in the matrix", project=w.sales,
+                                                                   scopes=["executions:read"]).exists()),
     "revoke a key": Act(revoke_key, "owner", lambda w: ApiKey.objects.get(pk=w.sales_key.pk).revoked_at is not None),
     "write a project secret": Act(write_project_secret, "owner",
                                   lambda w: Secret.objects.filter(project=w.sales, name="PROJECT_TOKEN").exists()),
@@ -368,11 +368,24 @@ def test_each_person_may_do_exactly_what_their_role_allows(person, action, world
     if allowed:
         assert response.status_code in (200, 302), response.content.decode()[:2000]
         assert act.effect(world), f"{person} may {action}, but it did not happen ({response.status_code})"
+        assert_audited(person, action, world, django_user_model)
     else:
         assert not act.effect(world), f"{person} may not {action}, but it happened"
         assert snapshot(world) == before, f"{person} may not {action}, but something changed"
         refused = response.status_code in (403, 404) or _admin_refusal(response) or _read_only(client, world, act)
         assert refused, f"{person} may not {action}: expected 403/404 or a refusal, got {response.status_code}"
+
+
+SECRET_VALUES = ("tok-package-1", "tok-project-1")
+
+
+def assert_audited(person: str, action: str, world: World, django_user_model) -> None:
+    """An action that changed something is in the project's audit log under the person's name, without a value
+    of any secret it wrote."""
+    user = django_user_model.objects.get(username=person)
+    assert AuditEntry.objects.filter(user=user, project=world.sales).exists(), f"{action} by {person}: no entry"
+    logged = json.dumps(list(AuditEntry.objects.values("object_repr", "details")), default=str)
+    assert not any(value in logged for value in SECRET_VALUES)
 
 
 def _read_only(client, world, act: Act) -> bool:
