@@ -1,4 +1,5 @@
-"""The seed user guide (create a package, look at it, run it, read the results, save the run), done in a browser.
+"""The seed user guide (create a package, look at it, run it, read the results, save the run), done in a browser,
+once as a superuser and once as a maintainer of the project (no model permissions: the role is what counts).
 
 A person's path through the admin: links and buttons are clicked where the guide clicks them, never typed URLs
 (except the login page). The web app is pytest-django's live server; a real Celery worker runs the package and a
@@ -12,8 +13,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from packages.models import EventType, Project
-from tests.e2e.browser import beat, browser_page, logged_in, screenshot  # noqa: F401  (fixtures by name)
+from packages.models import EventType, Project, ProjectRole
+from tests.e2e.browser import beat, browser_page, logged_in  # noqa: F401  (fixtures by name)
+from tests.e2e.browser import screenshot as save_screenshot
+from tests.factories import make_member, make_staff
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -22,10 +25,19 @@ PACKAGE = "Seed walkthrough"
 TECHNICAL_NAME = "seed_walkthrough"
 
 
-def test_the_seed_walkthrough_in_a_browser(browser_page, live_server, admin_user, celery_worker, beat):  # noqa: F811
-    Project.objects.create(name="Seed project")
+@pytest.mark.parametrize("person", ["superuser", "maintainer"])
+def test_the_seed_walkthrough_in_a_browser(person, browser_page, live_server, admin_user, celery_worker, beat):  # noqa: F811
+    project = Project.objects.create(name="Seed project")
     EventType.objects.create(name="seed.trigger")
-    page = logged_in(browser_page, live_server, admin_user)
+    user = admin_user
+    if person == "maintainer":
+        user = make_staff("mia")
+        make_member(user, project, ProjectRole.MAINTAINER)
+    page = logged_in(browser_page, live_server, user)
+
+    def screenshot(page, name: str) -> None:  # the README's pictures are the superuser's
+        save_screenshot(page, name if person == "superuser" else f"maintainer-{name}")
+
     screenshot(page, "01-admin-index")
 
     # The guide's Executions -> Packages -> +Add (here the Packages app's Packages), then Create Package 1-11.
