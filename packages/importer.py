@@ -29,6 +29,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 
 from executor_project import bounded_json
+from workers.safe_files import UnsafeFile, read_regular
 
 from . import cron
 from .models import (
@@ -138,27 +139,15 @@ def refusal_for_mode(mode: int) -> str | None:
 
 
 def _read_regular_file(dir_fd: int, name: str) -> bytes:
-    limit = settings.EXECUTOR_MAX_SCRIPT_BYTES
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # NONBLOCK: a FIFO swapped in cannot hang us
+    """A regular file's bytes, opened with O_NOFOLLOW (a symlink swapped in after the lstat is not followed) and
+    size-checked before reading (workers/safe_files.py, which the worker uses on step directories too)."""
     try:
-        fd = os.open(name, flags, dir_fd=dir_fd)
-    except OSError as exc:
-        raise PackageImportError(f"{name} cannot be read: {exc.strerror}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PackageImportError(f"{name} changed while it was read: {refusal_for_mode(info.st_mode)}")
-        if info.st_size > limit:
-            raise PackageImportError(f"{name} is {info.st_size} bytes; the limit is {limit} bytes")
-        chunks, size = [], 0
-        while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:  # it grew after fstat
-                raise PackageImportError(f"{name} is larger than the limit of {limit} bytes")
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
+        content = read_regular(dir_fd, name, settings.EXECUTOR_MAX_SCRIPT_BYTES)
+    except UnsafeFile as exc:
+        raise PackageImportError(str(exc)) from None
+    if content is None:
+        raise PackageImportError(f"{name} disappeared while the directory was read")
+    return content
 
 
 def import_package_files(

@@ -68,13 +68,13 @@ def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
         if not stat.S_ISREG(info.st_mode):
             raise UnsafeFile(f"{name} is not a regular file")
         if info.st_size > limit:
-            raise UnsafeFile(f"{name} is {info.st_size} bytes, over the limit of {limit}")
+            raise UnsafeFile(f"{name} is {info.st_size} bytes; the limit is {limit} bytes")
         chunks, size = [], 0
         while chunk := os.read(fd, min(1 << 20, limit + 1 - size)):
             chunks.append(chunk)
             size += len(chunk)
             if size > limit:  # it grew after fstat
-                raise UnsafeFile(f"{name} is over the limit of {limit} bytes")
+                raise UnsafeFile(f"{name} grew past the limit of {limit} bytes while it was read")
         return b"".join(chunks)
     finally:
         os.close(fd)
