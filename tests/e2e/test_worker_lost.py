@@ -1,5 +1,6 @@
 """A worker SIGKILLed mid-step: the reaper resolves its execution, and no step ever runs twice."""
 
+import contextlib
 import time
 import uuid
 
@@ -33,7 +34,8 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(
         # SIGKILL the worker and everything under it (pool processes and the script), as the OOM killer would.
         main = psutil.Process(victim.proc.pid)
         for process in [*main.children(recursive=True), main]:
-            process.kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # died with its parent meanwhile (--die-with-parent)
+                process.kill()
         victim.proc.wait()
     killed_at = time.monotonic()
 
