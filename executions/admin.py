@@ -502,11 +502,14 @@ class TriggerEventAdmin(admin.ModelAdmin):
         # Who sent it, shown only if the viewer may see the sender (columns see the row, not the request).
         seen = {"parent_visible": _allowed_for(request.user, Action.VIEW, "parent_execution__package__project"),
                 "key_visible": _allowed_for(request.user, Action.VIEW, "api_key__project")}  # fmt: skip
+        # The aggregate drops Meta.ordering: order explicitly (newest first), or lists page an unordered set.
         if ids is None:
-            return queryset.annotate(execution_count=Count("executions"), **seen)
+            return queryset.annotate(execution_count=Count("executions"), **seen).order_by("-received_at")
         started_here = Execution.objects.filter(trigger_event=OuterRef("pk"), package__project__in=ids)
-        return queryset.filter(Q(project__in=ids) | Exists(started_here)).annotate(
-            execution_count=Count("executions", filter=Q(executions__package__project__in=ids)), **seen
+        return (
+            queryset.filter(Q(project__in=ids) | Exists(started_here))
+            .annotate(execution_count=Count("executions", filter=Q(executions__package__project__in=ids)), **seen)
+            .order_by("-received_at")
         )
 
     def get_object(self, request, object_id, from_field=None):

@@ -124,7 +124,8 @@ class ProjectAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def get_queryset(self, request):
         projects = access.scoped(super().get_queryset(request), request.user, Action.VIEW, path="pk")
-        return projects.annotate(package_total=Count("packages"))
+        # An aggregate drops Meta.ordering: order explicitly, or autocomplete pages an unordered list.
+        return projects.annotate(package_total=Count("packages")).order_by("name")
 
     def has_module_permission(self, request) -> bool:
         return access.can_anywhere(request.user, Action.VIEW)
@@ -346,7 +347,8 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
     ]
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(script_total=Count("scripts")).prefetch_related("tags")
+        packages = super().get_queryset(request).annotate(script_total=Count("scripts")).prefetch_related("tags")
+        return packages.order_by("name")  # (as for projects: the aggregate drops Meta.ordering)
 
     @admin.display(description="Scripts", ordering="script_total")
     def script_count(self, package: Package) -> int:
