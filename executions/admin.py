@@ -15,7 +15,7 @@ from django.utils.html import format_html, format_html_join
 
 from packages import access
 from packages.access import Action
-from packages.access_admin import ProjectScopedAdmin, ProjectScopedInline
+from packages.access_admin import MissingIsNotFound, ProjectScopedAdmin, ProjectScopedInline
 from packages.audit import AuditAction, record
 from packages.cron import CronError
 from packages.cron import parse as parse_cron
@@ -337,13 +337,8 @@ class ExecutionAdmin(ProjectScopedAdmin):
     def _execution_for(self, request, execution_id, action: Action) -> Execution:
         """The execution, if the user may see it (else 404, the answer for one that does not exist) and may do
         `action` on it (else 403)."""
-        visible = access.scoped(Execution.objects.select_related("package"), request.user, Action.VIEW,
-                                self.project_path)  # fmt: skip
-        execution = visible.filter(pk=execution_id).first()
-        if execution is None:
-            raise Http404(f"No execution {execution_id}.")
-        if not access.can(request.user, action, execution):
-            raise PermissionDenied
+        execution = Execution.objects.select_related("package").filter(pk=execution_id).first()
+        access.require(request.user, action, execution, f"execution {execution_id}")
         return execution
 
     def rerun_view(self, request, execution_id):
@@ -478,7 +473,7 @@ class SavedExecutionAdmin(ExecutionAdmin):
 
 
 @admin.register(TriggerEvent)
-class TriggerEventAdmin(admin.ModelAdmin):
+class TriggerEventAdmin(MissingIsNotFound, admin.ModelAdmin):
     """Every event received or emitted, read-only: what arrived, from whom, and what it started.
 
     A member sees an event of one of their projects (sent with its key or by its execution), or one that started
@@ -517,9 +512,6 @@ class TriggerEventAdmin(admin.ModelAdmin):
         if event is not None:
             event._viewer = request.user  # "started" lists only the executions this user may see
         return event
-
-    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
-        raise Http404(f"No event {object_id}.")  # the same answer whether it exists elsewhere or not
 
     def has_module_permission(self, request) -> bool:
         return access.can_anywhere(request.user, Action.VIEW)
@@ -585,7 +577,7 @@ class ApiKeyForm(forms.ModelForm):
 
 
 @admin.register(ApiKey)
-class ApiKeyAdmin(admin.ModelAdmin):
+class ApiKeyAdmin(MissingIsNotFound, admin.ModelAdmin):
     """Keys are issued here (shown once, on the page right after Save) and revoked, never shown again.
 
     A project's keys are its owners' (MANAGE) to issue, see and revoke; platform keys (no project), which reach
@@ -620,9 +612,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
         if obj is None:
             return access.can_anywhere(request.user, Action.MANAGE)
         return access.can(request.user, Action.MANAGE, obj)  # no project: the platform's, superusers only
-
-    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
-        raise Http404(f"No API key {object_id}.")
 
     def get_fields(self, request, obj=None):
         if obj is None:

@@ -3,8 +3,7 @@
 
 from django import forms
 from django.contrib import messages
-from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpResponseRedirect
+from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 
@@ -42,7 +41,7 @@ def run_form_page(request, admin_site, package: Package, *, source: Execution | 
 
     Needs RUN on the package: a package of another project is not there (404); one the user may only see
     answers 403, for GET too, so nothing of the form suggests otherwise."""
-    require_run(request.user, package)
+    access.require(request.user, Action.RUN, package, f"package {package.pk}")
     back = _page_of(source or package)
     try:
         specs = parameter_fields(package)
@@ -72,13 +71,6 @@ def run_form_page(request, admin_site, package: Package, *, source: Execution | 
     context = {**admin_site.each_context(request), "title": title, "form": form, "package": package,
                "source": source, "back": back, "opts": Execution._meta}  # fmt: skip
     return TemplateResponse(request, "admin/executions/run_form.html", context)
-
-
-def require_run(user, package: Package) -> None:
-    if not access.can(user, Action.VIEW, package):
-        raise Http404(f"No package {package.pk}.")  # the same answer as for a package that does not exist
-    if not access.can(user, Action.RUN, package):
-        raise PermissionDenied
 
 
 def _page_of(obj) -> str:

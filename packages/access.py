@@ -14,7 +14,9 @@ may do nothing. A user's roles are read once per user object (one query per requ
 
 from enum import StrEnum
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import Model, QuerySet
+from django.http import Http404
 
 from .models import Project, ProjectMembership, ProjectRole
 
@@ -66,6 +68,15 @@ def can(user, action: Action, obj: Model | int | None) -> bool:
         return False  # the platform's
     role = roles(user).get(project_id)
     return role is not None and action in ALLOWED[role]
+
+
+def require(user, action: Action, obj: Model | None, what: str) -> None:
+    """For views: 404 when `obj` is missing or the user may not see it (the same answer, so another project's
+    objects cannot be probed), 403 when they may see it but not do `action`."""
+    if obj is None or not can(user, Action.VIEW, obj):
+        raise Http404(f"No {what}.")
+    if not can(user, action, obj):
+        raise PermissionDenied
 
 
 def can_anywhere(user, action: Action) -> bool:

@@ -14,7 +14,15 @@ from . import access
 from .access import Action
 
 
-class ProjectScopedAdmin(admin.ModelAdmin):
+class MissingIsNotFound:
+    """ModelAdmin mixin: a change page of an object the queryset does not hold answers 404 (Django redirects to the
+    index with "does not exist"), the same whether it exists in another project or nowhere."""
+
+    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
+        raise Http404(f"No {opts.verbose_name} {object_id}.")
+
+
+class ProjectScopedAdmin(MissingIsNotFound, admin.ModelAdmin):
     project_path = "project"  # the lookup from this model to its Project
     edit_action = Action.EDIT  # what adding, changing and deleting need
 
@@ -51,9 +59,6 @@ class ProjectScopedAdmin(admin.ModelAdmin):
         if not access.can(request.user, self.edit_action, obj):
             raise PermissionDenied
         super().save_model(request, obj, form, change)
-
-    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
-        raise Http404(f"No {opts.verbose_name} {object_id}.")  # the same answer whether it exists elsewhere or not
 
 
 class ProjectScopedInline(admin.options.InlineModelAdmin):

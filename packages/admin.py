@@ -5,9 +5,8 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.core.exceptions import PermissionDenied
 from django.db.models import Count
-from django.http import Http404, HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -28,7 +27,7 @@ from executions.services import TriggerRefused, trigger_execution
 from . import access
 from . import state as package_state
 from .access import Action
-from .access_admin import PlatformAdmin, ProjectScopedAdmin, ProjectScopedInline
+from .access_admin import MissingIsNotFound, PlatformAdmin, ProjectScopedAdmin, ProjectScopedInline
 from .admin_filters import ProjectListFilter
 from .audit_admin import AuditedAdminMixin
 from .forms import ScriptInlineForm, ScriptInlineFormSet
@@ -113,7 +112,7 @@ class MembershipInline(ProjectScopedInline, admin.TabularInline):
 
 
 @admin.register(Project)
-class ProjectAdmin(AuditedAdminMixin, admin.ModelAdmin):
+class ProjectAdmin(AuditedAdminMixin, MissingIsNotFound, admin.ModelAdmin):
     """Members see their projects; owners edit them, their members and secrets; only superusers create or delete
     projects (a project is a unit of access, not something a member hands themselves)."""
 
@@ -143,9 +142,6 @@ class ProjectAdmin(AuditedAdminMixin, admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None) -> bool:
         return access.is_superuser(request.user)
-
-    def _get_obj_does_not_exist_redirect(self, request, opts, object_id):
-        raise Http404(f"No {opts.verbose_name} {object_id}.")  # another project's: as if it did not exist
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["may_read_audit_log"] = obj is not None and access.can(request.user, Action.EDIT, obj)
@@ -444,9 +440,8 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
         """GET: confirm (or the run form of a package with parameters.json); POST: start a manual execution and
         show the package's executions (or the new execution, after a form)."""
         # Another project's package is not there (404); one the user may see but not run is refused (403).
-        package = get_object_or_404(access.scoped(Package.objects.all(), request.user), pk=package_id)
-        if not access.can(request.user, Action.RUN, package):
-            raise PermissionDenied("Running this package needs the runner role in its project.")
+        package = Package.objects.filter(pk=package_id).first()
+        access.require(request.user, Action.RUN, package, f"package {package_id}")
         if package.has_run_form:  # a form instead of a plain Run
             return run_form_page(request, self.admin_site, package)
         if request.method != "POST":
