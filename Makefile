@@ -5,7 +5,7 @@ PYTHON ?= python3.11
 VENV := .venv
 RUNTIME := .runtime
 
-.PHONY: install run test lint format bench clean bench-admin
+.PHONY: install run test faults lint format bench bench-admin bench-events clean
 
 install: $(VENV)/.installed $(RUNTIME)/.installed
 
@@ -31,11 +31,18 @@ test: export EXECUTOR_FERNET_KEYS ?= dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0
 test: install
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
+# The fault suite: its own PostgreSQL cluster and Redis on private ports, killed and restarted on purpose.
+faults: install
+	$(VENV)/bin/pytest tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+
 bench: install
 	$(VENV)/bin/python bench/run.py
 
 bench-admin: install
 	$(VENV)/bin/python bench/admin_lists.py
+
+bench-events: install
+	$(VENV)/bin/python bench/events.py $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -7,8 +7,7 @@
   published again, the interrupted step to run again. Either way its lease owner is replaced, which fences a
   worker that was only frozen: its late writes update nothing. The Celery message, redelivered later by Redis,
   finds the execution finished or claimed and is dropped.
-- A `pending` execution whose message was published more than EXECUTOR_REPUBLISH_AFTER_SECONDS ago, or never
-  (the broker was down), is published again. A duplicate message is harmless: only one worker can claim.
+- Pending executions whose message was lost are published again (workers/republish.py).
 """
 
 import logging
@@ -17,11 +16,13 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F, Q
+from django.db.models import F
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
+
+from . import republish
 
 logger = logging.getLogger(__name__)
 REAPED = "reaped"
@@ -42,15 +43,7 @@ def reap(now: datetime | None = None) -> ReapReport:
         status=ExecutionStatus.IN_PROGRESS, heartbeat_at__lt=cutoff
     )
     outcomes = [_resolve_abandoned(execution, cutoff, now) for execution in abandoned]
-    stale = now - timedelta(seconds=settings.EXECUTOR_REPUBLISH_AFTER_SECONDS)
-    lost = Execution.objects.select_related("package").filter(
-        Q(enqueued_at__lt=stale) | Q(enqueued_at__isnull=True, created_at__lt=stale), status=ExecutionStatus.PENDING
-    )
-    republished = 0
-    for execution in lost:
-        logger.warning("execution %s still pending since %s: publishing it again", execution.id, execution.created_at)
-        enqueue(execution)
-        republished += 1
+    republished = republish.republish_lost(now)
     return ReapReport(failed=outcomes.count(FAILED), retried=outcomes.count(RETRIED), republished=republished)
 
 
