@@ -16,6 +16,7 @@ from packages.audit import AuditAction, record
 from packages.models import Package
 
 from .models import Execution, ExecutionFile, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
+from .queueing import enqueue, enqueue_many, lane_for  # noqa: F401 (the run paths' entry points, used from here)
 
 logger = logging.getLogger(__name__)
 
@@ -92,28 +93,6 @@ def _audit_run(execution: Execution, user, api_key) -> None:
         details["rerun_of"] = str(execution.rerun_of_id)
     action = AuditAction.RERUN if execution.rerun_of_id else AuditAction.RUN
     record(action, execution, user=user, api_key=api_key, details=details)
-
-
-def enqueue(execution: Execution) -> None:
-    """Publish the execution's id. If the broker is unreachable the execution stays recorded as pending."""
-    # Imported here: the web process needs the task's signature only, not the worker machinery.
-    from workers.tasks import run_execution
-
-    try:
-        run_execution.apply_async(args=[str(execution.id)], queue=lane_for(execution))
-    except Exception:
-        # The row is committed; failing the request now would hide that. The reaper publishes pending
-        # executions again (workers/reaper.py).
-        logger.exception("execution %s: could not publish to the broker; it stays pending", execution.id)
-        return
-    Execution.objects.filter(pk=execution.pk).update(enqueued_at=timezone.now())
-
-
-def lane_for(execution: Execution) -> str:
-    """Scheduled runs have their own lane so a burst of manual runs cannot delay a schedule, and vice versa."""
-    if execution.trigger_type == TriggerType.SCHEDULED:
-        return "scheduled"
-    return execution.package.lane
 
 
 def trigger_scheduled_tick(package_id: int) -> Execution | None:

@@ -71,6 +71,7 @@ def test_an_unreachable_broker_leaves_the_execution_recorded_as_pending(
         with django_capture_on_commit_callbacks(execute=True):
             execution = trigger_execution(seed_package, trigger_type=TriggerType.MANUAL)
 
+    assert execution.queued is False
     execution.refresh_from_db()
-    assert execution.status == ExecutionStatus.PENDING
-    assert "could not publish to the broker" in caplog.text
+    assert (execution.status, execution.enqueued_at) == (ExecutionStatus.PENDING, None)
+    assert "could not publish to the broker (ConnectionError: redis down)" in caplog.text
