@@ -210,6 +210,12 @@ EXECUTOR_EVENT_MAX_CHAIN_DEPTH = env_int("EXECUTOR_EVENT_MAX_CHAIN_DEPTH", 20, m
 # An event that would start more executions than this starts none (a subscription mistake, not a workload).
 EXECUTOR_EVENT_MAX_FAN_OUT = env_int("EXECUTOR_EVENT_MAX_FAN_OUT", 100, minimum=1)
 
+# --- Missed schedule times (executions/catch_up.py, run by the reaper) -------------------------------------------
+# A fire time with no run GRACE seconds after it is missed (its tick was lost, or beat was down): it is caught up or
+# recorded per the package's policy. Only a package's latest missed time counts, if within the look-back (0 = off).
+EXECUTOR_SCHEDULE_CATCH_UP_SECONDS = env_int("EXECUTOR_SCHEDULE_CATCH_UP_SECONDS", 24 * 3600, minimum=0)
+EXECUTOR_SCHEDULE_CATCH_UP_GRACE_SECONDS = env_int("EXECUTOR_SCHEDULE_CATCH_UP_GRACE_SECONDS", 30, minimum=1)
+
 # --- Celery (each setting below says which measured fault it answers) -----------------------------------------
 # Unset: the embedded Redis that `make run` starts on a socket in the data directory (bin/devstack.py).
 REDIS_URL = env_redis_url("REDIS_URL", f"redis+socket://{DATA_DIR / 'redis.sock'}")

@@ -150,6 +150,13 @@ class EventType(models.Model):
 PARAMETERS_FILE = "parameters.json"  # FX run form definition (packages/run_forms.py)
 
 
+class MissedRunPolicy(models.TextChoices):
+    """What the reaper does with a fire time whose tick never arrived (executions/catch_up.py)."""
+
+    CATCH_UP = "catch_up", "Catch up once: run the latest missed time, late"
+    SKIP = "skip", "Skip: record it as a skipped execution, run nothing"
+
+
 class Package(models.Model):
     name = models.CharField(max_length=200)
     package_name = models.CharField(
@@ -173,6 +180,19 @@ class Package(models.Model):
     trigger_event_types = models.ManyToManyField(
         EventType, blank=True, related_name="subscribers", help_text="Events of these types start the package."
     )
+    missed_runs = models.CharField(
+        "missed runs",
+        max_length=20,
+        choices=MissedRunPolicy,
+        default=MissedRunPolicy.CATCH_UP,
+        help_text="A scheduled time whose run did not start (beat down, or the broker unreachable at that minute) "
+        "is noticed within seconds. Catch up once (the default: losing a nightly run is usually the worse harm) "
+        "runs the latest missed time once; Skip records it as a skipped execution instead, for packages that must "
+        "not run late. Only the latest missed time counts, never a backlog.",
+    )
+    # When the current schedule (cron, zone, being enabled) took effect: fire times before it are never caught up.
+    # Kept by packages/schedules.py:sync_package_schedule.
+    schedule_since = models.DateTimeField(null=True, blank=True, editable=False)
     active = models.BooleanField(default=True)
     allow_manual_triggering = models.BooleanField(default=True)
     priority = models.PositiveSmallIntegerField(

@@ -19,6 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
+from executions import catch_up
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
 
@@ -34,6 +35,7 @@ class ReapReport:
     failed: int
     retried: int
     republished: int
+    caught_up: int = 0  # schedule fire times caught up or recorded as missed (executions/catch_up.py)
 
 
 def reap(now: datetime | None = None) -> ReapReport:
@@ -44,7 +46,9 @@ def reap(now: datetime | None = None) -> ReapReport:
     )
     outcomes = [_resolve_abandoned(execution, cutoff, now) for execution in abandoned]
     republished = republish.republish_lost(now)
-    return ReapReport(failed=outcomes.count(FAILED), retried=outcomes.count(RETRIED), republished=republished)
+    caught_up = catch_up.catch_up_missed(now)
+    return ReapReport(failed=outcomes.count(FAILED), retried=outcomes.count(RETRIED), republished=republished,
+                      caught_up=caught_up)  # fmt: skip
 
 
 def _resolve_abandoned(execution: Execution, cutoff: datetime, now: datetime) -> str | None:

@@ -2,14 +2,17 @@ import json
 import threading
 from datetime import UTC, datetime
 from unittest import mock
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from executions.models import Execution, TriggerType
 from executions.services import lane_for, trigger_scheduled_tick
+from packages.models import MissedRunPolicy, Package
 from packages.schedules import current_fire_time, periodic_task_name, sync_package_schedule
 from tests.factories import make_package
 
@@ -127,3 +130,43 @@ def test_concurrent_ticks_for_one_fire_time_create_exactly_one_execution():
 
     assert len(results) == 8 and len(set(results)) == 1
     assert Execution.objects.count() == 1
+
+
+def test_schedule_since_moves_only_when_what_beat_fires_changes():
+    package = scheduled("0 9 * * *")
+    first = package.schedule_since
+    assert first is not None and Package.objects.get(pk=package.pk).schedule_since == first
+
+    package.description = "edited, same schedule"
+    sync_package_schedule(package)
+    assert Package.objects.get(pk=package.pk).schedule_since == first
+
+    for change in ({"schedule": "0 10 * * *"}, {"timezone": ZoneInfo("Europe/Zurich")}, {"active": False},
+                   {"active": True}, {"schedule": ""}, {"schedule": "0 10 * * *"}):  # fmt: skip
+        previous = Package.objects.get(pk=package.pk).schedule_since
+        for field, value in change.items():
+            setattr(package, field, value)
+        sync_package_schedule(package)
+        assert Package.objects.get(pk=package.pk).schedule_since > previous, change
+
+
+def test_the_missed_runs_policy_is_set_on_the_package_page(admin_client):
+    package = scheduled("0 9 * * *")
+    form = {
+        "name": package.name, "package_name": package.package_name, "timezone": "UTC", "priority": "5",
+        "schedule": "0 9 * * *", "active": "on", "retries_after_worker_loss": "0", "missed_runs": "skip",
+        **{f"{prefix}-{key}": value for prefix in ("scripts", "environment_variables", "secrets")
+           for key, value in (("TOTAL_FORMS", "0"), ("INITIAL_FORMS", "0"))},
+    }  # fmt: skip
+    url = reverse("admin:packages_package_change", args=[package.pk])
+    page = admin_client.get(url).content.decode()
+    assert 'name="missed_runs" value="catch_up"' in page and "Catch up once" in page
+
+    assert admin_client.post(url, form).status_code == 302
+    assert Package.objects.get(pk=package.pk).missed_runs == MissedRunPolicy.SKIP
+    del form["missed_runs"]  # a form posted by a client that predates the policy: unchanged
+    assert admin_client.post(url, form).status_code == 302
+    assert Package.objects.get(pk=package.pk).missed_runs == MissedRunPolicy.SKIP
+    form["missed_runs"] = "catch_up"
+    assert admin_client.post(url, form).status_code == 302
+    assert Package.objects.get(pk=package.pk).missed_runs == MissedRunPolicy.CATCH_UP
