@@ -70,9 +70,10 @@ def _latest_fire_times(now: datetime) -> list[_Due]:
     latest = now - timedelta(seconds=settings.EXECUTOR_SCHEDULE_CATCH_UP_GRACE_SECONDS)
     earliest = now - timedelta(seconds=look_back)
     due = []
+    minute = latest.replace(second=0, microsecond=0)  # fire times are whole minutes: the same answer all minute
     for package in _candidates():
         try:
-            fire_time = _parse(package.schedule).latest_fire_time(latest, package.timezone)
+            fire_time = _latest_fire_time(package.schedule, package.timezone, minute)
         except cron.CronError:
             continue  # refused by every form; a row written around them must not stop the reaper for the others
         if fire_time is not None and fire_time >= earliest and fire_time > package.schedule_since:
@@ -92,10 +93,10 @@ def _candidates():
     )
 
 
-@lru_cache(maxsize=1024)
-def _parse(expression: str) -> cron.Cron:
-    # Every few seconds for every scheduled package: parse each distinct expression once per process.
-    return cron.parse(expression)
+@lru_cache(maxsize=4096)
+def _latest_fire_time(expression: str, tz, minute: datetime) -> datetime | None:
+    # Every few seconds for every scheduled package: computed once a minute per distinct schedule and zone.
+    return cron.parse(expression).latest_fire_time(minute, tz)
 
 
 def _handle(item: _Due, now: datetime) -> int:
