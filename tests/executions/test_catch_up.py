@@ -185,3 +185,5 @@ def test_the_package_page_lists_missed_and_caught_up_runs(admin_client):
     assert "pending: caught up: the " in page
     listing = admin_client.get(reverse("admin:executions_execution_changelist") + "?status__exact=skipped")
     assert missed.short_id in listing.content.decode()
+    record = admin_client.get(reverse("admin:executions_execution_change", args=[missed.pk])).content.decode()
+    assert missed.status_reason in record

@@ -20,7 +20,8 @@ from packages.access import Action
 from packages.models import Package, Project, ProjectMembership
 
 BEFORE = [("packages", "0008_security"), ("executions", "0009_source_commit")]
-AFTER = [("packages", "0009_projects_access"), ("executions", "0010_api_key_projects")]
+# (Read with the current models afterwards: the latest migration of each app, 0009 and 0010 included.)
+AFTER = [("packages", "0010_missed_runs"), ("executions", "0010_api_key_projects")]
 # old model permissions -> the role the upgrade gives, first match wins (the migration's ROLE_BY_PERMISSION)
 LEGACY_USERS = {
     "olga_owner": (["change_project", "view_package"], "owner"),

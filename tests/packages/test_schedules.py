@@ -1,12 +1,13 @@
 import json
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from unittest import mock
 from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
 from django.db import connection
+from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
@@ -170,3 +171,23 @@ def test_the_missed_runs_policy_is_set_on_the_package_page(admin_client):
     form["missed_runs"] = "catch_up"
     assert admin_client.post(url, form).status_code == 302
     assert Package.objects.get(pk=package.pk).missed_runs == MissedRunPolicy.CATCH_UP
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_upgrade_starts_existing_schedules_now_with_the_catch_up_policy():
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate([("packages", "0009_projects_access")])
+        executor.loader.build_graph()
+        old_package = executor.loader.project_state([("packages", "0009_projects_access")]).apps.get_model(
+            "packages", "Package"
+        )
+        old_package.objects.create(name="Old", package_name="old", schedule="0 3 * * *")
+        before = datetime.now(UTC)
+    finally:
+        executor = MigrationExecutor(connection)
+        executor.migrate(executor.loader.graph.leaf_nodes())
+
+    upgraded = Package.objects.get(package_name="old")
+    assert upgraded.schedule_since >= before - timedelta(seconds=5)  # (the database's clock)
+    assert upgraded.missed_runs == MissedRunPolicy.CATCH_UP
