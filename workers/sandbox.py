@@ -14,6 +14,8 @@ replace them with anything the worker would then follow.
 """
 
 import contextlib
+import errno
+import logging
 import os
 import signal
 import subprocess
@@ -25,6 +27,7 @@ from pathlib import PurePosixPath
 
 from . import safe_files
 
+logger = logging.getLogger(__name__)
 _CHUNK = 64 * 1024
 # After the main process exits, give descendants still holding the pipes this long before killing them.
 _DRAIN_SECONDS = 2.0
@@ -32,6 +35,9 @@ _DRAIN_SECONDS = 2.0
 _CANCEL_CHECK_SECONDS = 0.1
 # How often the output so far is handed to on_progress (live output).
 PROGRESS_SECONDS = 1.0
+# A step whose process could not start (the script never ran) is started again after these pauses: under heavy
+# load fork, clone or a thread fail for a moment (EAGAIN), which is not the script's doing.
+START_RETRY_SECONDS = (0.5, 1.0, 2.0)
 # The whole environment of the host-side helpers: nothing of the step's (LD_PRELOAD, GCONV_PATH, ... would run
 # code in them as the worker's user, outside the sandbox).
 HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -101,11 +107,12 @@ class _Descriptors:
 def _descriptors(isolation: Isolation, private_files: dict[str, bytes]) -> Iterator[_Descriptors]:
     descriptors = _Descriptors()
     try:
-        if isolation.seccomp:
-            descriptors.seccomp = _memory_file("seccomp", isolation.seccomp)
-        for path, content in private_files.items():
-            descriptors.files[path] = _memory_file(PurePosixPath(path).name, content)
-        descriptors.status_read, descriptors.status_write = os.pipe()
+        with _resources():
+            if isolation.seccomp:
+                descriptors.seccomp = _memory_file("seccomp", isolation.seccomp)
+            for path, content in private_files.items():
+                descriptors.files[path] = _memory_file(PurePosixPath(path).name, content)
+            descriptors.status_read, descriptors.status_write = os.pipe()
         yield descriptors
     finally:
         descriptors.close_child_ends()
@@ -240,72 +247,219 @@ def run_process(
     output), and `on_tick()` about every 0.1 s (heartbeats, cancel polling); an exception from either stops the
     process and propagates.
 
+    A process that provably never started the script (see _Attempt) is started again after each pause of
+    START_RETRY_SECONDS, ticking meanwhile; then `sandbox_error` says why it could not start. One that may have
+    started it is never started again.
+
     `private_files` (absolute path -> content) are there for the step to read: inside the sandbox as memory-only
     files; without one (EXECUTOR_SANDBOX=off) written at those paths, which must be in a directory only the
-    worker can write, and removed afterwards."""
+    worker can write, and removed afterwards (the runtime removes them as soon as it has read them)."""
     started = time.monotonic()
-    if isolation is None:
-        with _files_on_disk(private_files or {}):
-            ending, proc, readers = _run(argv, cwd, env, (), timeout_seconds, output_cap_bytes, cancel,
-                                         on_progress, on_tick)  # fmt: skip
-        sandbox_error = ""
-    else:
-        with _descriptors(isolation, private_files or {}) as descriptors:
-            command = isolated_argv(isolation, argv, cwd=cwd, env=env, descriptors=descriptors)
-            ending, proc, readers = _run(command, cwd, HOST_ENV, descriptors, timeout_seconds, output_cap_bytes,
-                                         cancel, on_progress, on_tick)  # fmt: skip
-            sandbox_error = "" if ending or descriptors.program_ran() else _reason(readers[1].text())
-    return ProcessResult(
-        exit_code=None if ending else proc.returncode,
-        stdout=readers[0].text(),
-        stderr=readers[1].text(),
-        timed_out=ending == "timeout",
-        cancelled=ending == "cancel",
-        duration_ms=round((time.monotonic() - started) * 1000),
-        stdout_dropped=readers[0].dropped,
-        stderr_dropped=readers[1].dropped,
-        sandbox_error=sandbox_error,
-    )
+    cancel = cancel or threading.Event()
+    attempt = _Attempt(argv, cwd, env, timeout_seconds, output_cap_bytes, cancel, on_progress, on_tick, isolation)
+    with _files_on_disk(private_files or {}) if isolation is None else contextlib.nullcontext():
+        for pause in (*START_RETRY_SECONDS, None):
+            outcome = attempt.run(private_files or {})
+            if outcome.sandbox_error is None:
+                return outcome.result(started)
+            if pause is None or not _paused(pause, cancel, on_tick):
+                break
+            logger.warning("the step's sandbox could not start (%s): trying again in %s s", outcome.sandbox_error,
+                           pause)  # fmt: skip
+    return outcome.result(started, cancelled=cancel.is_set())
+
+
+def _paused(seconds: float, cancel: threading.Event, on_tick) -> bool:
+    """Wait between two attempts as the step's own wait does (ticking); False if cancelled meanwhile."""
+    deadline = time.monotonic() + seconds
+    while not cancel.wait(timeout=min(_CANCEL_CHECK_SECONDS, max(0.0, deadline - time.monotonic()))):
+        if on_tick is not None:
+            on_tick()
+        if time.monotonic() >= deadline:
+            return not cancel.is_set()
+    return False
+
+
+class _NotStarted(Exception):
+    """The step's process was not started (so the script cannot have run); the message says why, for the person."""
+
+
+@dataclass
+class _Outcome:
+    ending: str | None = None  # "timeout" or "cancel" when it was stopped
+    exit_code: int | None = None
+    readers: list["_CappedReader"] = field(default_factory=list)
+    sandbox_error: str | None = None  # the script never ran, for this reason
+
+    def result(self, started: float, cancelled: bool = False) -> ProcessResult:
+        stdout, stderr = self.readers or (None, None)
+        return ProcessResult(
+            exit_code=None if self.ending or self.sandbox_error is not None else self.exit_code,
+            stdout=stdout.text() if stdout else "",
+            stderr=stderr.text() if stderr else "",
+            timed_out=self.ending == "timeout",
+            cancelled=self.ending == "cancel" or cancelled,
+            duration_ms=round((time.monotonic() - started) * 1000),
+            stdout_dropped=stdout.dropped if stdout else 0,
+            stderr_dropped=stderr.dropped if stderr else 0,
+            sandbox_error=self.sandbox_error or "",
+        )
+
+
+@dataclass(frozen=True)
+class _Attempt:
+    """One start of the step's process. The script provably never ran when: the worker could not get what the
+    process needs (threads, pipes, memory files: EAGAIN, ENOMEM, too many open files), Popen failed for lack of
+    resources (EAGAIN: fork; ENOMEM), or bwrap (or prlimit before it) ended by itself with an error and without
+    reporting the sandboxed program's exit code (bwrap's "Can't fork", a failed mount, ...). A bwrap killed by a
+    signal, a step stopped for its timeout or a cancel, and every exit code are the script's."""
+
+    argv: list[str]
+    cwd: str
+    env: dict[str, str]
+    timeout_seconds: float
+    output_cap_bytes: int
+    cancel: threading.Event
+    on_progress: Callable[[str, str], None] | None
+    on_tick: Callable[[], None] | None
+    isolation: Isolation | None
+
+    def run(self, private_files: dict[str, bytes]) -> _Outcome:
+        try:
+            if self.isolation is None:
+                return self._supervised(self.argv, self.env, None)
+            with _descriptors(self.isolation, private_files) as descriptors:
+                command = isolated_argv(self.isolation, self.argv, cwd=self.cwd, env=self.env, descriptors=descriptors)
+                outcome = self._supervised(command, HOST_ENV, descriptors)
+                if not outcome.ending and outcome.exit_code > 0 and not descriptors.program_ran():
+                    outcome.sandbox_error = _reason(outcome.readers[1].text())
+                return outcome
+        except _NotStarted as exc:
+            return _Outcome(sandbox_error=str(exc))
+
+    def _supervised(self, command: list[str], env: dict[str, str], descriptors: "_Descriptors | None") -> _Outcome:
+        ending, proc, readers = _run(command, self.cwd, env, descriptors, self.timeout_seconds, self.output_cap_bytes,
+                                     self.cancel, self.on_progress, self.on_tick)  # fmt: skip
+        return _Outcome(ending=ending, exit_code=proc.returncode, readers=readers)
+
+
+# Errors that say the worker (or the machine) is short of something for a moment, not that the step is wrong.
+_SHORT_OF_RESOURCES = {errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE}
+
+
+@contextlib.contextmanager
+def _resources() -> Iterator[None]:
+    """Lack of resources while preparing a start (memory files, pipes, fork) means it did not start."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno not in _SHORT_OF_RESOURCES:
+            raise
+        raise _NotStarted(f"could not start the step's process: {os.strerror(exc.errno)}") from None
 
 
 def _run(command, cwd, env, descriptors, timeout_seconds, output_cap_bytes, cancel, on_progress, on_tick):
-    """Start the process and supervise it. Everything after Popen is inside the try: if a thread cannot start
-    (or anything else fails), the whole process group is still killed and reaped before the error propagates."""
-    proc = subprocess.Popen(
-        command,
-        cwd=cwd,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group, so one signal reaches every descendant
-        close_fds=True,
-        pass_fds=descriptors.for_child() if descriptors else (),
-    )
-    readers = [_CappedReader(proc.stdout, output_cap_bytes), _CappedReader(proc.stderr, output_cap_bytes)]
+    """Start the process and supervise it. The threads that read its output and wait for its exit are started
+    before it, so a worker that cannot start threads fails before the script could run (_NotStarted). Everything
+    after Popen is inside the try: if anything fails, the whole process group is killed and reaped before the
+    error propagates."""
+    with _resources():
+        threads = _Threads.start(output_cap_bytes)
+        try:
+            proc = subprocess.Popen(
+                command,
+                cwd=cwd,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=threads.write_ends[0],
+                stderr=threads.write_ends[1],
+                start_new_session=True,  # its own process group, so one signal reaches every descendant
+                close_fds=True,
+                pass_fds=descriptors.for_child() if descriptors else (),
+            )
+        except BaseException:
+            threads.abandon()
+            raise
     try:
+        threads.close_write_ends()  # the child has its copies: the pipes end when the last of its processes exits
         if descriptors:
             descriptors.close_child_ends()  # bwrap has its copies; the status pipe then ends when bwrap does
-        for reader in readers:
-            reader.start()
-        # A blocking wait in its own thread: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would
-        # add that much latency to every step.
-        exited = threading.Event()
-        threading.Thread(target=lambda: (proc.wait(), exited.set()), daemon=True).start()
-        progress = _Progress(readers, on_progress)
-        ending = _wait(exited, time.monotonic() + timeout_seconds, cancel or threading.Event(), progress, on_tick)
+        threads.exit.watch(proc)
+        progress = _Progress(threads.readers, on_progress)
+        ending = _wait(threads.exit.exited, time.monotonic() + timeout_seconds, cancel, progress, on_tick)
     except BaseException:
+        threads.close_write_ends()
+        threads.exit.watch(proc)
         _kill_group(proc.pid)
         proc.wait()
-        for reader in readers:
-            if not reader.is_alive():
-                reader.pipe.close()
         raise
     _kill_group(proc.pid)
     proc.wait()
-    for reader in readers:
+    for reader in threads.readers:
         reader.join(timeout=_DRAIN_SECONDS)
-    return ending, proc, readers
+    return ending, proc, threads.readers
+
+
+class _ExitWaiter(threading.Thread):
+    """Waits for the process in a blocking wait: Popen.wait(timeout) polls with sleeps of up to 50 ms, which would
+    add that much latency to every step. Started before the process exists; watch(None) ends it."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.proc: subprocess.Popen | None = None
+        self.given = threading.Event()
+        self.exited = threading.Event()
+
+    def run(self) -> None:
+        self.given.wait()
+        if self.proc is not None:
+            self.proc.wait()
+        self.exited.set()
+
+    def watch(self, proc: subprocess.Popen | None) -> None:
+        if not self.given.is_set():
+            self.proc = proc
+            self.given.set()
+
+
+@dataclass
+class _Threads:
+    """The step's output pipes with their readers, and its exit waiter, all running before the process starts."""
+
+    readers: list["_CappedReader"]
+    exit: _ExitWaiter
+    write_ends: list[int]
+
+    @classmethod
+    def start(cls, output_cap_bytes: int) -> "_Threads":
+        threads = cls([], _ExitWaiter(), [])
+        try:
+            for _ in ("stdout", "stderr"):
+                read_end, write_end = os.pipe()
+                threads.readers.append(_CappedReader(os.fdopen(read_end, "rb"), output_cap_bytes))
+                threads.write_ends.append(write_end)
+        except OSError:
+            threads.abandon()
+            raise
+        try:
+            for thread in (*threads.readers, threads.exit):
+                thread.start()
+        except RuntimeError:  # "can't start new thread"
+            threads.abandon()
+            raise _NotStarted("the worker could not start a thread to supervise the step") from None
+        return threads
+
+    def close_write_ends(self) -> None:
+        while self.write_ends:
+            os.close(self.write_ends.pop())
+
+    def abandon(self) -> None:
+        """No process came: the readers see the end of their pipes, the waiter nothing to wait for."""
+        self.close_write_ends()
+        self.exit.watch(None)
+        for reader in self.readers:
+            if not reader.is_alive():
+                reader.pipe.close()
 
 
 def _reason(stderr: str) -> str:

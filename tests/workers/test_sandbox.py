@@ -3,6 +3,9 @@ import sys
 import textwrap
 import time
 
+from django.conf import settings
+
+from workers.fx_bridge import RUNTIME_SITE_DIR
 from workers.sandbox import run_process, truncation_marker
 
 
@@ -73,3 +76,31 @@ def _alive(pid: int) -> bool:
             return stat.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_without_a_sandbox_the_runtime_removes_the_secret_files_as_soon_as_it_has_read_them(tmp_path):
+    """EXECUTOR_SANDBOX=off: argv[1] and the package's variables are files on the worker's disk for the step's
+    start only; the script sees its arguments and variables, and no longer the files."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    script = tmp_path / "step.py"
+    script.write_text(
+        "import os, sys\n"
+        f"print(sys.argv[1], os.environ['REGION'], sorted(os.listdir({str(private)!r})))\n"
+        "print('EXECUTOR_ARGS_FILE' in os.environ, 'EXECUTOR_ENV_FILE' in os.environ)\n"
+    )
+    env = {
+        "PATH": "/usr/bin:/bin",
+        "PYTHONPATH": str(RUNTIME_SITE_DIR),
+        "EXECUTOR_ARGS_FILE": str(private / "argv.json"),
+        "EXECUTOR_ENV_FILE": str(private / "environment.json"),
+    }
+    files = {str(private / "argv.json"): b'{"secrets": {"TOKEN": "s3cret"}}',
+             str(private / "environment.json"): b'{"REGION": "eu"}'}  # fmt: skip
+
+    result = run_process(
+        [settings.EXECUTOR_SCRIPT_PYTHON, str(script), "@EXECUTOR_ARGS_FILE"], cwd=str(tmp_path), env=env,
+        timeout_seconds=30, output_cap_bytes=4096, private_files=files,
+    )  # fmt: skip
+
+    assert result.stdout == '{"secrets": {"TOKEN": "s3cret"}} eu []\nFalse False\n', result.stderr

@@ -35,6 +35,7 @@ def _load_arguments() -> None:
     if path and len(sys.argv) > 1 and sys.argv[1] == "@EXECUTOR_ARGS_FILE":
         with open(path) as handle:
             sys.argv[1] = handle.read()
+        _forget(path)
 
 
 def _load_environment() -> None:
@@ -47,6 +48,17 @@ def _load_environment() -> None:
         with open(path) as handle:
             for name, value in json.load(handle).items():
                 os.environ.setdefault(name, value)
+        _forget(path)
+
+
+def _forget(path: str) -> None:
+    """A private file that has been read goes at once. Without the sandbox (EXECUTOR_SANDBOX=off) it is on the
+    worker's disk, holding secrets, and only this process knows when it has been read (the worker removes it
+    after the step in any case). In the sandbox it is a memory-only file bound read-only: that unlink fails."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 class _PatchOnImport:
