@@ -245,18 +245,40 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 EXECUTOR_MAX_EXECUTION_SECONDS = env_int("EXECUTOR_MAX_EXECUTION_SECONDS", 6 * 3600, minimum=60)
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": EXECUTOR_MAX_EXECUTION_SECONDS + 600}
 
-# --- Crash recovery (workers/reaper.py) ----------------------------------------------------------------------
-# A worker running a step refreshes its execution's heartbeat this often; an execution whose heartbeat is older
-# than the lease is considered abandoned (its worker died) and failed by the reaper.
-EXECUTOR_HEARTBEAT_SECONDS = env_int("EXECUTOR_HEARTBEAT_SECONDS", 10, minimum=1)
-EXECUTOR_LEASE_SECONDS = env_int("EXECUTOR_LEASE_SECONDS", 60, minimum=5)
+# --- Crash recovery (workers/heartbeat.py, workers/reaper.py, workers/lease.py) -----------------------------------
+# Each worker's main process refreshes the heartbeat of all the executions its pool runs, in one UPDATE, this
+# often. An execution whose heartbeat is older than the lease lost its worker: the reaper, run every
+# EXECUTOR_REAPER_SECONDS, fails it (or runs it again, Package.retries_after_worker_loss). A dead host is so
+# found within lease + reaper period (13 s by default); a pool process that dies is resolved by its own worker
+# within about a second, without waiting for the lease.
+EXECUTOR_HEARTBEAT_SECONDS = env_int("EXECUTOR_HEARTBEAT_SECONDS", 3, minimum=1)
+EXECUTOR_LEASE_SECONDS = env_int("EXECUTOR_LEASE_SECONDS", 10, minimum=5)
+EXECUTOR_REAPER_SECONDS = env_int("EXECUTOR_REAPER_SECONDS", 3, minimum=1)
 if EXECUTOR_LEASE_SECONDS < 3 * EXECUTOR_HEARTBEAT_SECONDS:
     raise ImproperlyConfigured("EXECUTOR_LEASE_SECONDS must be at least 3 x EXECUTOR_HEARTBEAT_SECONDS")
+# The reaper takes a longer pause between its runs for a possible database outage and then gives workers a lease
+# to beat again (workers/reaper.py): its own period must stay below that, or it would never reap.
+if EXECUTOR_REAPER_SECONDS >= EXECUTOR_LEASE_SECONDS - EXECUTOR_HEARTBEAT_SECONDS - 1:
+    raise ImproperlyConfigured(
+        "EXECUTOR_REAPER_SECONDS must be below EXECUTOR_LEASE_SECONDS - EXECUTOR_HEARTBEAT_SECONDS - 1"
+    )
+# A database blink (PostgreSQL restarting) is ridden out: a running step goes on for this long without the
+# database, then it is stopped, `failed: the database was unreachable for 60 s`; its final writes wait for the
+# database up to 10 minutes (workers/lease.py).
+EXECUTOR_DATABASE_OUTAGE_SECONDS = env_int("EXECUTOR_DATABASE_OUTAGE_SECONDS", 60, minimum=1)
+# A task that cannot reach the database holds its message this long (the worker takes no other meanwhile), then
+# hands it back to Redis to be delivered again, instead of consuming it (workers/tasks.py).
+EXECUTOR_DATABASE_WAIT_SECONDS = env_int("EXECUTOR_DATABASE_WAIT_SECONDS", 30, minimum=1)
 # On SIGTERM, how long a running step may go on before it is stopped (workers/shutdown.py).
 EXECUTOR_SHUTDOWN_GRACE_SECONDS = env_int("EXECUTOR_SHUTDOWN_GRACE_SECONDS", 30, minimum=0)
 # A pending execution whose message was published this long ago (or never) is published again.
 EXECUTOR_REPUBLISH_AFTER_SECONDS = env_int("EXECUTOR_REPUBLISH_AFTER_SECONDS", 300, minimum=30)
 # DatabaseScheduler copies this into django-celery-beat's tables at start-up.
 CELERY_BEAT_SCHEDULE = {
-    "executor.reap": {"task": "executor.reap", "schedule": 30.0, "options": {"queue": "maintenance", "expires": 30}}
+    "executor.reap": {
+        "task": "executor.reap",
+        "schedule": float(EXECUTOR_REAPER_SECONDS),
+        # A reap that waited longer than a period is superseded by the next one: drop it.
+        "options": {"queue": "maintenance", "expires": EXECUTOR_REAPER_SECONDS},
+    }
 }

@@ -1,12 +1,22 @@
-"""Crash recovery: nothing stays `in_progress` or `pending` forever (run every 30 s by beat, task executor.reap).
+"""Crash recovery: nothing stays `in_progress` or `pending` forever (task executor.reap, every
+EXECUTOR_REAPER_SECONDS from beat on the `maintenance` lane).
 
-- An `in_progress` execution whose heartbeat is older than EXECUTOR_LEASE_SECONDS lost its worker (killed,
-  out of memory, machine gone). User scripts are not safe to repeat, so by default it is failed, not re-run:
-  the running step becomes `failed: worker lost`, the pending ones `skipped`. A package that allows retries
-  after worker loss (bounded, Package.retries_after_worker_loss) gets the execution back as `pending` instead,
-  published again, the interrupted step to run again. Either way its lease owner is replaced, which fences a
-  worker that was only frozen: its late writes update nothing. The Celery message, redelivered later by Redis,
-  finds the execution finished or claimed and is dropped.
+- Lost workers. Every worker's main process refreshes the heartbeat of the executions its pool runs every
+  EXECUTOR_HEARTBEAT_SECONDS (workers/heartbeat.py), and resolves at once those whose pool process died. An
+  `in_progress` execution whose heartbeat is older than EXECUTOR_LEASE_SECONDS lost its whole worker (killed, out
+  of memory, machine gone): `failed: worker lost (its worker <name> stopped heartbeating)`. Worst case from the
+  death to the failure: lease + reaper period. User scripts are not safe to repeat, so by default it is failed,
+  not re-run: the running step fails with the same reason, the pending ones are `skipped`. A package that allows
+  retries after worker loss (bounded, Package.retries_after_worker_loss) gets the execution back as `pending`
+  instead, published again, the interrupted step to run again. Either way its lease owner is replaced, which
+  fences a worker that was only frozen: its late writes update nothing and its watch stops the step. The Celery
+  message, redelivered later by Redis, finds the execution finished or claimed and is dropped.
+- Database outages are not worker deaths. While PostgreSQL is down no heartbeat can be written, and the reaper
+  cannot run either; a live worker's heartbeat is then up to EXECUTOR_HEARTBEAT_SECONDS plus the outage old. So
+  when the reaper's previous run is longer ago than PAUSE (lease - heartbeat - 1 s: the heartbeat retries every
+  second), an outage may hide in that pause, and workers get one lease to beat again before anything is reaped
+  (ReaperClock keeps the times across processes). A pause of beat, or of the maintenance lane, costs the same
+  one-lease delay: later, never wrong.
 - Pending executions whose message was lost are published again (workers/republish.py).
 """
 
@@ -23,7 +33,8 @@ from executions import catch_up
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
 
-from . import republish
+from . import republish, workspace_sweep
+from .models import ReaperClock
 
 logger = logging.getLogger(__name__)
 REAPED = "reaped"
@@ -40,28 +51,65 @@ class ReapReport:
 
 def reap(now: datetime | None = None) -> ReapReport:
     now = now or timezone.now()
-    cutoff = now - timedelta(seconds=settings.EXECUTOR_LEASE_SECONDS)
-    abandoned = Execution.objects.select_related("package").filter(
-        status=ExecutionStatus.IN_PROGRESS, heartbeat_at__lt=cutoff
-    )
-    outcomes = [_resolve_abandoned(execution, cutoff, now) for execution in abandoned]
+    failed, retried = reap_stale(now)
+    workspace_sweep.sweep()  # the workspaces of runs that ended without their worker (secrets on disk)
     republished = republish.republish_lost(now)
     caught_up = catch_up.catch_up_missed(now)
-    return ReapReport(failed=outcomes.count(FAILED), retried=outcomes.count(RETRIED), republished=republished,
-                      caught_up=caught_up)  # fmt: skip
+    return ReapReport(failed=failed, retried=retried, republished=republished, caught_up=caught_up)
 
 
-def _resolve_abandoned(execution: Execution, cutoff: datetime, now: datetime) -> str | None:
-    """Fail the abandoned execution, or retry it where its package allows; None if its worker came back."""
-    lost = f"worker lost ({execution.worker_name or 'unknown worker'} stopped responding)"
+def reap_stale(now: datetime) -> tuple[int, int]:
+    """Resolve the in-progress executions whose worker stopped heartbeating; (failed, retried)."""
+    cutoff = _stale_before(now)
+    if cutoff is None:
+        return 0, 0
+    # Few rows are in progress: the (status, created_at) index finds them. An index on heartbeat_at would cost
+    # more than it saves: every heartbeat UPDATE would then have to update it (no HOT update).
+    stale = Execution.objects.select_related("package").filter(
+        status=ExecutionStatus.IN_PROGRESS, heartbeat_at__lt=cutoff
+    )
+    outcomes = [
+        resolve_lost(execution, f"its worker {execution.worker_name or 'unknown'} stopped heartbeating", now,
+                     heartbeat_at__lt=cutoff)  # a worker that beats again in between wins
+        for execution in stale
+    ]  # fmt: skip
+    return outcomes.count(FAILED), outcomes.count(RETRIED)
+
+
+def pause_seconds() -> float:
+    """A pause between two reaper runs longer than this may hide a database outage (see the module docstring)."""
+    return settings.EXECUTOR_LEASE_SECONDS - settings.EXECUTOR_HEARTBEAT_SECONDS - 1
+
+
+def _stale_before(now: datetime) -> datetime | None:
+    """The heartbeat cutoff, or None while workers get one lease to beat again after a pause of the reaper."""
+    lease = timedelta(seconds=settings.EXECUTOR_LEASE_SECONDS)
+    with transaction.atomic():
+        clock, created = ReaperClock.objects.select_for_update().get_or_create(
+            pk=1, defaults={"last_run_at": now, "resumed_at": now}
+        )
+        paused = now - clock.last_run_at > timedelta(seconds=pause_seconds())
+        if paused:
+            logger.warning("reaper: last run %s ago; workers get %s s to heartbeat before any is taken for lost",
+                           now - clock.last_run_at, settings.EXECUTOR_LEASE_SECONDS)  # fmt: skip
+            clock.resumed_at = now
+        clock.last_run_at = max(clock.last_run_at, now)
+        if not created:
+            clock.save(update_fields=["last_run_at", "resumed_at"])
+    if now < clock.resumed_at + lease:
+        return None
+    return now - lease
+
+
+def resolve_lost(execution: Execution, what_happened: str, now: datetime, **still) -> str | None:
+    """Fail an execution whose worker was lost, or retry it where its package allows. Only while it is still in
+    progress under the same lease (and matches `still`): None when it finished or moved on meanwhile.
+    Also used by the heartbeat (workers/heartbeat.py) when a worker's pool process died."""
+    lost = f"worker lost ({what_happened})"
     retry = execution.retries < execution.package.retries_after_worker_loss
     with transaction.atomic():
-        # Conditional on the same owner and a still-stale heartbeat: a worker that comes back in between wins.
         taken = Execution.objects.filter(
-            pk=execution.pk,
-            status=ExecutionStatus.IN_PROGRESS,
-            lease_owner=execution.lease_owner,
-            heartbeat_at__lt=cutoff,
+            pk=execution.pk, status=ExecutionStatus.IN_PROGRESS, lease_owner=execution.lease_owner, **still
         )
         steps = ExecutionStep.objects.filter(execution=execution)
         if retry:
@@ -79,7 +127,7 @@ def _resolve_abandoned(execution: Execution, cutoff: datetime, now: datetime) ->
                                 lease_owner=REAPED):  # fmt: skip
                 return None
             steps.filter(status=StepStatus.RUNNING).update(
-                status=StepStatus.FAILED, status_reason="failed: worker lost", finished_at=now
+                status=StepStatus.FAILED, status_reason=reason, finished_at=now
             )
             steps.filter(status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed"

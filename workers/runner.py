@@ -2,6 +2,10 @@
 
 Record first, act, then update: a step is marked `running` before its process starts and gets its result
 right after, so a crash leaves a visible row, not a mystery. Secret values are masked in everything stored.
+
+A database blink costs no run: the claim and the reads before the first step are retried while PostgreSQL is
+unreachable, the ledger writes retry (workers/lease.py), a running step goes on (ExecutionWatch), and live
+output is skipped until the database is back.
 """
 
 import dataclasses
@@ -23,7 +27,7 @@ from executions.services import enqueue
 from packages.encryption import EncryptionError
 from packages.models import Package, ScriptKind, kind_for_file_name, secrets_for, validate_env_var_name
 
-from . import fx_bridge, masking, shutdown
+from . import database, fx_bridge, masking, shutdown
 from .handlers import StepRun, handler_for
 from .handlers.errors import StepSetupError
 from .isolation import (
@@ -34,7 +38,7 @@ from .isolation import (
     sandbox_enabled,
     step_uid,
 )
-from .lease import ExecutionWatch, Lease, LeaseLost, claim
+from .lease import FINAL_WRITE_RETRY_SECONDS, ExecutionWatch, Lease, LeaseLost, claim, new_token
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, add_run_files, base_environment, create_workspace
 
@@ -62,8 +66,15 @@ class RunContext:
 
 
 def run_execution(execution_id: str, worker_name: str) -> None:
-    """Claim the execution and run it; a message for an execution someone else owns is dropped."""
-    lease = claim(execution_id, worker_name)
+    """Claim the execution and run it; a message for an execution someone else owns is dropped. While the database
+    is unreachable the claim is tried again for EXECUTOR_DATABASE_WAIT_SECONDS; after that its error propagates
+    (workers/tasks.py hands the message back to Redis)."""
+    token = new_token()
+    lease = database.retrying(
+        lambda: claim(execution_id, worker_name, token),
+        seconds=settings.EXECUTOR_DATABASE_WAIT_SECONDS,
+        what=f"execution {execution_id}: claim",
+    )
     if lease is None:
         logger.info("execution %s is not pending (already claimed, finished or gone): nothing to do", execution_id)
         return
@@ -74,37 +85,67 @@ def run_execution(execution_id: str, worker_name: str) -> None:
     except EncryptionError as exc:
         logger.error("execution %s: %s", execution_id, exc)
         _fail_unfinished(lease, f"failed: {exc}")
+    except database.UNREACHABLE as exc:
+        logger.error("execution %s: the database was unreachable: %s", execution_id, database.describe(exc))
+        _fail_unfinished(lease, "failed: the database was unreachable")
     except Exception as exc:
         logger.exception("execution %s: internal error", execution_id)
         # Outside any step the secrets to mask are unknown, so the message is not shown (the log has it).
         _fail_unfinished(lease, f"failed: internal error in the worker ({type(exc).__name__})")
 
 
-def _run_claimed(lease: Lease) -> None:
+@dataclasses.dataclass(frozen=True)
+class _Loaded:
+    """What a run reads from the ledger before its first step."""
+
+    execution: Execution
+    steps: list[ExecutionStep]
+    lifecycle: Lifecycle
+    files: dict[str, bytes]
+    commit: str
+    secrets: dict[str, str]
+    run_files: dict[str, bytes]
+    package_env: dict[str, str]
+
+
+def _load(lease: Lease) -> _Loaded:
     execution = Execution.objects.select_related("package", "trigger_event").get(pk=lease.execution_id)
-    package = execution.package
-    steps = list(execution.steps.order_by("position"))
-    lifecycle = Lifecycle(execution)
+    files, commit = _code_snapshot(execution.package)
+    return _Loaded(
+        execution=execution,
+        steps=list(execution.steps.order_by("position")),
+        lifecycle=Lifecycle(execution),
+        files=files,
+        commit=commit,
+        secrets=secrets_for(execution.package),
+        run_files={file.path: bytes(file.content) for file in execution.files.all()},
+        package_env=_package_environment(execution),
+    )
+
+
+def _run_claimed(lease: Lease) -> None:
+    # Only reads: safe to repeat through a database blink.
+    seconds, what = settings.EXECUTOR_DATABASE_OUTAGE_SECONDS, f"execution {lease.execution_id}: start"
+    loaded = database.retrying(lambda: _load(lease), seconds=seconds, what=what)
+    execution, steps, lifecycle, files = loaded.execution, loaded.steps, loaded.lifecycle, loaded.files
     if all(step.status == StepStatus.PENDING for step in steps):  # not a run handed over half-way
         lifecycle.started()
-    files, commit = _code_snapshot(package)
-    if commit:
-        lease.update_execution(source_commit=commit)
-    secrets = secrets_for(package)
+    if loaded.commit:
+        lease.update_execution(source_commit=loaded.commit)
     with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
-        add_run_files(workspace, {file.path: bytes(file.content) for file in execution.files.all()})
+        add_run_files(workspace, loaded.run_files)
         env = _environment(workspace, execution, files)
         uid = step_uid() if sandbox_enabled() else None
         give_to_step_uid(workspace.step_dirs, uid)
-        watch = ExecutionWatch(lease, settings.EXECUTOR_HEARTBEAT_SECONDS)
-        package_env = _package_environment(execution)
-        context = RunContext(execution, workspace, uid, watch, lifecycle, files, env, package_env, secrets)
+        watch = ExecutionWatch(lease)
+        context = RunContext(execution, workspace, uid, watch, lifecycle, files, env, loaded.package_env,
+                             loaded.secrets)  # fmt: skip
         handed_over = _run_steps(lease, context, steps)
     if handed_over:
         _hand_over(lease, execution)
     else:
-        lifecycle.finished(_finish(lease, execution, steps))
+        lifecycle.finished(_finish(lease, execution, steps, watch))
 
 
 def _code_snapshot(package) -> tuple[dict[str, bytes], str]:
@@ -134,13 +175,15 @@ def _hand_over(lease: Lease, execution: Execution) -> None:
     logger.warning("execution %s handed over to another worker: this one is shutting down", execution.id)
 
 
-def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep]) -> ExecutionStatus:
+def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep], watch: ExecutionWatch) -> ExecutionStatus:
     """Close the execution from its steps' final statuses (set on the step objects by _run_steps)."""
     failed = [step for step in steps if step.status == StepStatus.FAILED]
     now = timezone.now()
-    execution.refresh_from_db(fields=["cancel_requested_at", "cancel_requested_by"])
+    _read(lambda: execution.refresh_from_db(fields=["cancel_requested_at", "cancel_requested_by"]), execution)
     if execution.cancel_requested_at:
         status, reason = ExecutionStatus.CANCELLED, execution.cancelled_reason
+    elif watch.stop_reason == "database":
+        status, reason = ExecutionStatus.FAILED, watch.database_reason
     elif failed:
         names = ", ".join(f"{step.position} ({step.file_name})" for step in failed)
         status = ExecutionStatus.FAILED
@@ -175,6 +218,8 @@ def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) ->
             context.lifecycle.script_processed(step)
             if step.status == StepStatus.CANCELLED:
                 skip_reason = "skipped: execution cancelled"
+            elif context.watch.stop_reason == "database":
+                skip_reason = "skipped: the database was unreachable"
             elif step.status == StepStatus.FAILED and not context.execution.package.continue_on_failure:
                 skip_reason = "skipped: earlier step failed"
     return False
@@ -204,7 +249,7 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         timeout_seconds=package.effective_step_timeout,
         output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
         cancel=watch.stop,
-        on_progress=_live_output(lease, step, context.masked_values),
+        on_progress=_live_output(lease, step, context.masked_values, watch),
         on_tick=watch.tick,
         sql=_sql_settings(context) if is_sql else {},
         # SQL steps must reach their database; Python steps get the network only if the package allows.
@@ -227,8 +272,13 @@ def _run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepSta
         result = _with_fx_requests_done(context, result, state)
     if result.cancelled and watch.stop_reason == "shutdown":
         return _interrupted_by_shutdown(lease, context, step, result)
-    if result.cancelled:
-        execution = Execution.objects.select_related("cancel_requested_by").get(pk=context.execution.pk)
+    if result.cancelled and watch.stop_reason == "database":
+        status, reason = StepStatus.FAILED, watch.database_reason
+    elif result.cancelled:
+        execution = _read(
+            lambda: Execution.objects.select_related("cancel_requested_by").get(pk=context.execution.pk),
+            context.execution,
+        )
         status, reason = StepStatus.CANCELLED, execution.cancelled_reason
     else:
         status, reason = _outcome(result, run.timeout_seconds)
@@ -315,18 +365,25 @@ def _sql_settings(context: RunContext) -> dict:
     }
 
 
-def _live_output(lease: Lease, step: ExecutionStep, secret_values):
+def _live_output(lease: Lease, step: ExecutionStep, secret_values, watch: ExecutionWatch):
     """Store the output so far while the step runs, so the results page shows it live and a crash keeps it.
+    Skipped while the database is unreachable (the watch's next poll finds out when it is back): the next write,
+    or the final one, has it all.
 
     truncated=True: the output may end in the middle of a secret being printed; the final write masks exactly.
     """
 
     def store(stdout: str, stderr: str) -> None:
-        lease.update_step(
-            step.id,
-            stdout=masking.mask(stdout, secret_values, truncated=True),
-            stderr=masking.mask(stderr, secret_values, truncated=True),
-        )
+        if watch.database_down:
+            return
+        try:
+            lease.try_update_step(
+                step.id,
+                stdout=masking.mask(stdout, secret_values, truncated=True),
+                stderr=masking.mask(stderr, secret_values, truncated=True),
+            )
+        except database.UNREACHABLE as exc:
+            watch.database_failed(exc)
 
     return store
 
@@ -406,16 +463,26 @@ def _internal_error(exc: Exception, secret_values: list[str]) -> str:
 
 def _fail_unfinished(lease: Lease, reason: str) -> None:
     """After an error outside any step: the running step (if any) fails with `reason`, the steps after it are
-    skipped, and the execution fails, so nothing stays in progress."""
+    skipped, and the execution fails, so nothing stays in progress (retried through a database blink; should
+    the database stay away, the heartbeat or the reaper resolves the execution later)."""
     now = timezone.now()
-    try:
+
+    def record() -> None:
         mine = ExecutionStep.objects.filter(execution_id=lease.execution_id, execution__lease_owner=lease.token)
         mine.filter(status=StepStatus.RUNNING).update(status=StepStatus.FAILED, status_reason=reason, finished_at=now)
         mine.filter(status=StepStatus.PENDING).update(
             status=StepStatus.SKIPPED, status_reason="skipped: the execution failed (see its reason)"
         )
         lease.update_execution(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now)
+
+    try:
+        database.retrying(record, seconds=FINAL_WRITE_RETRY_SECONDS, what=f"execution {lease.execution_id}")
     except LeaseLost:
         pass
     except Exception:
         logger.exception("execution %s: could not record the error", lease.execution_id)
+
+
+def _read(query, execution: Execution):
+    """A read on the way to a step's or the run's final write: retried through a database blink like that write."""
+    return database.retrying(query, seconds=FINAL_WRITE_RETRY_SECONDS, what=f"execution {execution.id}")
