@@ -52,9 +52,7 @@ def retrying(action: Callable[[], T], *, seconds: float, what: str) -> T:
             reset_connection()
             pause = BACKOFF_SECONDS[attempt] if attempt < len(BACKOFF_SECONDS) else MAX_BACKOFF_SECONDS
             if time.monotonic() + pause > deadline:
-                logger.error("%s: the database is still unreachable after %s s (%s): giving up", what, seconds,
-                             describe(exc))  # fmt: skip
-                raise
+                raise  # the caller says what happens next
             if attempt == 0:
                 logger.warning("%s: the database is unreachable (%s); retrying for up to %s s", what, describe(exc),
                                seconds)  # fmt: skip

@@ -13,7 +13,11 @@ never taken for a live one:
   ended), or its task ended without finishing it. It is resolved right away with the reaper's rules (failed, or
   run again if the package allows), on the condition that it is still in progress under the same lease, so a
   run that finished between the two reads is left alone. Without a WorkerLostError it must be seen so on two
-  beats in a row: a request Celery has not yet registered is not taken for a dead one.
+  beats in a row: one reading of Celery's bookkeeping is not enough to fail a run on.
+
+Every EXECUTOR_REAPER_SECONDS the thread also looks for executions whose whole worker died (reaper.reap_stale):
+the executor.reap task does too, but it needs beat and a free slot on the maintenance lane, and a busy worker has
+none; any live worker's main process always has this thread.
 
 The thread has its own database connection. While the database is unreachable it logs once, tries again every
 second, and beats at once when the database is back; it never dies of an error.
@@ -104,6 +108,7 @@ class Heartbeat(threading.Thread):
         self.suspects: dict[str, str] = {}  # claimed but not in hand at the last beat: id -> lease token
         self.unreachable_since: float | None = None
         self.halted = threading.Event()  # a worker never halts it (the process's end does); tests do
+        self.next_reap = time.monotonic()
 
     def run(self) -> None:
         logger.info("heartbeat of %s: every %s s", self.worker_name, settings.EXECUTOR_HEARTBEAT_SECONDS)
@@ -121,6 +126,7 @@ class Heartbeat(threading.Thread):
     def beat_safely(self) -> None:
         try:
             self.beat()
+            self.reap_when_due()
         except database.UNREACHABLE as exc:
             database.reset_connection()
             if self.unreachable_since is None:
@@ -130,7 +136,7 @@ class Heartbeat(threading.Thread):
             return
         except Exception:
             logger.exception("heartbeat: beat failed")  # the next one tries again
-            connection.close()
+            database.reset_connection()
             return
         if self.unreachable_since is not None:
             logger.warning("heartbeat: the database is reachable again after %.1f s",
@@ -160,6 +166,11 @@ class Heartbeat(threading.Thread):
             elif self.suspects.get(pk) == token:
                 self.resolve(pk, token, f"its task on {self.worker_name} ended without finishing it")
         self.suspects = {pk: token for pk, token in orphans.items() if pk not in lost}
+
+    def reap_when_due(self) -> None:
+        if time.monotonic() >= self.next_reap:
+            self.next_reap = time.monotonic() + settings.EXECUTOR_REAPER_SECONDS
+            reaper.reap_stale(timezone.now())
 
     def resolve(self, execution_id: str, token: str, what_happened: str) -> None:
         execution = Execution.objects.select_related("package").filter(pk=execution_id, lease_owner=token).first()

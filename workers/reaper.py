@@ -1,5 +1,6 @@
 """Crash recovery: nothing stays `in_progress` or `pending` forever (task executor.reap, every
-EXECUTOR_REAPER_SECONDS from beat on the `maintenance` lane).
+EXECUTOR_REAPER_SECONDS from beat on the `maintenance` lane; every worker's heartbeat thread also runs
+`reap_stale`, which needs neither beat nor a free slot).
 
 - Lost workers. Every worker's main process refreshes the heartbeat of the executions its pool runs every
   EXECUTOR_HEARTBEAT_SECONDS (workers/heartbeat.py), and resolves at once those whose pool process died. An
@@ -85,8 +86,9 @@ def _stale_before(now: datetime) -> datetime | None:
     """The heartbeat cutoff, or None while workers get one lease to beat again after a pause of the reaper."""
     lease = timedelta(seconds=settings.EXECUTOR_LEASE_SECONDS)
     with transaction.atomic():
+        # The first run of a new installation has no pause to account for.
         clock, created = ReaperClock.objects.select_for_update().get_or_create(
-            pk=1, defaults={"last_run_at": now, "resumed_at": now}
+            pk=1, defaults={"last_run_at": now, "resumed_at": now - lease}
         )
         paused = now - clock.last_run_at > timedelta(seconds=pause_seconds())
         if paused:

@@ -4,43 +4,18 @@ runs twice. Real workers with the default heartbeat (3 s) and lease (10 s)."""
 import contextlib
 import os
 import signal
-import threading
 import time
 import uuid
 
 import psutil
 import pytest
-from django.db import connection
 
 from executions.models import Execution, ExecutionStatus, StepStatus
 from tests.e2e.conftest import counting_script, run_count, start_on, worker_process
 from tests.factories import make_package
-from workers.reaper import reap
 from workers.tasks import run_execution
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
-
-
-@contextlib.contextmanager
-def reaper_every(seconds: float):
-    """What beat does with CELERY_BEAT_SCHEDULE's executor.reap, in a thread of the test."""
-    stop = threading.Event()
-
-    def loop():
-        try:
-            while not stop.wait(seconds):
-                reap()
-        finally:
-            connection.close()
-
-    thread = threading.Thread(target=loop, daemon=True)
-    reap()
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
 
 
 def long_running(key: str):
@@ -100,7 +75,8 @@ def test_a_killed_pool_process_s_run_is_failed_by_its_own_worker_within_seconds(
 
 def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(celery_worker, tmp_path, monkeypatch):
     key = f"e2e-runs-{uuid.uuid4().hex}"
-    with reaper_every(3), worker_process(tmp_path / "victim.log", queues="victim", name="victim") as victim:
+    # No beat here: the surviving worker's heartbeat thread finds the dead one (reaper.reap_stale).
+    with worker_process(tmp_path / "victim.log", queues="victim", name="victim") as victim:
         execution = start_on(victim, long_running(key), monkeypatch)
         wait_until_running(victim, key)
         # SIGKILL the worker and everything under it (pool processes and the script): the host is gone.
