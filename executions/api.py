@@ -6,7 +6,8 @@ Each endpoint needs its scope on the key (`events:send`, `executions:read`, `git
 key reaches only its project: another project's execution, chain or repository answers 404 exactly like a missing
 one, and its events start only its project's packages. A platform key reaches every project.
 The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Errors answer `{"detail": "..."}`
-with a 4xx status and a message saying what is wrong.
+with a 4xx status and a message saying what is wrong; 503 with `Retry-After` when the database or the message broker
+is unreachable for a moment (try again), and 500 `{"detail": "internal error"}` for anything unexpected.
 """
 
 import json
@@ -98,6 +99,13 @@ api = ExecutorAPI(
     urls_namespace="fx",
     docs=OfflineSwagger(),
 )
+
+
+@api.exception_handler(Exception)
+def unexpected(request, exc: Exception):
+    """Handed on to Django, so that executor_project/errors.py answers: 503 for an unreachable database or broker,
+    else JSON 500 `{"detail": "internal error"}` (in DEBUG, ninja itself would answer with the traceback)."""
+    raise exc
 
 
 class Error(Schema):

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Next, so it sees every later middleware's errors: JSON for the API, 503 for an unreachable dependency.
+    "executor_project.errors.ErrorResponsesMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -103,7 +105,22 @@ TEMPLATES = [
     },
 ]
 
+# Database connections. Each process keeps one per thread for CONN_MAX_AGE (60 s) and checks it before reusing it
+# (CONN_HEALTH_CHECKS): a connection that a database restart broke is replaced, not answered with an error.
+# The budget, which must stay under PostgreSQL's max_connections (100 by default, 3 of them reserved):
+#   web     gunicorn workers (WEB_CONCURRENCY, 3) x threads (1: sync workers)                      3
+#   worker  per worker: its slots (--concurrency, 2) + 1 heartbeat thread                       3 each
+#   beat    1                                                                                      1
+#   plus manage.py commands and a few for the operator's psql
+# `make run` needs 7; docker-compose with `--scale worker=3` 13. Never a threaded server with persistent
+# connections: the development server keeps one per request thread and ran PostgreSQL out of connections
+# (`too many clients`) in a burst of 100 events/s (issue 15).
 DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A database host that is down without refusing connections would hold a request until gunicorn kills its
+    # worker (60 s); after 5 s it is an error, answered 503 (executor_project/errors.py).
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 5)
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     # The quick start shares one SQLite file between web, worker and beat: WAL lets readers proceed while a
     # writer works, IMMEDIATE transactions take the write lock up front instead of failing on upgrade.
