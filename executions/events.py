@@ -2,8 +2,12 @@
 
 Events come from the HTTP API (executions/api.py) and from executions themselves (lifecycle events,
 executions/lifecycle.py). All of them go through `dispatch`, which in ONE transaction stores the event, registers
-its type, and creates one pending execution per target package; the executions are enqueued when it commits
-(executions/services.py), so the packages run in parallel on whichever workers are free.
+its type, and creates one pending execution per target package; the executions are enqueued together when it
+commits (executions/queueing.py, enqueue_many), so the packages run in parallel on whichever workers are free.
+
+Cost: an event takes the same handful of queries however many packages it starts (its executions and their steps
+are inserted with one statement per table, and published in one round trip to the broker), so a burst of events
+is bounded by the database's commits, not by the fan-out.
 
 Targets: an event of type `ferris_executor.run_execution.triggered_run` whose data names a package
 (`package_id` / `package_name`, the package page's "Show Trigger Event") starts that package, if it allows manual
@@ -28,13 +32,14 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 
 from packages.audit import AuditAction, record
-from packages.models import EventType, Package
+from packages.models import EventType, Package, Script
 from packages.trigger_events import TRIGGERED_RUN
 
-from .models import Execution, TriggerEvent, TriggerEventStatus, TriggerType
-from .services import TriggerRefused, trigger_execution
+from .models import Execution, ExecutionStep, TriggerEvent, TriggerEventStatus, TriggerType
+from .queueing import enqueue_many
 
 logger = logging.getLogger(__name__)
 
@@ -74,20 +79,33 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
     package within reach or one that does not allow manual triggering, for malformed chain keys, and for a
     (source, id) received before from outside the reach. A repeated (source, id) returns the first delivery."""
     project_id = _reach(api_key, parent)
-    existing = _received(incoming, project_id)
-    if existing:
-        return existing
-    parent = parent or _parent_named_in(incoming.data, project_id)
-    correlation_id = _correlation_id(incoming.data, parent)
-    targets = _targets(incoming, project_id)
+    try:
+        parent = parent or _parent_named_in(incoming.data, project_id)
+        correlation_id = _correlation_id(incoming.data, parent)
+        targets = _targets(incoming, project_id)
+    except EventRejected:
+        # A repeated delivery gets its first outcome, even if the same event would be refused today.
+        existing = _received(incoming, project_id)
+        if existing:
+            return existing
+        raise
+    chain_depth = parent.chain_depth + 1 if parent else 0
+    plan = _plan(incoming.type, targets, chain_depth)
     try:
         with transaction.atomic():
-            event = _store(incoming, api_key, parent, correlation_id, project_id)
-            executions = _start(event, targets, parent)
+            # Inserted first: a repeated (source, id) fails on the unique constraint before anything else is
+            # written. Cheaper than looking for it before every event, since repeats are rare.
+            event = _store(incoming, api_key, parent, correlation_id, project_id, plan)
+            if not targets or incoming.type == TRIGGERED_RUN:
+                # Subscribers prove the type is registered; otherwise it may be new. Registered as FX does.
+                EventType.objects.get_or_create(name=incoming.type)
+            executions = _create_runs(event, plan.runs)
             if api_key is not None:
                 _audit(event, executions, api_key)
+            transaction.on_commit(lambda: enqueue_many(executions))
     except IntegrityError:
-        # A concurrent delivery of the same event won the unique (source, id); its outcome stands.
+        # Received before, or a concurrent delivery of the same event won the unique (source, id): its outcome
+        # stands.
         existing = _received(incoming, project_id)
         if existing is None:
             raise
@@ -117,9 +135,57 @@ def _received(incoming: IncomingEvent, project_id: int | None) -> Dispatch | Non
     return Dispatch(event, list(event.executions.order_by("created_at")), duplicate=True)
 
 
-def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlation_id: str,
-           project_id: int | None) -> TriggerEvent:  # fmt: skip
-    EventType.objects.get_or_create(name=incoming.type)  # unknown types are registered, as FX does
+@dataclass(frozen=True)
+class _Plan:
+    """What an event will do, decided before anything is written: its status and reason, and the packages it
+    starts with the scripts each one runs."""
+
+    status: str
+    reason: str
+    runs: list[tuple[Package, list[Script]]]
+
+
+def _plan(event_type: str, targets: list[Package], chain_depth: int) -> _Plan:
+    max_depth, max_fan_out = settings.EXECUTOR_EVENT_MAX_CHAIN_DEPTH, settings.EXECUTOR_EVENT_MAX_FAN_OUT
+    if chain_depth > max_depth:
+        return _Plan(TriggerEventStatus.STOPPED,
+                     f"stopped: chain depth {chain_depth} is over the limit of {max_depth} "
+                     "(EXECUTOR_EVENT_MAX_CHAIN_DEPTH); do packages trigger each other in a loop?", [])  # fmt: skip
+    if len(targets) > max_fan_out:
+        return _Plan(TriggerEventStatus.STOPPED,
+                     f"stopped: {len(targets)} packages subscribe to {event_type}, over the fan-out limit of "
+                     f"{max_fan_out} (EXECUTOR_EVENT_MAX_FAN_OUT)", [])  # fmt: skip
+    if not targets:
+        return _Plan(TriggerEventStatus.NO_SUBSCRIBERS, "no active package subscribes to this type", [])
+    runs, refusals = [], []
+    for package in targets:
+        scripts, refusal = _steps_of(package)
+        if refusal:
+            refusals.append(refusal)
+        else:
+            runs.append((package, scripts))
+    names = ", ".join(package.package_name for package, _ in runs)
+    reason = "; ".join(([f"started {names}"] if runs else []) + [f"not started: {r}" for r in refusals])
+    status = TriggerEventStatus.STARTED if runs else TriggerEventStatus.STOPPED
+    return _Plan(status, reason[:500], runs)
+
+
+def _steps_of(package: Package) -> tuple[list[Script], str]:
+    """The scripts a run of `package` has steps for, or why it cannot run (the rules and words of
+    services.trigger_execution, which starts runs one at a time)."""
+    if not package.active:
+        return [], f"Package {package.name!r} is inactive."
+    scripts = list(package.scripts.all())  # prefetched by _targets, in run order
+    if package.entrypoint:  # only the entrypoint runs; the other files are shipped with it
+        scripts = [script for script in scripts if script.file_name == package.entrypoint]
+    if not scripts:
+        missing = f"its entrypoint {package.entrypoint!r}" if package.entrypoint else "scripts to run"
+        return [], f"Package {package.name!r} has no {missing}."
+    return scripts, ""
+
+
+def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlation_id: str, project_id: int | None,
+           plan: _Plan) -> TriggerEvent:  # fmt: skip
     return TriggerEvent.objects.create(
         event_id=incoming.event_id,
         source=incoming.source,
@@ -133,40 +199,33 @@ def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlati
         correlation_id=correlation_id,
         chain_depth=parent.chain_depth + 1 if parent else 0,
         project_id=project_id,
+        status=plan.status,
+        status_reason=plan.reason,
     )
 
 
-def _start(event: TriggerEvent, targets: list[Package], parent: Execution | None) -> list[Execution]:
-    """Create the executions (or record why none), inside the caller's transaction."""
-    max_depth, max_fan_out = settings.EXECUTOR_EVENT_MAX_CHAIN_DEPTH, settings.EXECUTOR_EVENT_MAX_FAN_OUT
-    if event.chain_depth > max_depth:
-        return _record(event, [], TriggerEventStatus.STOPPED,
-                       f"stopped: chain depth {event.chain_depth} is over the limit of {max_depth} "
-                       "(EXECUTOR_EVENT_MAX_CHAIN_DEPTH); do packages trigger each other in a loop?")  # fmt: skip
-    if len(targets) > max_fan_out:
-        return _record(event, [], TriggerEventStatus.STOPPED,
-                       f"stopped: {len(targets)} packages subscribe to {event.type}, over the fan-out limit of "
-                       f"{max_fan_out} (EXECUTOR_EVENT_MAX_FAN_OUT)")  # fmt: skip
-    if not targets:
-        return _record(event, [], TriggerEventStatus.NO_SUBSCRIBERS, "no active package subscribes to this type")
-    executions, refusals = [], []
-    for package in targets:
-        try:
-            executions.append(
-                trigger_execution(
-                    package,
-                    trigger_type=TriggerType.TRIGGERED,
-                    params=event.data,
-                    correlation_id=event.correlation_id,
-                    trigger_event=event,
-                )  # fmt: skip
-            )
-        except TriggerRefused as exc:
-            refusals.append(str(exc))
-    names = ", ".join(execution.package.package_name for execution in executions)
-    reason = "; ".join(([f"started {names}"] if executions else []) + [f"not started: {r}" for r in refusals])
-    status = TriggerEventStatus.STARTED if executions else TriggerEventStatus.STOPPED
-    return _record(event, executions, status, reason)
+def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[Script]]]) -> list[Execution]:
+    """One pending execution per package with one pending step per script: one INSERT per table, however many
+    packages the event starts (inside the caller's transaction)."""
+    executions = [
+        Execution(
+            package=package,
+            trigger_type=TriggerType.TRIGGERED,
+            params=event.data,
+            correlation_id=event.correlation_id,
+            trigger_event=event,
+            parent_execution_id=event.parent_execution_id,
+            chain_depth=event.chain_depth,
+        )
+        for package, _ in runs
+    ]
+    Execution.objects.bulk_create(executions)
+    ExecutionStep.objects.bulk_create(
+        ExecutionStep(execution=execution, position=position, script_id=script.pk, file_name=script.file_name)
+        for execution, (_, scripts) in zip(executions, runs, strict=True)
+        for position, script in enumerate(scripts, start=1)
+    )
+    return executions
 
 
 def _audit(event: TriggerEvent, executions: list[Execution], api_key) -> None:
@@ -179,18 +238,19 @@ def _audit(event: TriggerEvent, executions: list[Execution], api_key) -> None:
             record(AuditAction.RUN, execution, api_key=api_key, details={"event_id": event.event_id})
 
 
-def _record(event: TriggerEvent, executions: list[Execution], status: str, reason: str) -> list[Execution]:
-    event.status, event.status_reason = status, reason[:500]
-    event.save(update_fields=["status", "status_reason"])
-    return executions
-
-
 def _targets(incoming: IncomingEvent, project_id: int | None) -> list[Package]:
+    """The packages the event names or that subscribe to it, each with its scripts in run order."""
     data = incoming.data
     if incoming.type == TRIGGERED_RUN and ("package_id" in data or "package_name" in data):
         return [_named_package(data, project_id)]
-    subscribers = _within(Package.objects.filter(active=True, trigger_event_types__name=incoming.type), project_id)
+    subscribers = _within(_with_scripts(Package.objects.filter(active=True, trigger_event_types__name=incoming.type)),
+                          project_id)  # fmt: skip
     return list(subscribers.order_by("pk"))
+
+
+def _with_scripts(packages):
+    scripts = Script.objects.order_by("position", "file_name").only("id", "package_id", "file_name", "position")
+    return packages.prefetch_related(Prefetch("scripts", queryset=scripts))
 
 
 def _within(packages, project_id: int | None):
@@ -203,7 +263,7 @@ def _named_package(data: dict, project_id: int | None) -> Package:
     package_id, package_name = data.get("package_id"), data.get("package_name")
     if package_id is not None and not str(package_id).isdigit():
         raise EventRejected(f"data.package_id must be a package's number, not {package_id!r}.")
-    packages = _within(Package.objects.all(), project_id)
+    packages = _within(_with_scripts(Package.objects.all()), project_id)
     if package_id is not None:
         packages = packages.filter(pk=int(package_id))
     if package_name is not None:

@@ -8,6 +8,8 @@ import uuid
 
 import pytest
 from django.contrib.staticfiles import finders
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 from openapi_spec_validator import validate
@@ -63,6 +65,44 @@ def test_an_event_starts_every_active_subscribed_package(post, django_capture_on
     assert enqueued.call_count == 3  # after the one transaction committed
     event = TriggerEvent.objects.get()
     assert (event.source, event.data, event.api_key.name) == ("shop", {"order": 42}, "tests")
+
+
+def test_an_event_takes_the_same_few_queries_however_many_packages_it_starts(post, django_capture_on_commit_callbacks,
+                                                                          enqueued):  # fmt: skip
+    queries = {}
+    for fan_out in (1, 8):
+        for n in range(fan_out):
+            subscribed(f"alice_{fan_out}_{n}", f"orders.batch_{fan_out}")
+        with CaptureQueriesContext(connection) as captured, django_capture_on_commit_callbacks(execute=True):
+            response = post({"event_type": f"orders.batch_{fan_out}", "event_source": "shop", "payload": {}})
+        assert response.status_code == 202 and len(response.json()["executions"]) == fan_out
+        # Savepoints are the test's transaction around the event's own (BEGIN / COMMIT otherwise, not counted).
+        queries[fan_out] = [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
+
+    assert len(queries[8]) == len(queries[1]) <= 10, "\n".join(queries[8])
+    assert enqueued.call_count == 1 + 8
+
+
+def test_a_fanned_out_run_has_a_step_per_script_or_its_entrypoint_alone(post):
+    subscribed("alice_two_steps", "sales.order_created")
+    make_package("bob_config_then_main", {"config.json": "{}", "main.py": "print(1)"}).trigger_event_types.add(
+        EventType.objects.get(name="sales.order_created"))  # fmt: skip
+    make_package("charlie_entry", {"helpers.py": "", "main.py": "import helpers"}, entrypoint="main.py"
+                 ).trigger_event_types.add(EventType.objects.get(name="sales.order_created"))  # fmt: skip
+    make_package("dave_nothing_to_run", {}).trigger_event_types.add(EventType.objects.get(name="sales.order_created"))
+
+    body = post({"event_type": "sales.order_created", "event_source": "shop", "payload": {"n": 1}}).json()
+
+    steps = {e.package.package_name: [(s.position, s.file_name, s.script.file_name) for s in e.steps.all()]
+             for e in Execution.objects.filter(pk__in=body["executions"])}  # fmt: skip
+    assert steps == {
+        "alice_two_steps": [(1, "main.py", "main.py")],
+        "bob_config_then_main": [(1, "config.json", "config.json"), (2, "main.py", "main.py")],
+        "charlie_entry": [(1, "main.py", "main.py")],
+    }
+    assert body["status"] == "started"
+    assert body["statusReason"] == ("started alice_two_steps, bob_config_then_main, charlie_entry; "
+                                    "not started: Package 'Dave Nothing To Run' has no scripts to run.")  # fmt: skip
 
 
 def test_an_unknown_event_type_is_registered_and_stored_with_no_subscribers(post):
