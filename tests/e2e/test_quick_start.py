@@ -69,7 +69,7 @@ def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start
 
     stack = psutil.Process(proc.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in stack)
-    assert "redis-server" in names and "runserver" in names and " worker " in names and " beat " in names
+    assert "redis-server" in names and "gunicorn" in names and " worker " in names and " beat " in names
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground process group
     proc.wait(timeout=60)
@@ -78,7 +78,7 @@ def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start
 
 
 def _kill_tree(proc: subprocess.Popen) -> None:
-    """After a failure: honcho gives each child its own process group, so kill them one by one."""
+    """After a failure: devstack gives each child its own process group, so kill them one by one."""
     if proc.poll() is not None:
         return
     for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
