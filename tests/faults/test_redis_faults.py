@@ -98,6 +98,7 @@ def test_at_maxmemory_callers_get_the_truth_and_a_missed_fire_time_is_caught_up(
             [caught_up] = ledger.wait(lambda: ledger.with_key(key), lambda runs: runs and runs[0].final, remaining,
                                       f"an execution for the missed fire time ({key}) finished")  # fmt: skip
             late = caught_up.created_at.timestamp() - fire_time.timestamp()
+            assert caught_up.created_at.timestamp() > freed, f"beat published the tick at maxmemory: {caught_up}"
             recovery.record("missed fire time -> its execution created", late, "a grace, then the next reaper cycle")
             assert_completed_once([caught_up], counter)
     finally:
@@ -111,12 +112,15 @@ def test_at_maxmemory_callers_get_the_truth_and_a_missed_fire_time_is_caught_up(
 
 @contextlib.contextmanager
 def redis_full(client):
-    """Redis at maxmemory (noeviction): a large value, then maxmemory below what is used, so every write that needs
-    memory is refused; on leaving, the value is deleted (memory freed) and the limit lifted."""
-    client.set(BALLAST, b"x" * (16 * 1024 * 1024))
+    """Redis at maxmemory (noeviction): 16 MiB of values, then maxmemory below what is used, so every write that
+    needs memory is refused; on leaving, the values are deleted (memory freed) and the limit lifted. The values go
+    in small writes: one large write's query buffer counts in `used_memory` until Redis frees it a moment later."""
+    ballast = [f"{BALLAST}:{n}" for n in range(64)]
+    for key in ballast:
+        client.set(key, b"x" * (256 * 1024))
     client.config_set("maxmemory", client.info("memory")["used_memory"] - 8 * 1024 * 1024)
     try:
         yield
     finally:
-        client.delete(BALLAST)
+        client.delete(*ballast)
         client.config_set("maxmemory", 0)

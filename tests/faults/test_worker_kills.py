@@ -1,6 +1,7 @@
 """Workers dying or told to stop mid-step (issue 15, rows "worker SIGKILL", "SIGTERM to the worker's process group",
 "a killed worker's workspace"). Default settings: 3 s heartbeat, 10 s lease, reaper every 3 s."""
 
+import re
 import signal
 import time
 
@@ -42,7 +43,7 @@ def test_a_dead_worker_host_fails_its_run_within_15_s_and_its_workspace_is_swept
     while stack.workspaces_of(run.id):
         assert time.monotonic() - restarted < SWEEP_BOUND, f"still on disk: {stack.workspaces_of(run.id)}"
         time.sleep(0.5)
-    recovery.record("dead worker's workspace swept (after its restart)", time.monotonic() - restarted, "swept")
+    recovery.record("dead worker's workspace gone, after the kill", time.monotonic() - killed, "swept")
     assert_no_web_problems(web)
 
 
@@ -60,7 +61,7 @@ def test_a_killed_pool_process_fails_its_run_within_3_s_saying_so(stack, ledger,
     )
 
     assert run.status == "failed", run
-    assert "worker process was killed" in run.reason, run
+    assert re.search(r"worker process\b.*\bkilled", run.reason), run  # "its worker process (on ...) was killed ..."
     assert counter.starts(run.id) == 1
     assert worker.alive
     assert_no_web_problems(web)
@@ -77,7 +78,7 @@ def test_sigterm_to_a_worker_s_process_group_lets_the_running_step_finish(stack,
     signalled = time.monotonic()
     try:
         exit_code = wait_for_signal_exit(worker, timeout=45)  # the 30 s grace period, and a margin
-        recovery.record("group SIGTERM -> worker exited after its step", time.monotonic() - signalled, "step done")
+        recovery.record("group SIGTERM -> worker exited", time.monotonic() - signalled, "step done")
     finally:
         worker.stop()
         worker.start()
