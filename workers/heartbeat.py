@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 
 from celery.exceptions import WorkerLostError
 from celery.worker import state as worker_state
@@ -59,7 +60,7 @@ class ExecutionRequest(Request):
         finally:
             exc = getattr(exc_info.exception, "exc", exc_info.exception)  # (ExceptionWithTraceback wraps it)
             if isinstance(exc, WorkerLostError | SystemExit) and self.args:
-                note_lost(str(self.args[0]), how_it_ended(exc))
+                note_lost(_canonical(self.args[0]), how_it_ended(exc))
 
 
 def note_lost(execution_id: str, how: str) -> None:
@@ -98,7 +99,15 @@ def start(worker_name: str) -> None:
 def running_execution_ids() -> set[str]:
     """The executions of the run_execution requests this worker has in hand, reserved or running."""
     requests = tuple(worker_state.requests.values())  # one C-level copy: the main thread adds and removes
-    return {str(request.args[0]) for request in requests if request.name == RUN_EXECUTION and request.args}
+    return {_canonical(request.args[0]) for request in requests if request.name == RUN_EXECUTION and request.args}
+
+
+def _canonical(execution_id) -> str:
+    """As the database spells it: a message may carry the id in another form the task accepts (upper case)."""
+    try:
+        return str(uuid.UUID(str(execution_id)))
+    except ValueError:
+        return str(execution_id)  # dropped by the task, never claimed
 
 
 class Heartbeat(threading.Thread):

@@ -37,6 +37,13 @@ def seconds_until_resolved(execution, killed_at: float, limit: float) -> float:
     return time.monotonic() - killed_at
 
 
+def has_children(process: psutil.Process) -> bool:
+    try:
+        return bool(process.children())
+    except psutil.NoSuchProcess:  # a pool process that ended while we looked
+        return False
+
+
 def kill(process: psutil.Process) -> None:
     with contextlib.suppress(psutil.NoSuchProcess):  # died with its parent meanwhile (bwrap --die-with-parent)
         process.kill()
@@ -48,7 +55,7 @@ def test_a_killed_pool_process_s_run_is_failed_by_its_own_worker_within_seconds(
         execution = start_on(victim, long_running(key), monkeypatch)
         wait_until_running(victim, key)
         # Only the pool process running the step (the one with a child: its sandbox) dies, as the OOM killer would.
-        (pool_process,) = [child for child in psutil.Process(victim.proc.pid).children() if child.children()]
+        (pool_process,) = [child for child in psutil.Process(victim.proc.pid).children() if has_children(child)]
         os.kill(pool_process.pid, signal.SIGKILL)
         killed_at = time.monotonic()
 

@@ -212,3 +212,18 @@ def test_lease_tokens_carry_this_worker_s_instance():
 
     assert lease.new_token().startswith(f"{lease.INSTANCE}.")
     assert Lease("x", lease.new_token()).token != lease.new_token()
+
+
+def test_the_requests_in_hand_are_read_from_celery_s_bookkeeping(monkeypatch):
+    from types import SimpleNamespace
+
+    from celery.worker import state
+
+    execution_id = "8c3a1a52-6f0e-4c1e-9d6b-0d9c3b1f2a4e"
+    requests = {
+        "1": SimpleNamespace(name=heartbeat.RUN_EXECUTION, args=[execution_id.upper()]),  # as the task accepts it
+        "2": SimpleNamespace(name="executor.reap", args=[]),
+        "3": SimpleNamespace(name=heartbeat.RUN_EXECUTION, args=["not-a-uuid"]),
+    }
+    monkeypatch.setattr(state, "requests", requests)
+    assert heartbeat.running_execution_ids() == {execution_id, "not-a-uuid"}
