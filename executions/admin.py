@@ -23,6 +23,7 @@ from packages.cron import parse as parse_cron
 from .big_lists import EstimatedCountPaginator, execution_search
 from .chains import ChainNode, chain_of
 from .models import ALL_API_SCOPES, ApiKey, ApiScope, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
+from .queueing import admin_message
 from .run_pages import run_form_page
 from .saved_runs import rerun, sync_saved_run_schedule
 from .services import NothingToCancel, TriggerRefused, request_cancel
@@ -351,7 +352,9 @@ class ExecutionAdmin(ProjectScopedAdmin):
         except TriggerRefused as exc:
             messages.error(request, str(exc))
             return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[source.pk]))
-        messages.success(request, f"Execution {execution.short_id} started: a re-run of {source.short_id}.")
+        messages.add_message(
+            request, *admin_message(execution, f"Execution {execution.short_id}", f": a re-run of {source.short_id}")
+        )
         return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
 
     def rerun_edited_view(self, request, execution_id):

@@ -32,6 +32,7 @@ from packages.models import GitRepository
 from . import event_input
 from .events import EventRejected, dispatch
 from .models import ApiKey, ApiScope, Execution, ExecutionStep
+from .queueing import run_state
 
 
 class ApiKeyAuth(APIKeyHeader):
@@ -112,11 +113,21 @@ class Error(Schema):
     detail: str
 
 
+class RunState(Schema):
+    """`queued: false`: recorded, and published as soon as the broker takes it again (executions/queueing.py)."""
+
+    execution_id: uuid.UUID
+    status: str
+    queued: bool
+    reason: str | None
+
+
 class EventAccepted(Schema):
     cid: str
     eventType: str
     eventId: str
     executions: list[uuid.UUID]
+    runs: list[RunState]
     status: str
     statusReason: str
     duplicate: bool
@@ -186,7 +197,9 @@ def post_event(request):
     `ferris_executor.run_execution.triggered_run` naming a package, that package). 202 with what it started;
     200 if this (source, id) was received before: the first delivery's outcome, nothing started again.
     A project key's event starts only its project's packages; a direct trigger of a package outside it is 404,
-    of a package that does not allow manual triggering 403. Needs the scope events:send."""
+    of a package that does not allow manual triggering 403. Needs the scope events:send.
+    Each of `runs` is `pending`; with `queued: false` and a reason when the broker refused its message: it is
+    recorded and runs once the broker is back (202, not 503: a retried 503 would start it twice)."""
     api_key = _key_with(request, ApiScope.EVENTS_SEND)
     body = _event_body(request)
     try:
@@ -201,6 +214,7 @@ def post_event(request):
             "eventType": event.type,
             "eventId": event.event_id,
             "executions": [execution.id for execution in outcome.executions],
+            "runs": [run_state(execution) for execution in outcome.executions],
             "status": event.status,
             "statusReason": event.status_reason,
             "duplicate": outcome.duplicate,

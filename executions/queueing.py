@@ -1,20 +1,24 @@
 """Publishing executions to the broker, and knowing afterwards which of them are really queued.
 
-Every publish of `run_execution(id)` also sets a marker `executor:queued:<id>` in the broker's own Redis, and a
-worker deletes it when it takes the message (workers/runner.py). The reaper (workers/republish.py) publishes
-again a pending execution whose marker is missing: a Redis that restarted without its data lost the markers
-with the queues, and a publish that failed never set one. A healthy backlog keeps its markers, so it is never
-published twice. `enqueued_at` is set only after a publish succeeded and cleared when one failed, so a pending
-execution with no `enqueued_at` is known not to be queued, whatever marker a previous attempt left behind.
+Every publish of `run_execution(id)` is preceded by a marker `executor:queued:<id>` in the broker's own Redis,
+which the worker that claims the execution deletes (workers/runner.py). The reaper (workers/republish.py) publishes
+again a pending execution whose marker is missing: a Redis that restarted without its data lost the markers with
+the queues, and a crash between the commit and the publish never set one. `enqueued_at` is set after a publish
+succeeded and cleared when one failed, so a pending execution without it is known not to be queued whatever
+marker an attempt left. A healthy backlog keeps its markers, so it is never published twice.
 
-When the broker refuses a publish (down, or full at maxmemory with noeviction) the publish fails within about a
-second (CELERY_BROKER_TRANSPORT_OPTIONS, CELERY_TASK_PUBLISH_RETRY_POLICY) and the execution stays recorded as
-pending, with `execution.queued = False`. Callers answer the truth and still succeed: the API answers 202 with
-`"status": "pending"`, `"queued": false` and a reason, the admin says "recorded, queued as soon as the broker is
-back". Not 503: the execution IS recorded and will run (the reaper publishes it once the broker takes writes
-again), and a client retrying a 503 would start the run twice.
+The marker goes first so that no claim can come before it (a late marker on a claimed execution would hide the
+execution should it go back to pending); a marker without a message is covered by the cleared `enqueued_at`.
+
+When the broker refuses a publish (down, or full at maxmemory with noeviction) it fails within about a second
+(CELERY_BROKER_TRANSPORT_OPTIONS, CELERY_TASK_PUBLISH_RETRY_POLICY) and the execution stays recorded as pending
+with `execution.queued = False`. Callers tell the truth and still succeed: the API answers 202 with
+`"status": "pending"`, `"queued": false` and NOT_QUEUED_REASON; the admin and `run_package` say "recorded, queued as
+soon as the broker is back". Not 503: the execution IS recorded and will run (the reaper publishes it once Redis
+takes writes again), whereas a client retrying a 503 would start the run twice.
 """
 
+import contextlib
 import logging
 
 from django.utils import timezone
@@ -48,17 +52,17 @@ def enqueue_many(executions: list[Execution]) -> int:
     ids = [str(execution.id) for execution in executions]
     try:
         with run_execution.app.producer_or_acquire() as producer:
+            _mark(producer, ids)
             if len(executions) == 1:  # nothing to batch
                 run_execution.apply_async(args=ids, queue=lane_for(executions[0]))
             else:
-                with producer.batch():
+                with producer.batch():  # one pipeline for all the messages
                     for execution in executions:
                         run_execution.apply_async(
                             args=[str(execution.id)], queue=lane_for(execution), producer=producer
                         )
-            _mark(producer, ids)
     except Exception as exc:
-        # One line, no traceback; the broker URL (and its password) is not in redis' or kombu's error texts.
+        # One line, no traceback; redis' and kombu's error texts do not contain the URL or its password.
         logger.warning(
             "could not publish to the broker (%s: %s); pending until the reaper publishes them: %s",
             type(exc).__name__,
@@ -72,14 +76,10 @@ def enqueue_many(executions: list[Execution]) -> int:
 
 
 def _mark(producer, ids: list[str]) -> None:
-    """Set the markers after the messages went out; failing here only costs a duplicate message later."""
-    try:
-        with producer.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            for execution_id in ids:
-                pipe.set(MARKER_PREFIX + execution_id, 1, ex=MARKER_TTL_SECONDS)
-            pipe.execute()
-    except Exception as exc:
-        logger.warning("published %d execution(s) but could not mark them queued (%s)", len(ids), type(exc).__name__)
+    with producer.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+        for execution_id in ids:
+            pipe.set(MARKER_PREFIX + execution_id, 1, ex=MARKER_TTL_SECONDS)
+        pipe.execute()
 
 
 def _record(executions: list[Execution], *, queued: bool) -> None:
@@ -92,25 +92,29 @@ def _record(executions: list[Execution], *, queued: bool) -> None:
 
 
 def forget(execution_id: str) -> None:
-    """A worker took the message: the execution is no longer waiting in a queue (called before the claim)."""
-    from workers.tasks import run_execution
-
+    """A worker claimed the execution: it waits in no queue any more (workers/runner.py, right after the claim)."""
     try:
-        with run_execution.app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
+        with broker() as client:
             client.delete(MARKER_PREFIX + str(execution_id))
     except Exception as exc:
-        # Harmless if it stays: the execution is claimed next, and the reaper looks at pending ones only.
+        # Harmless if it stays: the reaper looks at pending executions only, and the marker expires.
         logger.warning("execution %s: could not clear its queued marker (%s)", execution_id, type(exc).__name__)
 
 
-def queued_ids(ids: list[str]) -> set[str]:
-    """Of these execution ids, those whose marker is set (one MGET); raises if the broker cannot be read."""
+@contextlib.contextmanager
+def broker():
+    """A client of the broker's Redis (the same URL, database and options as the messages)."""
     from workers.tasks import run_execution
 
+    with run_execution.app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
+        yield client
+
+
+def queued_ids(client, ids: list[str]) -> set[str]:
+    """Of these execution ids, those whose marker is set (one MGET)."""
     if not ids:
         return set()
-    with run_execution.app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
-        values = client.mget([MARKER_PREFIX + execution_id for execution_id in ids])
+    values = client.mget([MARKER_PREFIX + execution_id for execution_id in ids])
     return {execution_id for execution_id, value in zip(ids, values, strict=True) if value is not None}
 
 
@@ -119,3 +123,26 @@ def lane_for(execution: Execution) -> str:
     if execution.trigger_type == TriggerType.SCHEDULED:
         return "scheduled"
     return execution.package.lane
+
+
+def admin_message(execution: Execution, subject: str, detail: str = "") -> tuple[int, str]:
+    """What the admin says after a Run, Re-run or run form, as (message level, text): `subject` started, or only
+    recorded while the broker is away (a warning: it runs once the reaper has published it)."""
+    from django.contrib import messages
+
+    if getattr(execution, "queued", True):  # unknown (never enqueued here) reads as started, as before
+        return messages.SUCCESS, f"{subject} started{detail}."
+    return messages.WARNING, f"{subject} recorded, queued as soon as the broker is back{detail}."
+
+
+def run_state(execution: Execution) -> dict:
+    """An execution's entry in an API answer: its status, whether its message is queued, and if not, why."""
+    queued = getattr(execution, "queued", None)
+    if queued is None:  # not published by this request (a repeated delivery): what the ledger says
+        queued = execution.status != ExecutionStatus.PENDING or execution.enqueued_at is not None
+    return {
+        "execution_id": execution.id,
+        "status": execution.status,
+        "queued": queued,
+        "reason": None if queued else NOT_QUEUED_REASON,
+    }

@@ -13,6 +13,7 @@ from packages.models import Package
 from packages.run_forms import ParametersError, RunForm, parameter_fields
 
 from .models import Execution, TriggerType
+from .queueing import admin_message
 from .saved_runs import rerun
 from .services import TriggerRefused, trigger_execution
 
@@ -65,7 +66,7 @@ def run_form_page(request, admin_site, package: Package, *, source: Execution | 
         except TriggerRefused as exc:
             messages.error(request, str(exc))
             return HttpResponseRedirect(back)
-        messages.success(request, f"Execution {execution.short_id} of {package.name} started.")
+        messages.add_message(request, *admin_message(execution, f"Execution {execution.short_id} of {package.name}"))
         return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
     title = f"Re-run {source.name or source.short_id} with edited parameters" if source else f"Run {package.name}"
     context = {**admin_site.each_context(request), "title": title, "form": form, "package": package,

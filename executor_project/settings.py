@@ -260,7 +260,17 @@ CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 # The longest an execution may take; Redis redelivers an unacked message after the visibility timeout, so it
 # must stay above that or a second copy of a long run would be delivered while the first still works.
 EXECUTOR_MAX_EXECUTION_SECONDS = env_int("EXECUTOR_MAX_EXECUTION_SECONDS", 6 * 3600, minimum=60)
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": EXECUTOR_MAX_EXECUTION_SECONDS + 600}
+# Publishing fails fast when Redis is down, full (maxmemory with noeviction) or frozen, so an API request or an
+# admin click answers within about a second ("recorded, queued as soon as the broker is back") instead of hanging:
+# connect and command timeouts, and one retry (it replaces a pooled connection a Redis restart broke).
+# The run stays pending and the reaper publishes it once Redis takes writes again (executions/queueing.py).
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": EXECUTOR_MAX_EXECUTION_SECONDS + 600,
+    "socket_connect_timeout": 1,
+    "socket_timeout": 3,  # above the workers' 1 s BRPOP, which must not time out
+}
+CELERY_BROKER_CONNECTION_TIMEOUT = 1
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
 
 # --- Crash recovery (workers/heartbeat.py, workers/reaper.py, workers/lease.py) -----------------------------------
 # Each worker's main process refreshes the heartbeat of all the executions its pool runs, in one UPDATE, this

@@ -22,6 +22,7 @@ from django_celery_beat.models import (
 
 from executions.catch_up import recent_missed
 from executions.models import ExecutionStatus, TriggerType
+from executions.queueing import admin_message
 from executions.run_pages import run_form_page
 from executions.services import TriggerRefused, trigger_execution
 
@@ -490,7 +491,7 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
         except TriggerRefused as exc:
             messages.error(request, str(exc))
             return HttpResponseRedirect(reverse("admin:packages_package_change", args=[package.pk]))
-        messages.success(request, f"Execution {execution.short_id} of {package.name} started.")
+        messages.add_message(request, *admin_message(execution, f"Execution {execution.short_id} of {package.name}"))
         url = reverse("admin:executions_execution_changelist")
         return HttpResponseRedirect(f"{url}?package__id__exact={package.pk}")
 

@@ -1,30 +1,118 @@
-"""Publishing again the pending executions whose message was lost (called by the reaper, workers/reaper.py).
+"""Publishing again the pending executions whose message is lost, and only those (called by workers/reaper.py).
 
-A pending execution whose message was published more than EXECUTOR_REPUBLISH_AFTER_SECONDS ago, or never (the
-broker was down), is published again. A duplicate message is harmless: only one worker can claim.
+Judged by what is in Redis, not by age (executions/queueing.py keeps a marker per queued execution):
+
+- never published: no `enqueued_at` (the broker refused the publish, or the process died before it);
+- marker missing: Redis restarted without its data (the queues went with the markers), or the execution went back
+  to pending after a claim (which deletes the marker) and its new message never went out;
+- reserved by a worker that never started it: the message sits in kombu's `unacked` hash until the visibility
+  timeout (hours); one delivered more than EXECUTOR_REPUBLISH_AFTER_SECONDS ago, for an execution still pending
+  and not published since, is published again. A busy worker's prefetched message gets a copy another worker may
+  take first; a dead worker's is recovered.
+
+Executions younger than GRACE_SECONDS are left alone: their publish may be under way right now. A healthy backlog
+(pending, marked) is never touched, however old. A duplicate message is harmless: only one worker can claim.
 """
 
+import base64
+import json
 import logging
+import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Q
 
 from executions.models import Execution, ExecutionStatus
-from executions.services import enqueue
+from executions.queueing import broker, enqueue_many, queued_ids
 
 logger = logging.getLogger(__name__)
+GRACE_SECONDS = 5
+BATCH = 1000  # ids per MGET and per publish
 
 
 def republish_lost(now: datetime) -> int:
-    """Publish again the pending executions whose message looks lost; returns how many."""
-    stale = now - timedelta(seconds=settings.EXECUTOR_REPUBLISH_AFTER_SECONDS)
-    lost = Execution.objects.select_related("package").filter(
-        Q(enqueued_at__lt=stale) | Q(enqueued_at__isnull=True, created_at__lt=stale), status=ExecutionStatus.PENDING
+    """Publish again the pending executions whose message is lost; returns how many were published."""
+    grace = now - timedelta(seconds=GRACE_SECONDS)
+    candidates = (
+        Execution.objects.filter(status=ExecutionStatus.PENDING, created_at__lt=grace)
+        .filter(Q(enqueued_at__isnull=True) | Q(enqueued_at__lt=grace))
+        .order_by("created_at")
+        .values_list("pk", "enqueued_at")
     )
-    republished = 0
-    for execution in lost:
-        logger.warning("execution %s still pending since %s: publishing it again", execution.id, execution.created_at)
-        enqueue(execution)
-        republished += 1
-    return republished
+    rows = [(str(pk), enqueued_at) for pk, enqueued_at in candidates]
+    if not rows:
+        return 0
+    try:
+        with broker() as client:
+            lost = _lost(client, rows, now)
+    except Exception as exc:
+        # The broker cannot be read, so nothing could be published either: the next cycle tries again.
+        logger.warning("could not check the broker for lost messages (%s: %s)", type(exc).__name__, exc)
+        return 0
+    return _publish(lost)
+
+
+def _lost(client, rows: list[tuple[str, datetime | None]], now: datetime) -> list[str]:
+    never = [pk for pk, enqueued_at in rows if enqueued_at is None]
+    published = [pk for pk, enqueued_at in rows if enqueued_at is not None]
+    unmarked = []
+    for start in range(0, len(published), BATCH):
+        batch = published[start : start + BATCH]
+        unmarked += sorted(set(batch) - queued_ids(client, batch))
+    stale = now - timedelta(seconds=settings.EXECUTOR_REPUBLISH_AFTER_SECONDS)
+    reserved = _reserved_before(client, stale.timestamp())
+    stuck = [pk for pk, enqueued_at in rows if enqueued_at is not None and enqueued_at < stale and pk in reserved]
+    return list(dict.fromkeys(never + unmarked + stuck))
+
+
+def _reserved_before(client, timestamp: float) -> set[str]:
+    """Execution ids of messages a worker reserved (kombu's `unacked` hash) before `timestamp`, not acked since.
+
+    The hash holds what workers have taken and not acknowledged: at most prefetch x slots per worker, so small.
+    """
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    index_key, hash_key = options.get("unacked_index_key", "unacked_index"), options.get("unacked_key", "unacked")
+    tags = client.zrangebyscore(index_key, "-inf", timestamp)
+    if not tags:
+        return set()
+    ids = set()
+    for raw in client.hmget(hash_key, tags):
+        execution_id = _execution_id(raw)
+        if execution_id:
+            ids.add(execution_id)
+    return ids
+
+
+def _execution_id(raw: bytes | None) -> str | None:
+    """The execution id of a stored run_execution message ([message, exchange, routing key]); None for others."""
+    try:
+        message = json.loads(raw)[0]
+        if message["headers"].get("task") != "executor.run_execution":
+            return None
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args = json.loads(body)[0]
+        return str(args[0])
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+
+
+def _publish(lost: list[str]) -> int:
+    published = 0
+    for start in range(0, len(lost), BATCH):
+        ids = lost[start : start + BATCH]
+        executions = list(
+            Execution.objects.select_related("package").filter(pk__in=ids, status=ExecutionStatus.PENDING)
+        )
+        started = time.monotonic()
+        published += enqueue_many(executions)
+        logger.warning(
+            "%d pending execution(s) had no message queued: published again in %.2f s (%s%s)",
+            len(executions),
+            time.monotonic() - started,
+            ", ".join(ids[:5]),
+            ", ..." if len(ids) > 5 else "",
+        )
+    return published

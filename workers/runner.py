@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
+from executions import queueing
 from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
@@ -78,6 +79,7 @@ def run_execution(execution_id: str, worker_name: str) -> None:
     if lease is None:
         logger.info("execution %s is not pending (already claimed, finished or gone): nothing to do", execution_id)
         return
+    queueing.forget(execution_id)  # no longer waiting in a queue (executions/queueing.py)
     try:
         _run_claimed(lease)
     except LeaseLost:

@@ -20,7 +20,10 @@ def parse_param(text: str) -> tuple[str, object]:
 
 
 class Command(BaseCommand):
-    help = "Start a manual execution of a package; prints its id (and, with --wait, its result as JSON)."
+    help = (
+        "Start a manual execution of a package; prints its id (and, with --wait, its result as JSON). When the "
+        "broker is away the run is recorded and queued as soon as it is back (said on stderr, exit status 0)."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("package_name")
@@ -38,6 +41,9 @@ class Command(BaseCommand):
         except TriggerRefused as exc:
             raise CommandError(str(exc)) from None
         self.stdout.write(str(execution.id))
+        if getattr(execution, "queued", True) is False:
+            # Not an error: the run is recorded and the reaper publishes it once the broker is back.
+            self.stderr.write(f"Execution {execution.id} recorded, queued as soon as the broker is back.")
         if not wait:
             return
         try:

