@@ -298,8 +298,10 @@ EXECUTOR_DATABASE_OUTAGE_SECONDS = env_int("EXECUTOR_DATABASE_OUTAGE_SECONDS", 6
 EXECUTOR_DATABASE_WAIT_SECONDS = env_int("EXECUTOR_DATABASE_WAIT_SECONDS", 30, minimum=1)
 # On SIGTERM, how long a running step may go on before it is stopped (workers/shutdown.py).
 EXECUTOR_SHUTDOWN_GRACE_SECONDS = env_int("EXECUTOR_SHUTDOWN_GRACE_SECONDS", 30, minimum=0)
-# A pending execution whose message was published this long ago (or never) is published again.
-EXECUTOR_REPUBLISH_AFTER_SECONDS = env_int("EXECUTOR_REPUBLISH_AFTER_SECONDS", 300, minimum=30)
+# Lost messages are published again within one reaper cycle (workers/republish.py); this bound is for the one
+# case it cannot see at once: a message a worker reserved this long ago and never started (the worker died; a live
+# one starts what it reserves at once, or holds it up to EXECUTOR_DATABASE_WAIT_SECONDS while the database is away).
+EXECUTOR_REPUBLISH_AFTER_SECONDS = env_int("EXECUTOR_REPUBLISH_AFTER_SECONDS", 60, minimum=30)
 # DatabaseScheduler copies this into django-celery-beat's tables at start-up.
 CELERY_BEAT_SCHEDULE = {
     "executor.reap": {

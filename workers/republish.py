@@ -7,8 +7,8 @@ Judged by what is in Redis, not by age (executions/queueing.py keeps a marker pe
   to pending after a claim (which deletes the marker) and its new message never went out;
 - reserved by a worker that never started it: the message sits in kombu's `unacked` hash until the visibility
   timeout (hours); one delivered more than EXECUTOR_REPUBLISH_AFTER_SECONDS ago, for an execution still pending
-  and not published since, is published again. A busy worker's prefetched message gets a copy another worker may
-  take first; a dead worker's is recovered.
+  and not published since, is published again and its reservation dropped (a live worker starts what it reserves
+  at once, so it is a dead worker's).
 
 Executions younger than GRACE_SECONDS are left alone: their publish may be under way right now. A healthy backlog
 (pending, marked) is never touched, however old. A duplicate message is harmless: only one worker can claim.
@@ -45,15 +45,18 @@ def republish_lost(now: datetime) -> int:
         return 0
     try:
         with broker() as client:
-            lost = _lost(client, rows, now)
+            lost, reservations = _lost(client, rows, now)
     except Exception as exc:
         # The broker cannot be read, so nothing could be published either: the next cycle tries again.
         logger.warning("could not check the broker for lost messages (%s: %s)", type(exc).__name__, exc)
         return 0
-    return _publish(lost)
+    published = _publish(lost)
+    _drop_reservations([tag for pk, tags in reservations.items() if pk in published for tag in tags])
+    return len(published)
 
 
-def _lost(client, rows: list[tuple[str, datetime | None]], now: datetime) -> list[str]:
+def _lost(client, rows: list[tuple[str, datetime | None]], now: datetime) -> tuple[list[str], dict[str, list]]:
+    """The ids to publish again, and the stale reservations (delivery tags by id) among them."""
     never = [pk for pk, enqueued_at in rows if enqueued_at is None]
     published = [pk for pk, enqueued_at in rows if enqueued_at is not None]
     unmarked = []
@@ -63,25 +66,39 @@ def _lost(client, rows: list[tuple[str, datetime | None]], now: datetime) -> lis
     stale = now - timedelta(seconds=settings.EXECUTOR_REPUBLISH_AFTER_SECONDS)
     reserved = _reserved_before(client, stale.timestamp())
     stuck = [pk for pk, enqueued_at in rows if enqueued_at is not None and enqueued_at < stale and pk in reserved]
-    return list(dict.fromkeys(never + unmarked + stuck))
+    return list(dict.fromkeys(never + unmarked + stuck)), {pk: reserved[pk] for pk in stuck}
 
 
-def _reserved_before(client, timestamp: float) -> set[str]:
-    """Execution ids of messages a worker reserved (kombu's `unacked` hash) before `timestamp`, not acked since.
-
-    The hash holds what workers have taken and not acknowledged: at most prefetch x slots per worker, so small.
-    """
+def _unacked_keys() -> tuple[str, str]:
     options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
-    index_key, hash_key = options.get("unacked_index_key", "unacked_index"), options.get("unacked_key", "unacked")
+    return options.get("unacked_index_key", "unacked_index"), options.get("unacked_key", "unacked")
+
+
+def _reserved_before(client, timestamp: float) -> dict[str, list]:
+    """Delivery tags by execution id of the messages a worker reserved before `timestamp` and has not acked since
+    (kombu's `unacked` hash and its index). Small: at most prefetch x slots per worker."""
+    index_key, hash_key = _unacked_keys()
     tags = client.zrangebyscore(index_key, "-inf", timestamp)
-    if not tags:
-        return set()
-    ids = set()
-    for raw in client.hmget(hash_key, tags):
+    reserved = {}
+    for tag, raw in zip(tags, client.hmget(hash_key, tags) if tags else [], strict=True):
         execution_id = _execution_id(raw)
         if execution_id:
-            ids.add(execution_id)
-    return ids
+            reserved.setdefault(execution_id, []).append(tag)
+    return reserved
+
+
+def _drop_reservations(tags: list) -> None:
+    """Forget the stale reservations of what was just published again: kombu would otherwise deliver each once more
+    after the visibility timeout, and the next cycles would publish it again and again while no worker runs.
+    A worker that was alive after all acks or rejects nothing then; the new message stands in."""
+    if not tags:
+        return
+    index_key, hash_key = _unacked_keys()
+    try:
+        with broker() as client, client.pipeline(transaction=False) as pipe:
+            pipe.zrem(index_key, *tags).hdel(hash_key, *tags).execute()
+    except Exception as exc:
+        logger.warning("could not drop %d stale reservation(s) (%s)", len(tags), type(exc).__name__)
 
 
 def _execution_id(raw: bytes | None) -> str | None:
@@ -99,15 +116,16 @@ def _execution_id(raw: bytes | None) -> str | None:
         return None
 
 
-def _publish(lost: list[str]) -> int:
-    published = 0
+def _publish(lost: list[str]) -> set[str]:
+    published = set()
     for start in range(0, len(lost), BATCH):
         ids = lost[start : start + BATCH]
         executions = list(
             Execution.objects.select_related("package").filter(pk__in=ids, status=ExecutionStatus.PENDING)
         )
         started = time.monotonic()
-        published += enqueue_many(executions)
+        enqueue_many(executions)
+        published.update(str(execution.pk) for execution in executions if execution.queued)
         logger.warning(
             "%d pending execution(s) had no message queued: published again in %.2f s (%s%s)",
             len(executions),
