@@ -198,6 +198,15 @@ def test_the_admin_says_recorded_not_started_when_the_broker_is_full(full_broker
         f"Execution {execution.short_id} of {package.name} recorded, queued as soon as the broker is back."
     )
 
+    response = admin_client.post(reverse("admin:executions_execution_rerun", args=[execution.pk]), follow=True)
+
+    [message] = list(response.context["messages"])
+    rerun = Execution.objects.get(rerun_of=execution)
+    assert (message.level_tag, str(message)) == (
+        "warning",
+        f"Execution {rerun.short_id} recorded, queued as soon as the broker is back: a re-run of {execution.short_id}.",
+    )
+
 
 @pytest.mark.django_db(transaction=True)  # committed as in production: published at once
 def test_run_package_says_recorded_without_a_traceback_when_the_broker_is_full(full_broker, capsys):
