@@ -72,6 +72,10 @@ class Ledger:
     def of_package(self, package_id: int) -> list[Run]:
         return self._runs("e.package_id = %s", (package_id,))
 
+    def count(self, where: str) -> int:
+        """How many executions match `where` (SQL over executions_execution)."""
+        return self._rows(f"SELECT count(*) FROM executions_execution WHERE {where}", ())[0][0]
+
     def wait(self, read: Callable[[], list[Run]], until: Callable[[list[Run]], bool], timeout: float, what: str):
         """Poll `read()` until `until(runs)`; an AssertionError listing the runs after `timeout` seconds."""
         deadline = time.monotonic() + timeout
