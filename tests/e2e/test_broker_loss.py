@@ -12,6 +12,7 @@ import redis
 from django.utils import timezone
 
 from executions.models import ApiKey, Execution, ExecutionStatus, TriggerType
+from executions.queueing import MARKER_PREFIX
 from executions.services import trigger_execution
 from packages.models import EventType
 from tests.e2e.conftest import counting_script, run_count, worker_process
@@ -56,6 +57,7 @@ def test_a_redis_restarted_without_its_data_loses_no_run(tmp_path: Path):
 
         with worker_process(tmp_path / "worker.log", env={"REDIS_URL": url}) as worker:
             wait_all_finished(executions, worker)
+        assert broker.keys(f"{MARKER_PREFIX}*") == []  # each claim cleared its execution's marker
 
     assert (
         sorted(Execution.objects.filter(pk__in=[e.pk for e in executions]).values_list("status", flat=True))
