@@ -27,12 +27,12 @@ runaway chains and fan-outs with a stored reason instead of starting anything.
 
 import logging
 import uuid
+from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Prefetch
 
 from packages.audit import AuditAction, record
 from packages.models import EventType, Package, Script
@@ -42,6 +42,9 @@ from .models import Execution, ExecutionStep, TriggerEvent, TriggerEventStatus, 
 from .queueing import enqueue_many
 
 logger = logging.getLogger(__name__)
+# What creating a package's execution, its audit entry and its queue need (Package.lane reads the priority).
+TARGET_FIELDS = ("id", "name", "package_name", "project_id", "active", "allow_manual_triggering", "entrypoint",
+                 "priority")  # fmt: skip
 
 
 class EventRejected(Exception):
@@ -90,7 +93,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
             return existing
         raise
     chain_depth = parent.chain_depth + 1 if parent else 0
-    plan = _plan(incoming.type, targets, chain_depth)
+    plan = _plan(incoming.type, targets, _scripts_of(targets), chain_depth)
     try:
         with transaction.atomic():
             # Inserted first: a repeated (source, id) fails on the unique constraint before anything else is
@@ -142,10 +145,11 @@ class _Plan:
 
     status: str
     reason: str
-    runs: list[tuple[Package, list[Script]]]
+    runs: list[tuple[Package, list[tuple[int, str]]]]  # each package with its steps' (script id, file name)
 
 
-def _plan(event_type: str, targets: list[Package], chain_depth: int) -> _Plan:
+def _plan(event_type: str, targets: list[Package], scripts: dict[int, list[tuple[int, str]]], chain_depth: int
+          ) -> _Plan:  # fmt: skip
     max_depth, max_fan_out = settings.EXECUTOR_EVENT_MAX_CHAIN_DEPTH, settings.EXECUTOR_EVENT_MAX_FAN_OUT
     if chain_depth > max_depth:
         return _Plan(TriggerEventStatus.STOPPED,
@@ -159,25 +163,24 @@ def _plan(event_type: str, targets: list[Package], chain_depth: int) -> _Plan:
         return _Plan(TriggerEventStatus.NO_SUBSCRIBERS, "no active package subscribes to this type", [])
     runs, refusals = [], []
     for package in targets:
-        scripts, refusal = _steps_of(package)
+        steps, refusal = _steps_of(package, scripts.get(package.pk, []))
         if refusal:
             refusals.append(refusal)
         else:
-            runs.append((package, scripts))
+            runs.append((package, steps))
     names = ", ".join(package.package_name for package, _ in runs)
     reason = "; ".join(([f"started {names}"] if runs else []) + [f"not started: {r}" for r in refusals])
     status = TriggerEventStatus.STARTED if runs else TriggerEventStatus.STOPPED
     return _Plan(status, reason[:500], runs)
 
 
-def _steps_of(package: Package) -> tuple[list[Script], str]:
-    """The scripts a run of `package` has steps for, or why it cannot run (the rules and words of
+def _steps_of(package: Package, scripts: list[tuple[int, str]]) -> tuple[list[tuple[int, str]], str]:
+    """The scripts (in run order) a run of `package` has steps for, or why it cannot run (the rules and words of
     services.trigger_execution, which starts runs one at a time)."""
     if not package.active:
         return [], f"Package {package.name!r} is inactive."
-    scripts = list(package.scripts.all())  # prefetched by _targets, in run order
     if package.entrypoint:  # only the entrypoint runs; the other files are shipped with it
-        scripts = [script for script in scripts if script.file_name == package.entrypoint]
+        scripts = [script for script in scripts if script[1] == package.entrypoint]
     if not scripts:
         missing = f"its entrypoint {package.entrypoint!r}" if package.entrypoint else "scripts to run"
         return [], f"Package {package.name!r} has no {missing}."
@@ -204,7 +207,7 @@ def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlati
     )
 
 
-def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[Script]]]) -> list[Execution]:
+def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[tuple[int, str]]]]) -> list[Execution]:
     """One pending execution per package with one pending step per script: one INSERT per table, however many
     packages the event starts (inside the caller's transaction)."""
     executions = [
@@ -221,9 +224,9 @@ def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[Script]]]) 
     ]
     Execution.objects.bulk_create(executions)
     ExecutionStep.objects.bulk_create(
-        ExecutionStep(execution=execution, position=position, script_id=script.pk, file_name=script.file_name)
+        ExecutionStep(execution=execution, position=position, script_id=script_id, file_name=file_name)
         for execution, (_, scripts) in zip(executions, runs, strict=True)
-        for position, script in enumerate(scripts, start=1)
+        for position, (script_id, file_name) in enumerate(scripts, start=1)
     )
     return executions
 
@@ -239,18 +242,26 @@ def _audit(event: TriggerEvent, executions: list[Execution], api_key) -> None:
 
 
 def _targets(incoming: IncomingEvent, project_id: int | None) -> list[Package]:
-    """The packages the event names or that subscribe to it, each with its scripts in run order."""
+    """The packages the event names or that subscribe to it."""
     data = incoming.data
     if incoming.type == TRIGGERED_RUN and ("package_id" in data or "package_name" in data):
         return [_named_package(data, project_id)]
-    subscribers = _within(_with_scripts(Package.objects.filter(active=True, trigger_event_types__name=incoming.type)),
-                          project_id)  # fmt: skip
+    subscribers = _within(_packages().filter(active=True, trigger_event_types__name=incoming.type), project_id)
     return list(subscribers.order_by("pk"))
 
 
-def _with_scripts(packages):
-    scripts = Script.objects.order_by("position", "file_name").only("id", "package_id", "file_name", "position")
-    return packages.prefetch_related(Prefetch("scripts", queryset=scripts))
+def _packages():
+    """Packages with what starting them needs, and no more: an event may reach a hundred."""
+    return Package.objects.only(*TARGET_FIELDS)
+
+
+def _scripts_of(packages: list[Package]) -> dict[int, list[tuple[int, str]]]:
+    """Each package's scripts as (id, file name), in run order: one query for all of them."""
+    scripts = defaultdict(list)
+    rows = Script.objects.filter(package__in=packages).order_by("package_id", "position", "file_name")
+    for package_id, script_id, file_name in rows.values_list("package_id", "id", "file_name"):
+        scripts[package_id].append((script_id, file_name))
+    return scripts
 
 
 def _within(packages, project_id: int | None):
@@ -263,7 +274,7 @@ def _named_package(data: dict, project_id: int | None) -> Package:
     package_id, package_name = data.get("package_id"), data.get("package_name")
     if package_id is not None and not str(package_id).isdigit():
         raise EventRejected(f"data.package_id must be a package's number, not {package_id!r}.")
-    packages = _within(_with_scripts(Package.objects.all()), project_id)
+    packages = _within(_packages(), project_id)
     if package_id is not None:
         packages = packages.filter(pk=int(package_id))
     if package_name is not None:
