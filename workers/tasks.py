@@ -115,7 +115,7 @@ def reap() -> None:
 @worker_ready.connect
 def start_heartbeat(sender=None, **kwargs) -> None:
     """In the worker's main process (sender: its consumer), whatever the pool."""
-    heartbeat.start(sender.hostname)
+    heartbeat.start(sender)
 
 
 @worker_ready.connect
