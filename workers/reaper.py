@@ -14,10 +14,10 @@ EXECUTOR_REAPER_SECONDS from beat on the `maintenance` lane; every worker's hear
   message, redelivered later by Redis, finds the execution finished or claimed and is dropped.
 - Database outages are not worker deaths. While PostgreSQL is down no heartbeat can be written, and the reaper
   cannot run either; a live worker's heartbeat is then up to EXECUTOR_HEARTBEAT_SECONDS plus the outage old. So
-  when the reaper's previous run is longer ago than PAUSE (lease - heartbeat - 1 s: the heartbeat retries every
-  second), an outage may hide in that pause, and workers get one lease to beat again before anything is reaped
-  (ReaperClock keeps the times across processes). A pause of beat, or of the maintenance lane, costs the same
-  one-lease delay: later, never wrong.
+  when the reaper's previous run is longer ago than pause_seconds() (lease - heartbeat - 1 s, as the heartbeat
+  retries every second), an outage may hide in that pause, and workers get one lease to beat again before
+  anything is reaped (ReaperClock keeps the times across processes). A pause of every reaper (beat, the
+  maintenance lane and every worker's heartbeat thread) costs the same one-lease delay: later, never wrong.
 - Pending executions whose message was lost are published again (workers/republish.py).
 """
 
