@@ -24,12 +24,12 @@ spec = importlib.util.spec_from_file_location("devstack", sys.argv[1])
 devstack = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(devstack)
 
-def service(name, grace, code):
-    return devstack.Service(name, [sys.executable, "-c", code], grace_seconds=grace)
+def service(name, grace, code, niceness=0):
+    return devstack.Service(name, [sys.executable, "-c", code], grace_seconds=grace, niceness=niceness)
 
-web = service("web", 10, WEB)
-worker = service("worker", float(sys.argv[2]), WORKER)
-redis = service("redis", 10, REDIS)
+web = service("web", 10, WEB_CODE)
+worker = service("worker", float(sys.argv[2]), WORKER_CODE, niceness=devstack.WORKER_NICENESS)
+redis = service("redis", 10, REDIS_CODE)
 supervisor = devstack.Supervisor(dict(os.environ), Path.cwd())
 supervisor.handle_signals()
 for each in (redis, worker, web):
@@ -89,7 +89,8 @@ class Driver:
     def __init__(self, tmp_path: Path, worker_code: str, worker_grace: float, web_then: str = "") -> None:
         web = STOPS_ON_SIGTERM.format(name="web", then=web_then)
         redis = STOPS_ON_SIGTERM.format(name="redis", then="")
-        code = DRIVER.replace("WEB", repr(web)).replace("WORKER", repr(worker_code)).replace("REDIS", repr(redis))
+        code = DRIVER.replace("WEB_CODE", repr(web)).replace("WORKER_CODE", repr(worker_code))
+        code = code.replace("REDIS_CODE", repr(redis))
         script = tmp_path / "driver.py"
         script.write_text(textwrap.dedent(code))
         self.proc = subprocess.Popen(
@@ -134,6 +135,7 @@ def test_ctrl_c_stops_web_then_the_worker_within_its_grace_then_redis(tmp_path):
     driver = Driver(tmp_path, SOFT_WORKER, worker_grace=20)
     pool_child = driver.pool_child()
     driver.wait_for("web: ready")
+    assert psutil.Process(pool_child).nice() == 10  # the worker yields the CPU to the web, and so do its processes
 
     assert driver.ctrl_c() == 130, driver.output
     out = driver.output
