@@ -1,7 +1,8 @@
 """HTTP to the fault stack's gunicorn, every answer recorded.
 
 A test ends by asserting `problems()` is empty: every request got an HTTP answer, none a server error (a 503 is
-allowed while the test has a dependency down on purpose), and every API error was JSON, never an HTML page.
+allowed while the test has a dependency down on purpose), every API error was JSON, never an HTML page, and the
+admin session logged in before an outage still works after it.
 """
 
 import contextlib
@@ -29,6 +30,7 @@ class Answer:
     during_outage: bool
     tag: str = ""  # the `fault` tag of the event posted
     error: str = ""
+    landed_on: str = ""  # the path answered at the end of any redirects
 
     def json(self) -> dict:
         return json.loads(self.body)
@@ -79,12 +81,15 @@ class Web:
         try:
             with (opener or urllib.request.build_opener()).open(request, timeout=timeout) as response:
                 status, content_type, data = response.status, response.headers.get("Content-Type", ""), response.read()
+                landed_on = urllib.parse.urlsplit(response.geturl()).path
         except urllib.error.HTTPError as exc:
             status, content_type, data = exc.code, exc.headers.get("Content-Type", ""), exc.read()
+            landed_on = urllib.parse.urlsplit(exc.geturl()).path
         except (OSError, http.client.HTTPException) as exc:
-            status, content_type, data, error = None, "", b"", f"{type(exc).__name__}: {exc}"
+            status, content_type, data, error, landed_on = None, "", b"", f"{type(exc).__name__}: {exc}", ""
         seconds = time.monotonic() - started
-        answer = Answer(method, path, status, content_type, data, seconds, during or self._outage, tag, error)
+        answer = Answer(method, path, status, content_type, data, seconds, during or self._outage, tag, error,
+                        landed_on)  # fmt: skip
         self.answers.append(answer)
         return answer
 
@@ -111,6 +116,8 @@ class Web:
                 found.append(f"server error: {answer}")
             elif answer.path.startswith("/fx/") and answer.status >= 400 and "json" not in answer.content_type:
                 found.append(f"API error that is not JSON: {answer}")
+            elif answer.landed_on == "/admin/login/" and not answer.path.startswith("/admin/login/"):
+                found.append(f"logged out (the session was lost): {answer}")
         return found
 
     @contextlib.contextmanager
