@@ -37,6 +37,7 @@ def test_pending_executions_lost_with_a_wiped_redis_run_within_10_s(stack, ledge
     start(web, tag, seconds=5, count=SLOTS)
     ledger.wait_running(tag, SLOTS)
     queued = set(start(web, tag, seconds=1, count=4))  # messages only in Redis: every slot is busy
+    assert all(run.status == "pending" for run in ledger.tagged(tag) if run.id in queued)
 
     with web.outage():
         stack.redis.wipe_and_restart()
