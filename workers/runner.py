@@ -42,6 +42,7 @@ from .isolation import (
 from .lease import FINAL_WRITE_RETRY_SECONDS, ExecutionWatch, Lease, LeaseLost, claim, new_token
 from .sandbox import ProcessResult, truncation_marker
 from .workspace import Workspace, add_run_files, base_environment, create_workspace
+from .workspace_sweep import directory_prefix
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ def _run_claimed(lease: Lease) -> None:
         lifecycle.started()
     if loaded.commit:
         lease.update_execution(source_commit=loaded.commit)
-    with tempfile.TemporaryDirectory(prefix=f"executor-{execution.short_id}-", dir=settings.EXECUTOR_WORK_DIR) as tmp:
+    with tempfile.TemporaryDirectory(prefix=directory_prefix(lease), dir=settings.EXECUTOR_WORK_DIR) as tmp:
         workspace = create_workspace(Path(tmp), files)
         add_run_files(workspace, loaded.run_files)
         env = _environment(workspace, execution, files)

@@ -21,13 +21,14 @@ from executions.saved_runs import run_saved_on_schedule
 from executions.services import trigger_scheduled_tick
 from packages.models import GitRepository
 
-from . import database, heartbeat, reaper, runner, shutdown
+from . import database, heartbeat, reaper, runner, shutdown, workspace_sweep
 from .checks import check_script_runtime
 from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 
 logger = logging.getLogger(__name__)
 worker_process_init.connect(shutdown.listen_in_pool_process)
 worker_shutting_down.connect(shutdown.tell_pool_processes)
+worker_ready.connect(workspace_sweep.sweep_at_start)
 
 
 @task_prerun.connect
