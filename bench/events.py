@@ -226,10 +226,13 @@ def send_events(url: str, key: str, rate: float, duration: float, threads: int) 
 
 def report(options, url: str, key: str, counter: RunCounter, web: subprocess.Popen | None) -> int:
     """Send the events, wait for their executions, print what happened; returns how many executions they started."""
+    started_here = f"; gunicorn x {options.web_workers}, worker {options.slots} slots at niceness " \
+                   f"{options.worker_nice}" if web else ""  # fmt: skip
     print(f"{options.rate:g} events/s for {options.duration:g} s against {url} ({len(PACKAGES)} subscribers, "
-          f"trivial steps; worker niceness {options.worker_nice})", flush=True)  # fmt: skip
+          f"trivial steps{started_here})", flush=True)  # fmt: skip
     cpu_before = _cpu(web)
-    answers, started, ended = send_events(url, key, options.rate, options.duration, options.threads)
+    with ConnectionPeak() as connections:
+        answers, started, ended = send_events(url, key, options.rate, options.duration, options.threads)
     cpu_after = _cpu(web)
     busy = cpu_after.pop("machine busy")
     cpu_used = {name: seconds - cpu_before[name] for name, seconds in cpu_after.items()}
@@ -246,6 +249,7 @@ def report(options, url: str, key: str, counter: RunCounter, web: subprocess.Pop
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu_used.items())
     per_request = f"; web {cpu_used['web'] / len(answers) * 1000:.1f} ms per request" if web else ""
     print(f"CPU while sending ({window:.1f} s x {os.cpu_count()} cores, {busy:.0%} busy): {parts}{per_request}")
+    print(f"database connections while sending: at most {connections.peak} (this benchmark's own included)")
     ids = {execution_id for answer in accepted for execution_id in answer.execution_ids}
     drain, unfinished = _drain(ids, options.drain_timeout)
     ran = {execution_id: runs for execution_id, runs in counter.runs.items() if execution_id in ids}
@@ -255,6 +259,31 @@ def report(options, url: str, key: str, counter: RunCounter, web: subprocess.Pop
     print(f"lost: {len(unfinished)} (never finished within {options.drain_timeout:g} s); duplicated steps: "
           f"{duplicated}; steps never reported: {len(ids) - len(ran)}")  # fmt: skip
     return len(ids)
+
+
+class ConnectionPeak(threading.Thread):
+    """The most connections to the benchmark's database at once, sampled every 0.2 s (the budget in settings.py)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak, self.done = 0, threading.Event()
+
+    def __enter__(self) -> "ConnectionPeak":
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.done.set()
+        self.join()
+
+    def run(self) -> None:
+        from django.db import connection
+
+        while not self.done.wait(0.2):
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()")
+                self.peak = max(self.peak, cursor.fetchone()[0])
+        connection.close()  # this thread's own
 
 
 def _drain(ids: set[str], timeout: float) -> tuple[float, set[str]]:
