@@ -94,7 +94,7 @@ def _options() -> argparse.Namespace:
     parser.add_argument("--url", help="a running stack's base URL (DATABASE_URL its database); nothing is started")
     parser.add_argument("--web-workers", type=int, default=3, help="gunicorn workers (default 3, as docker-compose)")
     parser.add_argument("--slots", type=int, default=2, help="the celery worker's slots (default 2)")
-    parser.add_argument("--worker-nice", type=int, default=10, help="the worker's niceness (default 10, as make run)")
+    parser.add_argument("--worker-nice", type=int, default=19, help="the worker's niceness (default 19, as make run)")
     parser.add_argument("--threads", type=int, default=64, help="client threads (default 64)")
     parser.add_argument("--drain-timeout", type=float, default=900, help="seconds to wait for the runs (default 900)")
     return parser.parse_args()

@@ -37,8 +37,9 @@ WORKER_STOP_MARGIN_SECONDS = 30
 WEB_GRACE_SECONDS = 10  # gunicorn's --graceful-timeout: requests in flight may finish
 # Requests first: on one machine, the steps (work waiting safely in Redis) yield the CPU to the web. With a backlog,
 # a worker at the web's priority keeps its slots' sandboxes busy on every core and requests wait for the CPU:
-# 20 events/s on 2 cores answered in 0.5 s (p50) instead of 24 ms (bench/events.py --worker-nice 0 / 19).
-WORKER_NICENESS = 10
+# 100 events/s on 2 cores were accepted at ~31/s (p50 1.3 s) with the worker at niceness 0, ~80/s at 10 and ~90/s
+# at 19 (bench/events.py --worker-nice, on a machine others were using too).
+WORKER_NICENESS = 19
 SIGNAL_EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
 
