@@ -159,6 +159,8 @@ def main() -> int:
     env = dict(os.environ)
     data_dir = Path(env.setdefault("EXECUTOR_DATA_DIR", str(BASE_DIR / ".devdata")))
     data_dir.mkdir(parents=True, exist_ok=True)
+    # Collected per data directory: two stacks on one checkout (tests do that) never write the same files.
+    env.setdefault("STATIC_ROOT", str(data_dir / "static"))
     host, port = env.get("EXECUTOR_HOST", "127.0.0.1"), env.get("EXECUTOR_PORT", "8000")
     supervisor = Supervisor(env, BASE_DIR)
     supervisor.handle_signals()
