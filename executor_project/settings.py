@@ -109,7 +109,7 @@ TEMPLATES = [
 # (CONN_HEALTH_CHECKS): a connection that a database restart broke is replaced, not answered with an error.
 # The budget, which must stay under PostgreSQL's max_connections (100 by default, 3 of them reserved):
 #   web     gunicorn workers (WEB_CONCURRENCY, 3) x threads (1: sync workers)                      3
-#   worker  per worker: its slots (--concurrency, 2) + 1 heartbeat thread                       3 each
+#   worker  per worker: its slots (--concurrency, 2) + 1 heartbeat thread                   3 each
 #   beat    1                                                                                      1
 #   plus manage.py commands and a few for the operator's psql
 # `make run` needs 7; docker-compose with `--scale worker=3` 13. Never a threaded server with persistent
