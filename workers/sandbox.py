@@ -92,15 +92,15 @@ class _Descriptors:
             os.close(fd)
         self.seccomp, self.files, self.status_write = None, {}, None
 
-    def program_ran(self) -> bool:
-        """True if bwrap reported the sandboxed program's exit code (--json-status-fd), which it does only for a
-        program it set up and started; a failed set-up ends without one ("child-pid" comes before the set-up, so
-        it proves nothing). Read after bwrap exited, so everything it wrote is in the pipe."""
+    def status(self) -> bytes:
+        """What bwrap wrote on its status pipe (--json-status-fd): "child-pid" once it has made the sandbox's first
+        process (before setting the sandbox up, so it proves nothing about the program), "exit-code" only for a
+        program it set up and started. Read after bwrap exited, so everything it wrote is in the pipe."""
         os.set_blocking(self.status_read, False)
         try:
-            return b'"exit-code"' in os.read(self.status_read, 65536)
+            return os.read(self.status_read, 65536)
         except BlockingIOError:
-            return False
+            return b""
 
 
 @contextlib.contextmanager
@@ -331,8 +331,8 @@ class _Attempt:
             with _descriptors(self.isolation, private_files) as descriptors:
                 command = isolated_argv(self.isolation, self.argv, cwd=self.cwd, env=self.env, descriptors=descriptors)
                 outcome = self._supervised(command, HOST_ENV, descriptors)
-                if not outcome.ending and outcome.exit_code > 0 and not descriptors.program_ran():
-                    outcome.sandbox_error = _reason(outcome.readers[1].text())
+                if not outcome.ending:
+                    outcome.sandbox_error = _not_started(outcome, descriptors.status())
                 return outcome
         except _NotStarted as exc:
             return _Outcome(sandbox_error=str(exc))
@@ -366,17 +366,18 @@ def _run(command, cwd, env, descriptors, timeout_seconds, output_cap_bytes, canc
     with _resources():
         threads = _Threads.start(output_cap_bytes)
         try:
-            proc = subprocess.Popen(
-                command,
-                cwd=cwd,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=threads.write_ends[0],
-                stderr=threads.write_ends[1],
-                start_new_session=True,  # its own process group, so one signal reaches every descendant
-                close_fds=True,
-                pass_fds=descriptors.for_child() if descriptors else (),
-            )
+            with _forked_if(descriptors is None):
+                proc = subprocess.Popen(
+                    command,
+                    cwd=cwd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=threads.write_ends[0],
+                    stderr=threads.write_ends[1],
+                    start_new_session=True,  # its own process group, so one signal reaches every descendant
+                    close_fds=True,
+                    pass_fds=descriptors.for_child() if descriptors else (),
+                )
         except BaseException:
             threads.abandon()
             raise
@@ -398,6 +399,24 @@ def _run(command, cwd, env, descriptors, timeout_seconds, output_cap_bytes, canc
     for reader in threads.readers:
         reader.join(timeout=_DRAIN_SECONDS)
     return ending, proc, threads.readers
+
+
+@contextlib.contextmanager
+def _forked_if(needed: bool) -> Iterator[None]:
+    """Between fork and setsid the new process is still in the worker's process group, so a signal sent to that
+    group (a supervisor's SIGTERM, a Ctrl-C) reaches it too. After vfork, CPython's child has every handler reset
+    to the default first, and dies of it; after fork it keeps the worker's handlers until exec, and lives. With
+    the sandbox such a death is recognised (_not_started: bwrap never reported anything) and the start is tried
+    again, so the cheaper vfork stays; without one it could not be told from the script's own death, so fork
+    (Python's documented switch, subprocess._USE_VFORK; only this thread spawns in a pool process)."""
+    if not needed:
+        yield
+        return
+    previous, subprocess._USE_VFORK = subprocess._USE_VFORK, False
+    try:
+        yield
+    finally:
+        subprocess._USE_VFORK = previous
 
 
 class _ExitWaiter(threading.Thread):
@@ -462,10 +481,20 @@ class _Threads:
                 reader.pipe.close()
 
 
-def _reason(stderr: str) -> str:
-    """Why the sandbox did not start: bwrap or prlimit said so on stderr (the script never ran)."""
-    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
-    return lines[-1][:500] if lines else "no reason given"
+def _not_started(outcome: _Outcome, status: bytes) -> str | None:
+    """Why the sandbox provably never started the program, or None. Either bwrap (or prlimit before it) ended by
+    itself with an error and reported no exit code of the program: its last line on stderr says why. Or it was
+    killed by a signal before it reported anything, so before it had made the sandbox's first process: typically
+    a signal sent to the worker's process group (a supervisor's SIGTERM, a Ctrl-C) that caught the new process
+    between fork and setsid, before it left that group (_forked_if)."""
+    if b'"exit-code"' in status:
+        return None
+    if outcome.exit_code > 0:
+        lines = [line.strip() for line in outcome.readers[1].text().splitlines() if line.strip()]
+        return lines[-1][:500] if lines else "no reason given"
+    if outcome.exit_code < 0 and not status:
+        return f"it was stopped by {signal.Signals(-outcome.exit_code).name} before it started"
+    return None
 
 
 @contextlib.contextmanager

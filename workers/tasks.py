@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from celery import shared_task
 from celery.exceptions import Reject
-from celery.signals import task_prerun, worker_process_init, worker_ready, worker_shutting_down
+from celery.signals import task_prerun, worker_init, worker_process_init, worker_ready, worker_shutting_down
 from django.conf import settings
 from django.db import close_old_connections
 
@@ -26,6 +26,7 @@ from .checks import check_script_runtime
 from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 
 logger = logging.getLogger(__name__)
+worker_init.connect(shutdown.prepare_pool)
 worker_process_init.connect(shutdown.listen_in_pool_process)
 worker_shutting_down.connect(shutdown.tell_pool_processes)
 worker_ready.connect(workspace_sweep.sweep_at_start)

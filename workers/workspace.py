@@ -6,11 +6,15 @@
     <root>/fx/        files the FX adapter answers from (workers/fx_bridge.py)
     <root>/private/   argv[1], the package's variables, an SQL step's connection: in the sandbox, memory-only
                       files bound read-only there (workers/sandbox.py); on the host it stays empty, except with
-                      EXECUTOR_SANDBOX=off, where they are written there for the step's duration
+                      EXECUTOR_SANDBOX=off, where they are written there until the step's runtime has read them
+                      (workers/runtime/) and are removed after the step in any case
 
 The root and private/ belong to the worker (mode 700) and are never bound into the sandbox as they are: a step
 can write only in the four directories above private/, and the worker treats everything in those as hostile
 (workers/safe_files.py).
+
+The root's name says which run and lease it belongs to, so that what a killed worker left behind is found and
+removed (workers/workspace_sweep.py).
 
 The environment is built from nothing: scripts never see the worker's own variables (database and broker
 credentials, SECRET_KEY).

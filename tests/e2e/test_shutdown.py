@@ -1,13 +1,29 @@
-"""SIGTERM (a deploy): the worker finishes its step and hands the rest of the run to another worker."""
+"""SIGTERM (a deploy): the worker finishes its step and hands the rest of the run to another worker, whether the
+signal reaches its main process only or its whole process group (honcho, systemd, a terminal's Ctrl-C)."""
 
+import contextlib
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 
+import psutil
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus
 from executions.services import wait_until_finished
-from tests.e2e.conftest import counting_script, run_count, start_on, worker_process
+from tests.e2e.conftest import (
+    BASE_DIR,
+    TEST_WORKER_ENV,
+    WorkerProcess,
+    counting_script,
+    database_url_for_tests,
+    run_count,
+    start_on,
+    worker_process,
+)
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -86,3 +102,95 @@ def test_where_the_package_allows_a_retry_the_cut_off_step_runs_again_elsewhere(
     assert (execution.status, execution.retries) == (ExecutionStatus.COMPLETED, 1)
     assert execution.steps.get().stdout == "finished\n"
     assert run_count(key) == 2  # cut off once, then run in full
+
+
+@contextlib.contextmanager
+def worker_in_own_session(log_path, *, queues: str, name: str, env: dict[str, str]):
+    """A `celery worker` leading a process group of its own, as honcho, systemd or a terminal start one: the test
+    signals that whole group (os.killpg), and kills what is left of it at the end."""
+    argv = [
+        sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
+        "--queues", queues, "--concurrency", "2", "--hostname", f"{name}-{uuid.uuid4().hex[:8]}@%h",
+        "--without-mingle", "--without-gossip",
+    ]  # fmt: skip
+    environment = {**os.environ, **TEST_WORKER_ENV, "DATABASE_URL": database_url_for_tests(), **env}
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)  # fmt: skip
+    worker = WorkerProcess(log_path, proc, queues)
+    try:
+        worker.wait_for_log(" ready.")
+        yield worker
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@pytest.fixture
+def worker_group(tmp_path):
+    """A worker on a queue of its own, in a session of its own, with a 20 s grace period."""
+    queue = f"group-{uuid.uuid4().hex[:8]}"
+    env = {"EXECUTOR_SHUTDOWN_GRACE_SECONDS": "20"}
+    with worker_in_own_session(tmp_path / "group.log", queues=queue, name="group", env=env) as worker:
+        yield worker
+
+
+def pool_pids(worker) -> list[int]:
+    return [child.pid for child in psutil.Process(worker.proc.pid).children() if "celery" in " ".join(child.cmdline())]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_to_the_worker_s_whole_process_group_lets_the_step_finish_and_hands_the_rest_over(
+    celery_worker, worker_group, monkeypatch, signum
+):
+    """What honcho or `kill -- -pgid` (SIGTERM) and a terminal's Ctrl-C (SIGINT) do: every process of the group gets
+    the signal. The pool processes do not die of it, the step finishes, the next step runs on another worker, nobody
+    is lost."""
+    key = f"e2e-runs-{uuid.uuid4().hex}"
+    first = counting_script(key, then="import time; time.sleep(3); print('first done')\n")
+    package = make_package("rita_group", {"first.py": first, "second.py": "print('second')"}, network_access=True)
+    execution = start_on_leaving_worker(package, worker_group, monkeypatch)
+    pool = pool_pids(worker_group)
+
+    os.killpg(worker_group.proc.pid, signum)
+    exit_code = worker_group.proc.wait(timeout=60)
+    execution = wait_until_finished(execution, timeout=60)
+
+    first, second = execution.steps.order_by("position")
+    assert (first.status, first.stdout, first.status_reason) == (StepStatus.COMPLETED, "first done\n", ""), (
+        worker_group.log()
+    )
+    assert (second.status, second.stdout) == (StepStatus.COMPLETED, "second\n")
+    assert (execution.status, execution.retries) == (ExecutionStatus.COMPLETED, 0)
+    assert execution.worker_name.startswith("e2e-")  # the session's worker ran the second step
+    assert run_count(key) == 1
+    log = worker_group.log()
+    assert "handed over to another worker" in log and "WorkerLostError" not in log
+    if signum == signal.SIGTERM:  # (pool processes ignore SIGINT; the main process's SIGUSR2 tells them)
+        assert "received SIGTERM once while running a task: taken as a shutdown request" in log
+    assert exit_code == 0 or signum == signal.SIGINT  # (Celery exits 1 after Ctrl-C)
+    assert not any(psutil.pid_exists(pid) for pid in pool)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_second_signal_to_the_group_stops_the_step_at_once_and_nothing_hangs(worker_group, monkeypatch, signum):
+    """Pressed twice (Ctrl-C, or a supervisor that insists): the grace period ends at once; the step is stopped and
+    recorded like one still running at the end of the grace period; every process exits."""
+    package = make_package("sam_insists", {"long.py": "import time; time.sleep(120)", "next.py": "print('next')"})
+    execution = start_on_leaving_worker(package, worker_group, monkeypatch)
+    everything = [worker_group.proc.pid, *pool_pids(worker_group)]
+
+    started = time.monotonic()
+    os.killpg(worker_group.proc.pid, signum)
+    time.sleep(1)
+    os.killpg(worker_group.proc.pid, signum)
+    worker_group.proc.wait(timeout=30)
+
+    assert time.monotonic() - started < 15, worker_group.log()  # not the 20 s grace period, nor the script's 120 s
+    execution.refresh_from_db()
+    long_step, next_step = execution.steps.order_by("position")
+    assert long_step.status_reason.startswith("failed: interrupted"), worker_group.log()
+    assert next_step.status == StepStatus.SKIPPED and execution.status == ExecutionStatus.FAILED
+    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in everything if psutil.pid_exists(pid)], timeout=10)
+    assert alive == []

@@ -1,8 +1,13 @@
+import contextlib
+import json
 import os
+import signal
+import subprocess
 import sys
 import textwrap
 import time
 
+import pytest
 from django.conf import settings
 
 from workers.fx_bridge import RUNTIME_SITE_DIR
@@ -104,3 +109,42 @@ def test_without_a_sandbox_the_runtime_removes_the_secret_files_as_soon_as_it_ha
     )  # fmt: skip
 
     assert result.stdout == '{"secrets": {"TOKEN": "s3cret"}} eu []\nFalse False\n', result.stderr
+
+
+SPAWNING_UNDER_SIGNALS = """
+import collections, json, os, signal, sys, time
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "executor_project.settings")
+import django
+django.setup()
+from workers.isolation import isolation_for
+from workers.sandbox import run_process
+signal.signal(signal.SIGTERM, lambda signum, frame: None)  # as a pool process running a task: not fatal to it
+isolation = isolation_for([], network=False, uid=None) if sys.argv[1] == "sandbox" else None
+print("spawning", flush=True)
+outcomes, deadline = collections.Counter(), time.monotonic() + 3
+while time.monotonic() < deadline:
+    result = run_process(["/bin/true"], cwd="/tmp", env={"PATH": "/usr/bin:/bin"}, timeout_seconds=10,
+                         output_cap_bytes=1024, isolation=isolation)
+    outcomes[f"{result.exit_code} {result.sandbox_error}"] += 1
+print(json.dumps(outcomes), flush=True)
+"""
+
+
+@pytest.mark.parametrize("mode", ["sandbox", "plain"])
+def test_a_signal_to_the_worker_s_process_group_never_kills_a_step_while_it_is_being_started(mode):
+    """Between fork and setsid a new process still belongs to the worker's process group. A supervisor's SIGTERM
+    (or a Ctrl-C) to that group then reached it and killed the step as it started. Here the group gets a SIGTERM
+    every millisecond while steps are started: each step runs, or (with the sandbox, if every attempt is hit) says
+    it could not start; none is killed."""
+    spawner = subprocess.Popen([sys.executable, "-c", SPAWNING_UNDER_SIGNALS, mode], cwd=settings.BASE_DIR,
+                               stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    assert spawner.stdout.readline() == "spawning\n"
+    while spawner.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(spawner.pid, signal.SIGTERM)
+        time.sleep(0.001)
+
+    outcomes = json.loads(spawner.stdout.read())
+    could_not_start = "None it was stopped by SIGTERM before it started"
+    assert set(outcomes) <= {"0 ", could_not_start}, outcomes
+    assert outcomes["0 "] > 10 * outcomes.get(could_not_start, 0), outcomes

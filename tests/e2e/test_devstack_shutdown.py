@@ -1,0 +1,66 @@
+"""Ctrl-C on `make run` (bin/devstack.py) while a step runs: the step finishes within the grace period, its run is
+handed over (here no other worker takes it: it waits, pending), and every process of the stack exits."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from executions.models import Execution, ExecutionStatus, StepStatus
+from tests.e2e.conftest import BASE_DIR, TEST_WORKER_ENV, database_url_for_tests
+from tests.e2e.test_quick_start import _kill_tree, _wait_for_http, free_port
+from tests.factories import make_package
+
+pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
+GRACE_SECONDS = 20
+
+
+@pytest.fixture
+def devstack(tmp_path):
+    """`make run` against the test database, with its own embedded Redis (no other worker of this test run can
+    take its messages) and a free port."""
+    env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
+    env.update(TEST_WORKER_ENV, DATABASE_URL=database_url_for_tests(), EXECUTOR_DATA_DIR=str(tmp_path / "data"),
+               EXECUTOR_PORT=str(free_port()), EXECUTOR_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS))  # fmt: skip
+    log_path = tmp_path / "devstack.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "bin/devstack.py"], cwd=BASE_DIR, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_http(f"http://127.0.0.1:{env['EXECUTOR_PORT']}/healthz", log_path, timeout=120)
+        yield env, log_path, proc
+    finally:
+        _kill_tree(proc)
+
+
+def test_ctrl_c_on_make_run_lets_the_running_step_finish_and_stops_everything(devstack):
+    env, log_path, proc = devstack
+    package = make_package("uma_ctrl_c", {"slow.py": "import time; time.sleep(6); print('finished')",
+                                          "next.py": "print('next')"})  # fmt: skip
+    started = subprocess.run([sys.executable, "manage.py", "run_package", package.package_name], cwd=BASE_DIR,
+                             env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    execution = Execution.objects.get(package=package)
+    deadline = time.monotonic() + 60
+    while not execution.steps.filter(position=1, status=StepStatus.RUNNING).exists():
+        assert time.monotonic() < deadline, log_path.read_text()[-4000:]
+        time.sleep(0.1)
+    stack = psutil.Process(proc.pid).children(recursive=True)
+
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
+    assert proc.wait(timeout=GRACE_SECONDS + 60) == 130, log_path.read_text()[-4000:]
+
+    slow, following = execution.steps.order_by("position")
+    assert (slow.status, slow.stdout, slow.status_reason) == (StepStatus.COMPLETED, "finished\n", ""), (
+        log_path.read_text()[-4000:]
+    )
+    execution.refresh_from_db()
+    assert (execution.status, following.status) == (ExecutionStatus.PENDING, StepStatus.PENDING)
+    assert execution.status_reason.startswith("handed over by worker@")
+    gone, alive = psutil.wait_procs(stack, timeout=15)
+    assert alive == [], f"still running after Ctrl-C: {[process.cmdline() for process in alive]}"
+    assert "still running: SIGKILL" not in log_path.read_text()  # each stopped within its grace
