@@ -106,11 +106,8 @@ def release_sigterm(**kwargs) -> None:
         signal.signal(signal.SIGTERM, _held)
         _held = None
     if _received:
-        logger.warning(
-            "pool process %s received SIGTERM %s while running a task: taken as a shutdown request%s",
-            os.getpid(), "once" if _received == 1 else f"{_received} times",
-            ", which a later one made end the grace period at once" if _cut_short else "",
-        )  # fmt: skip
+        outcome = "the grace period ended at once" if _cut_short else "taken as a shutdown request"
+        logger.warning("pool process %s received SIGTERM while running a task: %s", os.getpid(), outcome)
         _received = 0
 
 

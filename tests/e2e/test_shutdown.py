@@ -168,15 +168,16 @@ def test_a_signal_to_the_worker_s_whole_process_group_lets_the_step_finish_and_h
     log = worker_group.log()
     assert "handed over to another worker" in log and "WorkerLostError" not in log
     if signum == signal.SIGTERM:  # (pool processes ignore SIGINT; the main process's SIGUSR2 tells them)
-        assert "received SIGTERM once while running a task: taken as a shutdown request" in log
+        assert "received SIGTERM while running a task: taken as a shutdown request" in log
     assert exit_code == 0 or signum == signal.SIGINT  # (Celery exits 1 after Ctrl-C)
     assert not any(psutil.pid_exists(pid) for pid in pool)
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_a_second_signal_to_the_group_stops_the_step_at_once_and_nothing_hangs(worker_group, monkeypatch, signum):
-    """Pressed twice (Ctrl-C, or a supervisor that insists): the grace period ends at once; the step is stopped and
-    recorded like one still running at the end of the grace period; every process exits."""
+    """Pressed twice (Ctrl-C: Celery's cold shutdown then sends the pool processes SIGTERM; or a supervisor that
+    insists): the grace period ends at once; the step is stopped and recorded like one still running at the end of
+    the grace period; every process exits."""
     package = make_package("sam_insists", {"long.py": "import time; time.sleep(120)", "next.py": "print('next')"})
     execution = start_on_leaving_worker(package, worker_group, monkeypatch)
     everything = [worker_group.proc.pid, *pool_pids(worker_group)]
@@ -191,6 +192,7 @@ def test_a_second_signal_to_the_group_stops_the_step_at_once_and_nothing_hangs(w
     execution.refresh_from_db()
     long_step, next_step = execution.steps.order_by("position")
     assert long_step.status_reason.startswith("failed: interrupted"), worker_group.log()
+    assert "received SIGTERM while running a task: the grace period ended at once" in worker_group.log()
     assert next_step.status == StepStatus.SKIPPED and execution.status == ExecutionStatus.FAILED
     gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in everything if psutil.pid_exists(pid)], timeout=10)
     assert alive == []
