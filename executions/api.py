@@ -207,6 +207,7 @@ def post_event(request):
     except EventRejected as exc:
         raise HttpError(exc.status, str(exc)) from None
     event = outcome.event
+    runs = [run_state(execution) for execution in outcome.executions]
     return Status(
         200 if outcome.duplicate else 202,
         {
@@ -214,12 +215,20 @@ def post_event(request):
             "eventType": event.type,
             "eventId": event.event_id,
             "executions": [execution.id for execution in outcome.executions],
-            "runs": [run_state(execution) for execution in outcome.executions],
+            "runs": runs,
             "status": event.status,
-            "statusReason": event.status_reason,
+            "statusReason": event.status_reason + _not_queued_note(runs),
             "duplicate": outcome.duplicate,
         },
     )
+
+
+def _not_queued_note(runs: list[dict]) -> str:
+    """The event's own status says what it started; this says when the broker has not taken all of them yet."""
+    waiting = sum(1 for run in runs if not run["queued"])
+    if not waiting:
+        return ""
+    return f"; {waiting} of {len(runs)} recorded but not queued yet (queued as soon as the broker is back)"
 
 
 def _event_body(request) -> bytes:

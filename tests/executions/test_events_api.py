@@ -104,8 +104,11 @@ def test_a_fanned_out_run_has_a_step_per_script_or_its_entrypoint_alone(post):
         "charlie_entry": [(1, "main.py", "main.py")],
     }
     assert body["status"] == "started"
-    assert body["statusReason"] == ("started alice_two_steps, bob_config_then_main, charlie_entry; "
-                                    "not started: Package 'Dave Nothing To Run' has no scripts to run.")  # fmt: skip
+    # (then "; 3 of 3 recorded but not queued yet": this test's transaction never commits, so nothing is published)
+    assert body["statusReason"].startswith(
+        "started alice_two_steps, bob_config_then_main, charlie_entry; "
+        "not started: Package 'Dave Nothing To Run' has no scripts to run."
+    )
 
 
 def test_an_unknown_event_type_is_registered_and_stored_with_no_subscribers(post):

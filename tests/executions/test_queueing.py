@@ -172,6 +172,9 @@ def test_a_full_broker_is_reported_and_the_run_published_once_there_is_room(full
     [run] = response.json()["runs"]
     execution = Execution.objects.get(pk=run["execution_id"])
     assert run == {"execution_id": str(execution.id), "status": "pending", "queued": False, "reason": NOT_QUEUED_REASON}
+    assert response.json()["statusReason"].endswith(
+        "; 1 of 1 recorded but not queued yet (queued as soon as the broker is back)"
+    )
     assert (execution.status, execution.enqueued_at) == (ExecutionStatus.PENDING, None)
     assert "could not publish to the broker" in caplog.text and PASSWORD not in caplog.text
     assert reap().republished == 0  # still full
