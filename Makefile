@@ -1,6 +1,7 @@
 # One command to run, one to test. Both create the virtualenvs on first use.
 #   make run    web (:8000) + worker + beat; SQLite and an embedded Redis unless DATABASE_URL / REDIS_URL are set
-#   make test   the whole suite against PostgreSQL and Redis on 127.0.0.1 (override with DATABASE_URL / REDIS_URL)
+#   make test   the whole suite against PostgreSQL and Redis on 127.0.0.1 (override with DATABASE_URL / REDIS_URL),
+#               then the fault suite (make faults: its own PostgreSQL and Redis); with PYTEST_ARGS the first part only
 PYTHON ?= python3.11
 VENV := .venv
 RUNTIME := .runtime
@@ -29,7 +30,10 @@ test: export REDIS_URL ?= redis://127.0.0.1:6379/15
 test: export SECRET_KEY ?= test-secret-key-not-for-production
 test: export EXECUTOR_FERNET_KEYS ?= dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=
 test: install
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --ignore=tests/faults $(PYTEST_ARGS)
+ifeq ($(PYTEST_ARGS),)
+	$(VENV)/bin/pytest tests/faults -p no:cacheprovider
+endif
 
 # The fault suite: its own PostgreSQL cluster and Redis on private ports, killed and restarted on purpose.
 faults: install
