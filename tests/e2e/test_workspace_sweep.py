@@ -56,12 +56,22 @@ def workspace_of(execution: Execution, work_dir: Path) -> Path:
     return found[0]
 
 
+def read_its_files(workspace: Path) -> None:
+    """`running` is recorded just before the step's process starts: wait until it has read (and so removed) its
+    argv and environment files, which EXECUTOR_SANDBOX=off writes to disk."""
+    deadline = time.monotonic() + 20
+    while list((workspace / "private").iterdir()):
+        assert time.monotonic() < deadline, list((workspace / "private").iterdir())
+        time.sleep(0.05)
+
+
 def killed_mid_step(work_dir, tmp_path, monkeypatch, name) -> tuple[Execution, Path]:
     """A worker SIGKILLed (with its whole process group) while its step runs: its workspace stays behind."""
     package = make_package(f"{name}_pkg", {"long.py": "import time; time.sleep(120)"})
     with worker_on(work_dir, tmp_path, name) as worker:
         execution = running_on(worker, package, monkeypatch)
         workspace = workspace_of(execution, work_dir)
+        read_its_files(workspace)
         step = psutil.Process(worker.proc.pid).children(recursive=True)  # without a sandbox: not in the group
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait(timeout=10)
