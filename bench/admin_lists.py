@@ -5,27 +5,21 @@ the last 90 days, 3 steps each for the newest 100,000, a few hundred saved, and 
 opens most (median of 5 requests through Django's test client, after one warm-up), with the number of SQL queries.
 """
 
-import os
 import statistics
 import sys
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-SERVER = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/executor")
-os.environ.update(
-    DATABASE_URL=urlsplit(SERVER)._replace(path="/executor_bench_admin").geturl(),
-    SECRET_KEY=os.environ.get("SECRET_KEY", "bench"),
-    EXECUTOR_FERNET_KEYS=os.environ.get("EXECUTOR_FERNET_KEYS", "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="),
-    DJANGO_SETTINGS_MODULE="executor_project.settings",
-    LOG_LEVEL="WARNING",
+sys.path.insert(0, str(BASE_DIR))
+
+from bench.databases import SERVER, on_server, recreate_database, use_bench_environment  # noqa: E402
+
+use_bench_environment(
+    on_server("executor_bench_admin"),
     ALLOWED_HOSTS="testserver",
     DEBUG="true",  # static files without collectstatic; query capture needs the debug cursor anyway
 )
-sys.path.insert(0, str(BASE_DIR))
-
-from bench.databases import recreate_database  # noqa: E402
 
 PAGES = [
     ("admin index (dashboard)", "/admin/"),

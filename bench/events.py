@@ -54,17 +54,10 @@ with socket.create_connection(("127.0.0.1", {port}), timeout=30) as counter:
 
 def main() -> None:
     options = _options()
-    server = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/executor")
-    if not options.url:
-        server = urlsplit(server)._replace(path="/executor_bench_events").geturl()
-    os.environ.update(
-        DATABASE_URL=server,
-        REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"),
-        SECRET_KEY=os.environ.get("SECRET_KEY", "bench"),
-        EXECUTOR_FERNET_KEYS=os.environ.get("EXECUTOR_FERNET_KEYS", "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="),
-        DJANGO_SETTINGS_MODULE="executor_project.settings",
-        LOG_LEVEL="WARNING",
-    )
+    from bench.databases import SERVER, on_server, use_bench_environment
+
+    server = SERVER if options.url else on_server("executor_bench_events")
+    use_bench_environment(server, REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/13"))
     if not options.url:
         from bench.databases import recreate_database
 

@@ -25,22 +25,14 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from urllib.parse import urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-SERVER = os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/executor")
-BENCH_DB = urlsplit(SERVER)._replace(path="/executor_bench").geturl()
-os.environ.update(
-    DATABASE_URL=BENCH_DB,
-    REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"),
-    SECRET_KEY=os.environ.get("SECRET_KEY", "bench"),
-    EXECUTOR_FERNET_KEYS=os.environ.get("EXECUTOR_FERNET_KEYS", "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="),
-    DJANGO_SETTINGS_MODULE="executor_project.settings",
-    LOG_LEVEL="WARNING",
-)
 sys.path.insert(0, str(BASE_DIR))
 
-from bench.databases import recreate_database  # noqa: E402
+from bench.databases import SERVER, on_server, recreate_database, use_bench_environment  # noqa: E402
+
+BENCH_DB = on_server("executor_bench")
+use_bench_environment(BENCH_DB, REDIS_URL=os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14"))
 
 
 def main() -> None:
