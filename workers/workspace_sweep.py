@@ -4,9 +4,12 @@ A worker that is killed leaves its execution's directory behind (workers/workspa
 state and outbox, and with EXECUTOR_SANDBOX=off the argument file with the decrypted secrets. The directory's
 name says whose it is:
 
-    executor-<execution id>-<database>-<lease token>-<random>
+    executor-<execution id>-<database>-<lease digest>-<random>
 
-A directory is live while an in-progress execution with that id holds that lease token in this database; the
+The lease part is a digest of the lease token, not the token: the name is in the step's HOME and TMPDIR, and a
+step has no business knowing the token that fences its worker's writes.
+
+A directory is live while an in-progress execution with that id holds a lease of that digest in this database; the
 claim is committed before the directory is made, and the directory is removed before the run leaves that state,
 so a live run's directory is never taken for a dead one, whichever worker sharing the directory runs it. The
 database part (a hash of where this installation's database is) keeps installations that share a temporary
@@ -40,17 +43,19 @@ from executions.models import Execution, ExecutionStatus
 logger = logging.getLogger(__name__)
 _UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 _RANDOM = r"[a-z0-9_]{8}"  # what tempfile appends
-_TOKEN = r"[0-9A-Za-z._]+"  # a lease token (workers/lease.py), checked to be this before it goes into a name
-_LEASED = re.compile(rf"executor-(?P<execution>{_UUID})-(?P<database>[0-9a-f]{{8}})-(?P<lease>{_TOKEN})-{_RANDOM}")
+_DIGEST = r"[0-9a-f]{16}"  # lease_digest()
+_LEASED = re.compile(rf"executor-(?P<execution>{_UUID})-(?P<database>[0-9a-f]{{8}})-(?P<lease>{_DIGEST})-{_RANDOM}")
 _LEGACY = re.compile(rf"executor-(?P<short_id>[0-9a-f]{{8}})-{_RANDOM}")
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 def directory_prefix(lease) -> str:
     """tempfile's prefix for the workspace of the execution `lease` (workers/lease.py) holds (workers/runner.py)."""
-    if not re.fullmatch(_TOKEN, lease.token):
-        raise ValueError(f"a lease token must be safe in a file name: {lease.token!r}")
-    return f"executor-{uuid.UUID(str(lease.execution_id))}-{database_tag()}-{lease.token}-"
+    return f"executor-{uuid.UUID(str(lease.execution_id))}-{database_tag()}-{lease_digest(lease.token)}-"
+
+
+def lease_digest(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
 def database_tag() -> str:
@@ -117,7 +122,7 @@ def _dead_leased(names: dict[str, re.Match]) -> list[str]:
         return []
     ids = {match["execution"] for match in names.values()}
     live = {
-        (str(execution_id), lease)
+        (str(execution_id), lease_digest(lease))
         for execution_id, lease in Execution.objects.filter(pk__in=ids, status=ExecutionStatus.IN_PROGRESS)
         .values_list("pk", "lease_owner")
     }  # fmt: skip

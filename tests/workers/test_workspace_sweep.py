@@ -63,6 +63,15 @@ def test_a_live_run_s_workspace_stays_and_those_of_runs_that_ended_without_their
     assert (directories[live] / "private" / "argv.json").exists()
 
 
+def test_a_workspace_s_name_says_whose_it_is_without_the_lease_token(work_dir):
+    """The name is in the step's HOME and TMPDIR: it carries a digest of the lease, never the token itself."""
+    lease = claimed()
+    name = workspace_of(lease, work_dir).name
+
+    assert name.startswith(f"executor-{lease.execution_id}-{database_tag()}-")
+    assert lease.token not in name and lease.token.split(".")[-1] not in name
+
+
 def test_only_this_installation_s_workspace_directories_are_judged(work_dir, tmp_path):
     """Another database's directories (a test suite sharing /tmp) are not this ledger's to judge; a name that
     is a link, a file, or another user's directory is left alone too."""
