@@ -28,8 +28,8 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import transaction
 
+from executor_lib.safe_files import UnsafeFile, read_regular
 from executor_project import bounded_json
-from workers.safe_files import UnsafeFile, read_regular
 
 from . import cron
 from .models import (
@@ -140,7 +140,7 @@ def refusal_for_mode(mode: int) -> str | None:
 
 def _read_regular_file(dir_fd: int, name: str) -> bytes:
     """A regular file's bytes, opened with O_NOFOLLOW (a symlink swapped in after the lstat is not followed) and
-    size-checked before reading (workers/safe_files.py, which the worker uses on step directories too)."""
+    size-checked before reading (executor_lib/safe_files.py, which the worker uses on step directories too)."""
     try:
         content = read_regular(dir_fd, name, settings.EXECUTOR_MAX_SCRIPT_BYTES)
     except UnsafeFile as exc:

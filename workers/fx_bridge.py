@@ -11,7 +11,7 @@ sitecustomize. Together they are the one place that knows FX's backends:
   saves the state changes, stores the secrets, schedules the later runs and dispatches the events, in that order,
   so a package started by an event sees the state and secrets its sender left.
 
-The step can write in <fx>: everything there is read as hostile (workers/safe_files.py). A link, FIFO or
+The step can write in <fx>: everything there is read as hostile (executor_lib/safe_files.py). A link, FIFO or
 oversized file where the state or an outbox file should be is not used, and the step's stderr says so.
 """
 
@@ -28,12 +28,12 @@ from django.core.exceptions import ValidationError
 from executions.events import EventRejected, dispatch
 from executions.later_runs import schedule_later_run
 from executions.models import Execution
+from executor_lib.safe_files import UnsafeFile, empty_directory, open_directory, read_regular, write_new
 from executor_project import bounded_json
 from packages import state as package_state
 from packages.cron import CronError
 from packages.models import Secret, SecretScope
 
-from .safe_files import UnsafeFile, empty_directory, open_directory, read_regular, write_new
 from .workspace import Workspace
 
 logger = logging.getLogger(__name__)

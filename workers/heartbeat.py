@@ -37,8 +37,9 @@ from django.db import connection
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus
+from executor_project import database
 
-from . import database, lease, reaper
+from . import lease, reaper
 
 logger = logging.getLogger(__name__)
 RUN_EXECUTION = "executor.run_execution"

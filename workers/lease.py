@@ -26,8 +26,9 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, ExecutionStep
+from executor_project import database
 
-from . import database, shutdown
+from . import shutdown
 
 logger = logging.getLogger(__name__)
 # How often a running step looks for a Cancel (and for a lost lease): a cancelled step stops within about this long.

@@ -25,10 +25,11 @@ from executions import queueing
 from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
+from executor_project import database
 from packages.encryption import EncryptionError
 from packages.models import Package, ScriptKind, kind_for_file_name, secrets_for, validate_env_var_name
 
-from . import database, fx_bridge, masking, shutdown
+from . import fx_bridge, masking, shutdown
 from .handlers import StepRun, handler_for
 from .handlers.errors import StepSetupError
 from .isolation import (

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
-from . import safe_files
+from executor_lib import safe_files
 
 logger = logging.getLogger(__name__)
 _CHUNK = 64 * 1024

@@ -19,9 +19,10 @@ from django.db import close_old_connections
 from executions.later_runs import start_later_run
 from executions.saved_runs import run_saved_on_schedule
 from executions.services import trigger_scheduled_tick
+from executor_project import database
 from packages.models import GitRepository
 
-from . import database, heartbeat, reaper, runner, shutdown, workspace_sweep
+from . import heartbeat, reaper, runner, shutdown, workspace_sweep
 from .checks import check_script_runtime
 from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 

@@ -11,7 +11,7 @@
 
 The root and private/ belong to the worker (mode 700) and are never bound into the sandbox as they are: a step
 can write only in the four directories above private/, and the worker treats everything in those as hostile
-(workers/safe_files.py).
+(executor_lib/safe_files.py).
 
 The root's name says which run and lease it belongs to, so that what a killed worker left behind is found and
 removed (workers/workspace_sweep.py).

@@ -44,8 +44,8 @@ def no_broker(monkeypatch):
 
 @pytest.fixture(autouse=True)
 def quick_backoff(monkeypatch):
-    monkeypatch.setattr("workers.database.BACKOFF_SECONDS", (0.05, 0.1, 0.2))
-    monkeypatch.setattr("workers.database.MAX_BACKOFF_SECONDS", 0.2)
+    monkeypatch.setattr("executor_project.database.BACKOFF_SECONDS", (0.05, 0.1, 0.2))
+    monkeypatch.setattr("executor_project.database.MAX_BACKOFF_SECONDS", 0.2)
 
 
 def claimed(files=None, **package_fields):
