@@ -13,6 +13,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
+from executor_project.badges import status_badge
 from packages import access
 from packages.access import Action
 from packages.access_admin import MissingIsNotFound, ProjectScopedAdmin, ProjectScopedInline
@@ -108,10 +109,6 @@ class ExecutionForm(forms.ModelForm):
         if cleaned.get("schedule") and not cleaned.get("saved"):
             self.add_error("schedule", "Only a saved run runs on a schedule: tick Saved, or empty the schedule.")
         return cleaned
-
-
-def status_badge(status: str, label: str) -> str:
-    return format_html('<span class="executor-badge executor-{}">{}</span>', status, label)
 
 
 class ExecutionStepInline(ProjectScopedInline, admin.TabularInline):

@@ -14,7 +14,7 @@ from django.db.models import QuerySet
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
 
-from executions.admin import status_badge
+from executor_project.badges import status_badge
 
 from . import access
 from .access import Action
