@@ -165,7 +165,8 @@ def _package(name: str, steps: int):
 
 def _run(package, timeout: float = 300):
     from executions.models import TriggerType
-    from executions.services import trigger_execution, wait_until_finished
+    from executions.services import trigger_execution
+    from executions.waiting import wait_until_finished
 
     return wait_until_finished(trigger_execution(package, trigger_type=TriggerType.MANUAL), timeout, 0.005)
 

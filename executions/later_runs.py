@@ -2,8 +2,9 @@
 
 Each becomes a one-off clocked PeriodicTask of django-celery-beat, so it survives a restart of any process and
 fires from the same beat as package schedules. When it fires, `executor.later_run` starts the execution through
-the one trigger path, keyed so that a repeated tick starts it once. The cron expression FX sends is read in the
-package's time zone, which is also the steps' TZ (workers/runner.py), so "in 5 minutes" means 5 minutes.
+the one tick path (executions/ticks.py), keyed so that a repeated tick starts it once. The cron expression FX sends
+is read in the package's time zone, which is also the steps' TZ (workers/runner.py), so "in 5 minutes" means 5
+minutes.
 """
 
 import json
@@ -14,10 +15,8 @@ from django.utils import timezone
 from django_celery_beat.models import ClockedSchedule, PeriodicTask
 
 from packages import cron
-from packages.models import Package
 
-from .models import Execution, TriggerType
-from .services import TriggerRefused, trigger_execution
+from .models import Execution
 
 logger = logging.getLogger(__name__)
 
@@ -47,23 +46,3 @@ def schedule_later_run(parent: Execution, *, cron_expression: str, params: dict,
         description=f"Later run of {package.package_name} asked for by execution {parent.id} ({cron_expression})",
     )
     return fire_times[0]
-
-
-def start_later_run(package_id: int, params: dict, parent_execution_id: str, request_id: str) -> Execution | None:
-    package = Package.objects.filter(pk=package_id).first()
-    if package is None:
-        logger.info("later run %s: package %s no longer exists", request_id, package_id)
-        return None
-    parent = Execution.objects.filter(pk=parent_execution_id).first()
-    try:
-        return trigger_execution(
-            package,
-            trigger_type=TriggerType.SCHEDULED,
-            params=params,
-            correlation_id=parent.correlation_id if parent else None,
-            parent=parent,
-            idempotency_key=f"later:{request_id}",
-        )
-    except TriggerRefused as exc:
-        logger.info("later run %s of %s not started: %s", request_id, package.package_name, exc)
-        return None

@@ -1,11 +1,12 @@
 """Publishing executions to the broker, and knowing afterwards which of them are really queued.
 
-Every publish of `run_execution(id)` is preceded by a marker `executor:queued:<id>` in the broker's own Redis,
-which the worker that claims the execution deletes (workers/runner.py). The reaper (workers/republish.py) publishes
-again a pending execution whose marker is missing: a Redis that restarted without its data lost the markers with
-the queues, and a crash between the commit and the publish never set one. `enqueued_at` is set after a publish
-succeeded and cleared when one failed, so a pending execution without it is known not to be queued whatever
-marker an attempt left. A healthy backlog keeps its markers, so it is never published twice.
+Every publish of `executor.run_execution(id)` (by name, through executor_project/publishing.py: the web side never
+imports the worker) is preceded by a marker `executor:queued:<id>` in the broker's own Redis, which the worker that
+claims the execution deletes (workers/runner.py). The reaper (workers/republish.py) publishes again a pending
+execution whose marker is missing: a Redis that restarted without its data lost the markers with the queues, and a
+crash between the commit and the publish never set one. `enqueued_at` is set after a publish succeeded and cleared
+when one failed, so a pending execution without it is known not to be queued whatever marker an attempt left. A
+healthy backlog keeps its markers, so it is never published twice.
 
 The marker goes first so that no claim can come before it (a late marker on a claimed execution would hide the
 execution should it go back to pending); a marker without a message is covered by the cleared `enqueued_at`.
@@ -18,15 +19,17 @@ soon as the broker is back". Not 503: the execution IS recorded and will run (th
 takes writes again), whereas a client retrying a 503 would start the run twice.
 """
 
-import contextlib
 import logging
 
 from django.utils import timezone
+
+from executor_project import publishing
 
 from .models import Execution, ExecutionStatus, TriggerType
 
 logger = logging.getLogger(__name__)
 
+RUN_TASK = "executor.run_execution"  # workers/tasks.py; published by name, never imported from here
 MARKER_PREFIX = "executor:queued:"
 # Longer than any sane backlog wait; past it, an execution still queued is published once more (harmless).
 MARKER_TTL_SECONDS = 7 * 24 * 3600
@@ -46,21 +49,16 @@ def enqueue_many(executions: list[Execution]) -> int:
     """
     if not executions:
         return 0
-    # Imported here: the web process needs the task's signature only, not the worker machinery.
-    from workers.tasks import run_execution
-
     ids = [str(execution.id) for execution in executions]
     try:
-        with run_execution.app.producer_or_acquire() as producer:
+        with publishing.producer() as producer:
             _mark(producer, ids)
             if len(executions) == 1:  # nothing to batch
-                run_execution.apply_async(args=ids, queue=lane_for(executions[0]))
+                publishing.publish(RUN_TASK, ids, queue=lane_for(executions[0]))
             else:
                 with producer.batch():  # one pipeline for all the messages
                     for execution in executions:
-                        run_execution.apply_async(
-                            args=[str(execution.id)], queue=lane_for(execution), producer=producer
-                        )
+                        publishing.publish(RUN_TASK, [str(execution.id)], queue=lane_for(execution), producer=producer)
     except Exception as exc:
         # One line, no traceback; redis' and kombu's error texts do not contain the URL or its password.
         logger.warning(
@@ -76,7 +74,7 @@ def enqueue_many(executions: list[Execution]) -> int:
 
 
 def _mark(producer, ids: list[str]) -> None:
-    with producer.channel.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
+    with publishing.broker_client(producer) as client, client.pipeline(transaction=False) as pipe:
         for execution_id in ids:
             pipe.set(MARKER_PREFIX + execution_id, 1, ex=MARKER_TTL_SECONDS)
         pipe.execute()
@@ -101,13 +99,9 @@ def forget(execution_id: str) -> None:
         logger.warning("execution %s: could not clear its queued marker (%s)", execution_id, type(exc).__name__)
 
 
-@contextlib.contextmanager
 def broker():
-    """A client of the broker's Redis (the same URL, database and options as the messages)."""
-    from workers.tasks import run_execution
-
-    with run_execution.app.producer_or_acquire() as producer, producer.channel.conn_or_acquire() as client:
-        yield client
+    """A client of the broker's Redis (the same URL, database and options as the messages), as a context."""
+    return publishing.broker_client()
 
 
 def queued_ids(client, ids: list[str]) -> set[str]:

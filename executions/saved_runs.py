@@ -3,17 +3,15 @@
 A re-run is a new execution of the same package with the same parameters (or edited ones) and the same run-form
 files, linked to its source by `rerun_of`. A saved run's schedule is a beat task (`executor.saved.<id>`) kept in
 step whenever the execution is saved in the admin; each tick starts one execution per fire time, however many
-ticks arrive, like a package schedule (executions/services.py).
+ticks arrive, like a package schedule (executions/ticks.py).
 """
 
 import logging
 
-from django.utils import timezone
-
-from packages.schedules import sync_periodic_task, tick_key
+from packages.schedules import sync_periodic_task
 
 from .models import Execution, TriggerType
-from .services import TriggerRefused, trigger_execution
+from .services import trigger_execution
 
 logger = logging.getLogger(__name__)
 
@@ -50,19 +48,3 @@ def sync_saved_run_schedule(execution: Execution) -> None:
         enabled=execution.saved,
         description=f"Saved run {execution.name or execution.short_id} of {execution.package.package_name}",
     )
-
-
-def run_saved_on_schedule(execution_id: str) -> Execution | None:
-    saved = Execution.objects.select_related("package").filter(pk=execution_id, saved=True).first()
-    if saved is None:
-        logger.info("tick for saved run %s, which is no longer saved: ignored", execution_id)
-        return None
-    key = tick_key(f"saved:{saved.pk}", saved.schedule, saved.schedule_timezone, timezone.now())
-    if key is None:
-        logger.warning("tick for saved run %s matches no fire time of %r: ignored", execution_id, saved.schedule)
-        return None
-    try:
-        return rerun(saved, trigger_type=TriggerType.SCHEDULED, idempotency_key=key)
-    except TriggerRefused as exc:
-        logger.info("scheduled run of saved run %s not started: %s", execution_id, exc)
-        return None

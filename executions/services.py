@@ -1,12 +1,11 @@
 """The one path every trigger takes: record the execution, then hand its id to a worker.
 
-Manual runs, schedule ticks, events and re-runs all call `trigger_execution`. It creates the Execution and its
-steps in one transaction and enqueues `run_execution(execution_id)` only after that transaction commits, so a
-worker never looks for a row that is not there yet, and a rollback never leaves a message behind.
+Manual runs, schedule ticks (executions/ticks.py), events and re-runs all call `trigger_execution`. It creates the
+Execution and its steps in one transaction and enqueues `run_execution(execution_id)` only after that transaction
+commits, so a worker never looks for a row that is not there yet, and a rollback never leaves a message behind.
 """
 
 import logging
-import time
 import uuid
 
 from django.db import IntegrityError, transaction
@@ -95,29 +94,6 @@ def _audit_run(execution: Execution, user, api_key) -> None:
     record(action, execution, user=user, api_key=api_key, details=details)
 
 
-def trigger_scheduled_tick(package_id: int) -> Execution | None:
-    """A beat tick for a package: one execution per (package, fire time), however many ticks arrive for it.
-
-    Two beat processes, or a redelivered tick message, map to the same fire time and so to the same
-    idempotency key; the UNIQUE constraint on it lets exactly one execution through.
-    """
-    from packages.schedules import tick_key
-
-    package = Package.objects.filter(pk=package_id).first()
-    if package is None:
-        logger.info("tick for package %s, which no longer exists: ignored", package_id)
-        return None
-    key = tick_key(f"schedule:{package.pk}", package.schedule, package.timezone, timezone.now())
-    if key is None:
-        logger.warning("tick for package %s matches no fire time of %r: ignored", package_id, package.schedule)
-        return None
-    try:
-        return trigger_execution(package, trigger_type=TriggerType.SCHEDULED, idempotency_key=key)
-    except TriggerRefused as exc:
-        logger.info("scheduled run of %s not started: %s", package.package_name, exc)
-        return None
-
-
 def _check_allowed(package: Package, trigger_type: TriggerType) -> None:
     if not package.active:
         raise TriggerRefused(f"Package {package.name!r} is inactive.")
@@ -138,18 +114,6 @@ def _create(package: Package, **fields) -> Execution:
         ExecutionStep(execution=execution, position=index, script=script, file_name=script.file_name)
         for index, script in enumerate(scripts, start=1)
     )
-    return execution
-
-
-def wait_until_finished(execution: Execution, timeout: float, poll_seconds: float = 0.2) -> Execution:
-    """Block until the execution reaches a final state (for the CLI and tests); TimeoutError after `timeout`."""
-    deadline = time.monotonic() + timeout
-    execution.refresh_from_db()
-    while not execution.is_finished:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"Execution {execution.id} still {execution.status} after {timeout:g} s.")
-        time.sleep(poll_seconds)
-        execution.refresh_from_db()
     return execution
 
 

@@ -10,4 +10,6 @@ os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 
 app = Celery("executor_project")
 app.config_from_object("django.conf:settings", namespace="CELERY")
+# Each app's tasks.py (workers/, executions/, packages/), imported when a worker or beat starts, not before: the web
+# side publishes by name (executor_project/publishing.py) and never loads a worker's machinery.
 app.autodiscover_tasks()

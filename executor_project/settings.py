@@ -294,7 +294,7 @@ if EXECUTOR_REAPER_SECONDS >= EXECUTOR_LEASE_SECONDS - EXECUTOR_HEARTBEAT_SECOND
 # database up to 10 minutes (workers/lease.py).
 EXECUTOR_DATABASE_OUTAGE_SECONDS = env_int("EXECUTOR_DATABASE_OUTAGE_SECONDS", 60, minimum=1)
 # A task that cannot reach the database holds its message this long (the worker takes no other meanwhile), then
-# hands it back to Redis to be delivered again, instead of consuming it (workers/tasks.py).
+# hands it back to Redis to be delivered again, instead of consuming it (executor_project/redelivery.py).
 EXECUTOR_DATABASE_WAIT_SECONDS = env_int("EXECUTOR_DATABASE_WAIT_SECONDS", 30, minimum=1)
 # On SIGTERM, how long a running step may go on before it is stopped (workers/shutdown.py).
 EXECUTOR_SHUTDOWN_GRACE_SECONDS = env_int("EXECUTOR_SHUTDOWN_GRACE_SECONDS", 30, minimum=0)

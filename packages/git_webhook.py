@@ -9,25 +9,25 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from executor_project import bounded_json
+from executor_project import bounded_json, publishing
 
 from .git_credentials import signature_is_valid
 from .models import GitRepository
 
 logger = logging.getLogger(__name__)
 
+# packages/tasks.py; published by name: the web process does not load the task's module (nor dulwich).
+SYNC_TASK = "executor.sync_repository"
+SYNC_ADOPTING_TASK = "executor.sync_repository_adopting"
+
 
 def queue_sync(repository: GitRepository, adopt: Sequence[str] = ()) -> None:
     """Queue a sync of `repository` on the maintenance lane; with `adopt`, one that may take over the packages of
-    those names (packages/tasks.py). The web process never fetches a repository itself."""
+    those names. The web process never fetches a repository itself."""
     if adopt:
-        from .tasks import sync_repository_adopting
-
-        sync_repository_adopting.apply_async(args=[repository.pk, sorted(adopt)], queue="maintenance")
-        return
-    from workers.tasks import sync_repository  # the web process needs the task's signature only
-
-    sync_repository.apply_async(args=[repository.pk], queue="maintenance")
+        publishing.publish(SYNC_ADOPTING_TASK, [repository.pk, sorted(adopt)], queue="maintenance")
+    else:
+        publishing.publish(SYNC_TASK, [repository.pk], queue="maintenance")
 
 
 @csrf_exempt

@@ -1,5 +1,5 @@
 import os
-from unittest import mock
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import psycopg2
@@ -13,11 +13,38 @@ def seed_package(db):
     return make_package("seed_package", seed_files())
 
 
+class Published(NamedTuple):
+    """One message the code under test published (executor_project/publishing.py)."""
+
+    task: str  # its name, e.g. "executor.run_execution"
+    args: list
+    queue: str  # the lane
+
+
+class PublishedMessages(list[Published]):
+    def of(self, task: str) -> list[Published]:
+        """Those of one task, e.g. `enqueued.of("executor.sync_repository")`."""
+        return [message for message in self if message.task == task]
+
+
 @pytest.fixture
-def enqueued():
-    """Records what would be sent to the broker, for tests whose subject is not the broker."""
-    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
-        yield apply_async
+def enqueued(monkeypatch) -> PublishedMessages:
+    """What is published to the broker, recorded instead of sent, for tests whose subject is not the broker: a list
+    of (task, args, queue). The queued markers of executions/queueing.py still go to the test Redis."""
+    published = PublishedMessages()
+
+    def publish(task: str, args, *, queue: str, producer=None) -> None:
+        published.append(Published(task, list(args), queue))
+
+    monkeypatch.setattr("executor_project.publishing.publish", publish)
+    return published
+
+
+@pytest.fixture
+def no_broker(monkeypatch) -> None:
+    """Executions are recorded and never published, as if the web process died before publishing: for tests that
+    run them in this process (workers/runner.py) instead of through a worker."""
+    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
 
 
 @pytest.fixture(autouse=True)

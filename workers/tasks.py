@@ -1,26 +1,20 @@
-"""Celery entry points. Thin on purpose: a message carries an id, the ledger holds the state.
+"""The workers app's Celery tasks and worker signals: running an execution, the reaper, a worker's start-up.
 
-A task that cannot reach the database does not consume its message: it holds it, trying again for
-EXECUTOR_DATABASE_WAIT_SECONDS (prefetch is 1, so its slot takes no other message meanwhile), then rejects it
-with requeue (Reject(requeue=True): with acks_late Celery puts it back in Redis, at the back of its queue), and
-it is delivered again later, to this worker or another. Every attempt waits that long first: no hot loop.
+Thin on purpose: a message carries an id, the ledger holds the state. A claim that cannot reach the database
+hands its message back to Redis (executor_project/redelivery.py). The web side publishes `executor.run_execution`
+by name (executions/queueing.py) and never imports this module, which loads the runner and the sandbox. The other
+apps' tasks are in executions/tasks.py (schedule ticks, later runs) and packages/tasks.py (repository syncs).
 """
 
 import logging
 import uuid
-from collections.abc import Callable
 
 from celery import shared_task
-from celery.exceptions import Reject
 from celery.signals import task_prerun, worker_init, worker_process_init, worker_ready, worker_shutting_down
-from django.conf import settings
 from django.db import close_old_connections
 
-from executions.later_runs import start_later_run
-from executions.saved_runs import run_saved_on_schedule
-from executions.services import trigger_scheduled_tick
 from executor_project import database
-from packages.models import GitRepository
+from executor_project.redelivery import hand_back
 
 from . import heartbeat, reaper, runner, shutdown, workspace_sweep
 from .checks import check_script_runtime
@@ -39,20 +33,6 @@ def reuse_database_connection(**kwargs) -> None:
     close_old_connections()
 
 
-def _hand_back(what: str, exc: BaseException) -> Reject:
-    logger.warning("%s: the database is still unreachable after %s s (%s): message handed back to Redis",
-                   what, settings.EXECUTOR_DATABASE_WAIT_SECONDS, database.describe(exc))  # fmt: skip
-    return Reject(f"database unreachable: {database.describe(exc)}", requeue=True)
-
-
-def _holding_the_message(action: Callable[[], object], what: str) -> None:
-    """Run a task body that is safe to repeat (its effect is keyed by the message) through a database blink."""
-    try:
-        database.retrying(action, seconds=settings.EXECUTOR_DATABASE_WAIT_SECONDS, what=what)
-    except database.UNREACHABLE as exc:
-        raise _hand_back(what, exc) from None
-
-
 # Request: in the worker's main process, the one that tells the heartbeat when its pool process dies.
 @shared_task(name="executor.run_execution", bind=True, ignore_result=True, Request="workers.heartbeat:ExecutionRequest")
 def run_execution(self, execution_id: str) -> None:
@@ -64,39 +44,7 @@ def run_execution(self, execution_id: str) -> None:
     try:
         runner.run_execution(execution_id, worker_name=self.request.hostname or "unknown")
     except database.UNREACHABLE as exc:  # only the claim lets these through (runner.run_execution)
-        raise _hand_back(f"execution {execution_id}", exc) from None
-
-
-@shared_task(name="executor.scheduled_tick", ignore_result=True)
-def scheduled_tick(package_id: int) -> None:
-    """Sent by beat for a package's PeriodicTask (packages/schedules.py). Repeatable: one run per fire time."""
-    _holding_the_message(lambda: trigger_scheduled_tick(package_id), f"schedule tick of package {package_id}")
-
-
-@shared_task(name="executor.saved_run_tick", ignore_result=True)
-def saved_run_tick(execution_id: str) -> None:
-    """Sent by beat for a saved run's own schedule (executions/saved_runs.py)."""
-    _holding_the_message(lambda: run_saved_on_schedule(execution_id), f"schedule tick of saved run {execution_id}")
-
-
-@shared_task(name="executor.later_run", ignore_result=True)
-def later_run(package_id: int, params: dict, parent_execution_id: str, request_id: str) -> None:
-    """Sent by beat for a one-off later run a script asked for (executions/later_runs.py); keyed by request_id."""
-    _holding_the_message(
-        lambda: start_later_run(package_id, params, parent_execution_id, request_id), f"later run {request_id}"
-    )
-
-
-@shared_task(name="executor.sync_repository", ignore_result=True)
-def sync_repository(repository_id: int) -> None:
-    """Queued by a push webhook or the Sync Now API (packages/git_webhook.py)."""
-    from packages import git_sync  # dulwich: ~10 MiB that only a worker which syncs needs to carry
-
-    repository = GitRepository.objects.select_related("project").filter(pk=repository_id).first()
-    if repository is None:
-        logger.info("sync of repository %s, which no longer exists: ignored", repository_id)
-        return
-    git_sync.sync_repository(repository)
+        raise hand_back(f"execution {execution_id}", exc) from None
 
 
 @shared_task(name="executor.reap", ignore_result=True)

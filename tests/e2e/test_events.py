@@ -18,7 +18,8 @@ from django.urls import reverse
 
 from executions.lifecycle import EXECUTION_FINISHED
 from executions.models import ApiKey, Execution, ExecutionStatus, TriggerEvent, TriggerEventStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
+from executions.services import trigger_execution
+from executions.waiting import wait_until_finished
 from packages.models import EventType, Project, Secret, SecretScope
 from tests.e2e.conftest import worker_process
 from tests.executions.test_events_api import BAD_INPUT

@@ -9,7 +9,8 @@ import pytest
 from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
+from executions.services import trigger_execution
+from executions.waiting import wait_until_finished
 from packages.models import EventType, PackageState, Project, Secret, SecretScope
 from tests.e2e.test_schedule import start_beat
 from tests.factories import make_package

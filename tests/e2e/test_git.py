@@ -10,7 +10,8 @@ from django.urls import reverse
 
 from executions.events import IncomingEvent, dispatch
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
+from executions.services import trigger_execution
+from executions.waiting import wait_until_finished
 from packages.git_credentials import set_secret_field
 from packages.git_sync import sync_repository
 from packages.models import GitRepository, Package, Project

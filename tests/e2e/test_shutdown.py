@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from executions.services import wait_until_finished
+from executions.waiting import wait_until_finished
 from tests.e2e.conftest import (
     BASE_DIR,
     TEST_WORKER_ENV,

@@ -6,7 +6,8 @@ import psycopg2
 import pytest
 
 from executions.models import ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_execution, wait_until_finished
+from executions.services import trigger_execution
+from executions.waiting import wait_until_finished
 from packages.models import SqlConnection
 from packages.sql_connections import set_url
 from tests.factories import make_package

@@ -6,10 +6,12 @@ import uuid
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import request_cancel, trigger_execution, wait_until_finished
+from executions.services import request_cancel, trigger_execution
+from executions.tasks import saved_run_tick
+from executions.waiting import wait_until_finished
 from tests.e2e.conftest import counting_script, run_count
 from tests.factories import make_package, seed_files
-from workers.tasks import run_execution, saved_run_tick
+from workers.tasks import run_execution
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 

@@ -14,7 +14,7 @@ import pytest
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from executions.services import wait_until_finished
+from executions.waiting import wait_until_finished
 from tests.e2e.conftest import start_on
 from tests.e2e.test_shutdown import worker_in_own_session
 from tests.factories import make_package

@@ -1,7 +1,5 @@
 """The execution list's search and counts (bench/admin_lists.py times them on a million executions)."""
 
-from unittest import mock
-
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -16,10 +14,9 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
-def runs():
-    with mock.patch("workers.tasks.run_execution.apply_async"):
-        alpha = trigger_execution(make_package("alpha_loader", {"a.py": "1"}), trigger_type=TriggerType.MANUAL)
-        beta = trigger_execution(make_package("beta_report", {"a.py": "1"}), trigger_type=TriggerType.MANUAL)
+def runs(enqueued):
+    alpha = trigger_execution(make_package("alpha_loader", {"a.py": "1"}), trigger_type=TriggerType.MANUAL)
+    beta = trigger_execution(make_package("beta_report", {"a.py": "1"}), trigger_type=TriggerType.MANUAL)
     Execution.objects.filter(pk=beta.pk).update(name="Quarterly close")
     return alpha, beta
 

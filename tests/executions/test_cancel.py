@@ -11,10 +11,7 @@ from tests.factories import make_package
 from workers import runner
 from workers.lease import claim
 
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+pytestmark = pytest.mark.usefixtures("no_broker")
 
 
 @pytest.mark.django_db

@@ -10,7 +10,7 @@ from django_celery_beat.models import PeriodicTask
 
 from executions.catch_up import catch_up_missed
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import trigger_scheduled_tick
+from executions.ticks import PACKAGE, fire
 from packages.models import MissedRunPolicy, Package
 from packages.schedules import periodic_task_name, sync_package_schedule
 from tests.factories import make_package
@@ -31,8 +31,8 @@ def scheduled(schedule="* * * * *", since=NOW - timedelta(hours=1), name="every_
 
 
 def tick_at(package, moment):
-    with mock.patch("executions.services.timezone.now", return_value=moment):
-        return trigger_scheduled_tick(package.pk)
+    with mock.patch("executions.ticks.timezone.now", return_value=moment):
+        return fire(PACKAGE, package_id=package.pk)
 
 
 def test_catch_up_once_starts_one_run_for_the_latest_missed_time_and_the_next_cycle_none(caplog):

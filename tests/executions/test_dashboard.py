@@ -1,7 +1,6 @@
 """The dashboard on the admin's front page, from executions in PostgreSQL."""
 
 from datetime import timedelta
-from unittest import mock
 
 import pytest
 from django.utils import timezone
@@ -11,12 +10,11 @@ from executions.models import Execution, ExecutionStatus, TriggerType
 from executions.services import trigger_execution
 from tests.factories import make_package
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
 
 
 def execution(package, status, *, seconds=None, reason="", days_ago=0):
-    with mock.patch("workers.tasks.run_execution.apply_async"):
-        created = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    created = trigger_execution(package, trigger_type=TriggerType.MANUAL)
     start = timezone.now() - timedelta(days=days_ago, minutes=5)
     Execution.objects.filter(pk=created.pk).update(
         status=status, status_reason=reason, created_at=start, started_at=start,

@@ -26,8 +26,9 @@ from executions.models import (
     TriggerEventStatus,
     TriggerType,
 )
-from executions.saved_runs import periodic_task_name, run_saved_on_schedule
+from executions.saved_runs import periodic_task_name
 from executions.services import request_cancel, trigger_execution
+from executions.ticks import SAVED_RUN, fire
 from packages.audit import AuditAction
 from packages.models import AuditEntry, Package, Project
 from tests.factories import make_member, make_package, make_staff
@@ -414,7 +415,7 @@ def test_runs_reruns_and_cancels_are_audited_with_parameter_keys_only(world, dja
 def test_schedule_ticks_are_not_someones_action_and_are_not_audited(world):
     Execution.objects.filter(pk=world.done.pk).update(saved=True, schedule="* * * * *")
 
-    assert run_saved_on_schedule(str(world.done.pk)) is not None
+    assert fire(SAVED_RUN, execution_id=str(world.done.pk)) is not None
     assert not AuditEntry.objects.exists()
 
 

@@ -8,8 +8,9 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionFile, TriggerType
-from executions.saved_runs import periodic_task_name, run_saved_on_schedule
+from executions.saved_runs import periodic_task_name
 from executions.services import trigger_execution
+from executions.ticks import SAVED_RUN, fire
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
@@ -77,7 +78,7 @@ def test_a_saved_runs_schedule_becomes_a_beat_task_that_reruns_it_once_per_fire_
 
     task = PeriodicTask.objects.get(name=periodic_task_name(execution.pk))
     assert task.enabled and task.task == "executor.saved_run_tick" and task.crontab.minute == "*"
-    first, second = run_saved_on_schedule(str(execution.pk)), run_saved_on_schedule(str(execution.pk))
+    first, second = fire(SAVED_RUN, execution_id=str(execution.pk)), fire(SAVED_RUN, execution_id=str(execution.pk))
     assert first == second and first.params == {"a": 1} and first.trigger_type == TriggerType.SCHEDULED
     assert first.rerun_of_id == execution.pk
 

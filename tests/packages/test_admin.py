@@ -1,7 +1,5 @@
 """The seed walkthrough through the admin's forms: add a package with two files, Run it, read its results."""
 
-from unittest import mock
-
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -69,21 +67,20 @@ def test_an_oversized_file_is_refused(admin_client, settings):
 
 
 def test_run_starts_an_execution_and_shows_the_package_executions(
-    admin_client, seed_package, admin_user, django_capture_on_commit_callbacks
+    admin_client, seed_package, admin_user, django_capture_on_commit_callbacks, enqueued
 ):
     change_page = admin_client.get(reverse("admin:packages_package_change", args=[seed_package.pk]))
     run_url = reverse("admin:packages_package_run", args=[seed_package.pk])
     assert run_url in change_page.content.decode()
 
-    with mock.patch("workers.tasks.run_execution.apply_async") as apply_async:
-        with django_capture_on_commit_callbacks(execute=True):
-            response = admin_client.post(run_url)
+    with django_capture_on_commit_callbacks(execute=True):
+        response = admin_client.post(run_url)
 
     execution = Execution.objects.get()
     assert (execution.trigger_type, execution.status, execution.created_by) == ("manual", "pending", admin_user)
     changelist = reverse("admin:executions_execution_changelist")
     assert response["Location"] == f"{changelist}?package__id__exact={seed_package.pk}"
-    apply_async.assert_called_once_with(args=[str(execution.id)], queue="default")
+    assert enqueued == [("executor.run_execution", [str(execution.id)], "default")]
     listing = admin_client.get(response["Location"]).content.decode()
     assert execution.short_id in listing
     assert "0/2" in listing

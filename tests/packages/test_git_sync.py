@@ -5,7 +5,6 @@ import hmac
 import json
 import threading
 import time
-from unittest import mock
 
 import psycopg2
 import pytest
@@ -111,11 +110,10 @@ def test_switching_branch_syncs_that_branch_and_an_unknown_branch_changes_nothin
     assert repository.status == GitSyncStatus.FAILED and repository.current_commit == dev.commit
 
 
-def test_a_deleted_directory_deactivates_its_package_and_keeps_its_history(repository, remote):
+def test_a_deleted_directory_deactivates_its_package_and_keeps_its_history(repository, remote, enqueued):
     sync_repository(repository)
     daily = Package.objects.get(package_name="daily_report")
-    with mock.patch("workers.tasks.run_execution.apply_async"):
-        run = trigger_execution(daily, trigger_type=TriggerType.MANUAL)
+    run = trigger_execution(daily, trigger_type=TriggerType.MANUAL)
     remote.commit({path: None for path in fx_package("daily_report")}, message="remove daily_report")
 
     report = sync_repository(repository)
@@ -198,40 +196,35 @@ def sign(secret: str, body: bytes) -> str:
     (lambda body: sign("wrong", body), 403, False),
     (lambda body: None, 403, False),
 ])  # fmt: skip
-def test_push_webhook_checks_the_signature(client, repository, signature, status, queued):
+def test_push_webhook_checks_the_signature(client, repository, signature, status, queued, enqueued):
     set_secret_field(repository, "webhook_secret", "hook-secret")
     repository.save()
     body = json.dumps({"ref": "refs/heads/main"}).encode()
     headers = {"X-Hub-Signature-256": signature(body)} if signature(body) else {}
 
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
-                               headers=headers)  # fmt: skip
+    response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                           headers=headers)  # fmt: skip
 
     assert response.status_code == status
-    assert apply_async.called == queued
-    if queued:
-        apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+    assert enqueued == ([("executor.sync_repository", [repository.pk], "maintenance")] if queued else [])
 
 
-def test_push_webhook_ignores_other_branches_and_unknown_repositories(client, repository):
+def test_push_webhook_ignores_other_branches_and_unknown_repositories(client, repository, enqueued):
     set_secret_field(repository, "webhook_secret", "s")
     repository.save()
     body = json.dumps({"ref": "refs/heads/feature"}).encode()
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
-                               headers={"X-Hub-Signature-256": sign("s", body)})  # fmt: skip
+    response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                           headers={"X-Hub-Signature-256": sign("s", body)})  # fmt: skip
     assert response.json() == {"status": "ignored: a push to refs/heads/feature, not to main"}
-    assert not apply_async.called
+    assert not enqueued
     assert client.post(reverse("git_webhook", args=[999]), b"{}", content_type="application/json").status_code == 404
 
 
-def test_sync_now_api_queues_a_sync(client, repository):
+def test_sync_now_api_queues_a_sync(client, repository, enqueued):
     key = ApiKey.issue("ci")[1]
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.post(f"/fx/git/repositories/{repository.pk}/sync", headers={"X-API-KEY": key})
+    response = client.post(f"/fx/git/repositories/{repository.pk}/sync", headers={"X-API-KEY": key})
     assert response.status_code == 202 and response.json()["status"] == "never"
-    apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+    assert enqueued == [("executor.sync_repository", [repository.pk], "maintenance")]
     assert (
         client.get(f"/fx/git/repositories/{repository.pk}", headers={"X-API-KEY": key}).json()["url"] == repository.url
     )
@@ -260,15 +253,14 @@ def test_the_admin_generates_a_deploy_key_and_never_shows_secrets(admin_client, 
     assert AuditEntry.objects.filter(action=AuditAction.REGENERATE_KEYS, object_id=str(repository.pk)).exists()
 
 
-def test_the_admin_sync_now_action_queues_a_sync_and_the_page_shows_its_report(admin_client, repository):
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = admin_client.post(
-            reverse("admin:packages_gitrepository_changelist"),
-            {"action": "sync_now", "_selected_action": [repository.pk]},
-            follow=True,
-        )
+def test_the_admin_sync_now_action_queues_a_sync_and_the_page_shows_its_report(admin_client, repository, enqueued):
+    response = admin_client.post(
+        reverse("admin:packages_gitrepository_changelist"),
+        {"action": "sync_now", "_selected_action": [repository.pk]},
+        follow=True,
+    )
     assert f"Sync of {repository} queued; the page shows the result when it ends." in response.content.decode()
-    apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+    assert enqueued == [("executor.sync_repository", [repository.pk], "maintenance")]
 
     sync_repository(repository)  # what the worker does with the message
     page = admin_client.get(reverse("admin:packages_gitrepository_change", args=[repository.pk])).content.decode()
@@ -296,14 +288,14 @@ def two_repositories(repository, django_user_model, client):
     return repository, hr_repository
 
 
-def test_sync_now_syncs_only_the_repositories_the_user_maintains_and_names_the_others(client, two_repositories):
+def test_sync_now_syncs_only_the_repositories_the_user_maintains_and_names_the_others(client, two_repositories,
+                                                                                     enqueued):  # fmt: skip
     sales_repository, hr_repository = two_repositories
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.post(reverse("admin:packages_gitrepository_changelist"),
-                               {"action": "sync_now", "_selected_action": [sales_repository.pk, hr_repository.pk]},
-                               follow=True)  # fmt: skip
+    response = client.post(reverse("admin:packages_gitrepository_changelist"),
+                           {"action": "sync_now", "_selected_action": [sales_repository.pk, hr_repository.pk]},
+                           follow=True)  # fmt: skip
 
-    apply_async.assert_called_once_with(args=[sales_repository.pk], queue="maintenance")
+    assert enqueued == [("executor.sync_repository", [sales_repository.pk], "maintenance")]
     page = response.content.decode()
     assert f"Skipped (changing them needs the maintainer role in their project): {hr_repository}" in page
     entry = AuditEntry.objects.get()
@@ -327,7 +319,7 @@ def test_regenerating_deploy_keys_skips_repositories_the_user_only_views(client,
 
 
 @pytest.mark.parametrize("action", ["sync_now", "regenerate_keys", "forget_host_keys", "sync_adopting"])
-def test_a_viewer_gets_no_repository_action(client, repository, django_user_model, action):
+def test_a_viewer_gets_no_repository_action(client, repository, django_user_model, action, enqueued):
     viewer = django_user_model.objects.create_user("vic", is_staff=True)
     ProjectMembership.objects.create(project=repository.project, user=viewer, role=ProjectRole.VIEWER)
     repository.last_report = {"conflicts": {"orders": "uploaded by hand"}}
@@ -335,27 +327,24 @@ def test_a_viewer_gets_no_repository_action(client, repository, django_user_mode
     client.force_login(viewer)
     before = GitRepository.objects.values().get()
 
-    with mock.patch("workers.tasks.sync_repository.apply_async") as sync, \
-         mock.patch("packages.tasks.sync_repository_adopting.apply_async") as adopt:  # fmt: skip
-        client.post(reverse("admin:packages_gitrepository_changelist"),
-                    {"action": action, "_selected_action": [repository.pk]})  # fmt: skip
+    client.post(reverse("admin:packages_gitrepository_changelist"),
+                {"action": action, "_selected_action": [repository.pk]})  # fmt: skip
 
-    assert not sync.called and not adopt.called
+    assert not enqueued  # neither a sync nor an adopting one
     assert GitRepository.objects.values().get() == before and not AuditEntry.objects.exists()
 
 
-def test_adopting_stays_superuser_only_even_for_owners(client, repository, django_user_model):
+def test_adopting_stays_superuser_only_even_for_owners(client, repository, django_user_model, enqueued):
     owner = django_user_model.objects.create_user("olga", is_staff=True)
     ProjectMembership.objects.create(project=repository.project, user=owner, role=ProjectRole.OWNER)
     repository.last_report = {"conflicts": {"orders": "uploaded by hand"}}
     repository.save()
     client.force_login(owner)
 
-    with mock.patch("packages.tasks.sync_repository_adopting.apply_async") as adopt:
-        client.post(reverse("admin:packages_gitrepository_changelist"),
-                    {"action": "sync_adopting", "_selected_action": [repository.pk]})  # fmt: skip
+    client.post(reverse("admin:packages_gitrepository_changelist"),
+                {"action": "sync_adopting", "_selected_action": [repository.pk]})  # fmt: skip
 
-    assert not adopt.called
+    assert not enqueued.of("executor.sync_repository_adopting")
 
 
 def test_another_projects_repository_is_not_there(client, two_repositories):

@@ -12,17 +12,13 @@ from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
 
 from executions.models import Execution, TriggerType
-from executions.services import lane_for, trigger_scheduled_tick
+from executions.services import lane_for
+from executions.ticks import PACKAGE, fire
 from packages.models import MissedRunPolicy, Package
 from packages.schedules import current_fire_time, periodic_task_name, sync_package_schedule
 from tests.factories import make_package
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 def scheduled(schedule="0 9 * * 0-4", **fields):
@@ -91,10 +87,10 @@ def test_a_tick_is_attributed_to_the_fire_time_it_stands_for():
 
 def test_a_repeated_tick_creates_one_execution():
     package = scheduled("* * * * *")
-    with mock.patch("executions.services.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 1, tzinfo=UTC)):
-        first = trigger_scheduled_tick(package.pk)
-    with mock.patch("executions.services.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 40, tzinfo=UTC)):
-        second = trigger_scheduled_tick(package.pk)
+    with mock.patch("executions.ticks.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 1, tzinfo=UTC)):
+        first = fire(PACKAGE, package_id=package.pk)
+    with mock.patch("executions.ticks.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 40, tzinfo=UTC)):
+        second = fire(PACKAGE, package_id=package.pk)
 
     assert first.pk == second.pk
     assert first.trigger_type == TriggerType.SCHEDULED
@@ -103,8 +99,8 @@ def test_a_repeated_tick_creates_one_execution():
 
 def test_ticks_for_an_inactive_or_deleted_package_start_nothing():
     package = scheduled(active=False)
-    assert trigger_scheduled_tick(package.pk) is None
-    assert trigger_scheduled_tick(123456789) is None
+    assert fire(PACKAGE, package_id=package.pk) is None
+    assert fire(PACKAGE, package_id=123456789) is None
     assert Execution.objects.count() == 0
 
 
@@ -117,12 +113,12 @@ def test_concurrent_ticks_for_one_fire_time_create_exactly_one_execution():
     def tick():
         barrier.wait()
         try:
-            results.append(trigger_scheduled_tick(package.pk).pk)
+            results.append(fire(PACKAGE, package_id=package.pk).pk)
         finally:
             connection.close()
 
     # Patched once for all threads: patching inside each thread would race on the module attribute.
-    with mock.patch("executions.services.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 2, tzinfo=UTC)):
+    with mock.patch("executions.ticks.timezone.now", return_value=datetime(2026, 3, 2, 10, 20, 2, tzinfo=UTC)):
         threads = [threading.Thread(target=tick) for _ in range(8)]
         for thread in threads:
             thread.start()

@@ -14,7 +14,6 @@ only; Root, a superuser. All are staff users without a single model permission: 
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
-from unittest import mock
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -56,6 +55,7 @@ ROLES = ["viewer", "runner", "maintainer", "owner"]
 PEOPLE = {"vera": "viewer", "rita": "runner", "mark": "maintainer", "olga": "owner", "hank": None, "root": None}
 OUTPUT_MARKER = "SALES-OUTPUT-7f3a"
 PARAMETERS = {"fields": [{"type": "text", "name": "region", "label": "Region", "required": True}]}
+SYNC = "executor.sync_repository"  # the task Sync now publishes (packages/git_webhook.py)
 
 
 @dataclass
@@ -73,11 +73,11 @@ class World:
     keyed_repository: GitRepository  # deploy key
     sales_key: ApiKey
     newcomer: object  # a user an owner adds as a member
-    syncs: mock.Mock  # what Sync now queued
+    published: list  # every message published (tests/conftest.py, enqueued); .of(task) picks one task's
 
 
 @pytest.fixture
-def world(tmp_path, settings, django_user_model):
+def world(tmp_path, settings, django_user_model, enqueued):
     settings.EXECUTOR_GIT_ALLOW_LOCAL = True
     sales, hr = Project.objects.create(name="Sales"), Project.objects.create(name="HR")
     for username, role in PEOPLE.items():
@@ -106,13 +106,9 @@ def world(tmp_path, settings, django_user_model):
     keyed_repository.save()
     sales_key, _ = ApiKey.issue("sales crm", project=sales)
     newcomer = make_staff("newton", password=None)
-    with (
-        mock.patch("workers.tasks.sync_repository.apply_async") as syncs,
-        mock.patch("workers.tasks.run_execution.apply_async"),
-    ):
-        yield World(sales, hr, orders, form_package, done, step, pending, saved,
-                    EventType.objects.create(name="sales.order_created"), repository, keyed_repository, sales_key,
-                    newcomer, syncs)  # fmt: skip
+    return World(sales, hr, orders, form_package, done, step, pending, saved,
+                 EventType.objects.create(name="sales.order_created"), repository, keyed_repository, sales_key,
+                 newcomer, enqueued)  # fmt: skip
 
 
 def client_of(username: str, django_user_model) -> Client:
@@ -132,7 +128,7 @@ MOVING = {"updated_at", "last_used_at", "heartbeat_at", "date_changed", "last_ru
 
 
 def snapshot(world: World) -> dict:
-    state: dict = {"queued syncs": world.syncs.call_count}
+    state: dict = {"queued syncs": len(world.published.of(SYNC))}
     for model in WATCHED:
         fields = [f.attname for f in model._meta.concrete_fields if f.attname not in MOVING]
         rows = model.objects.order_by("pk").values_list(*fields)
@@ -323,7 +319,7 @@ ACTIONS: dict[str, Act] = {
     "edit a Git repository": Act(edit_repository, "maintainer",
                                  lambda w: GitRepository.objects.get(pk=w.repository.pk).branch == "release"),
     "Sync now": Act(repository_action("sync_now", "repository"), "maintainer",
-                    lambda w: mock.call(args=[w.repository.pk], queue="maintenance") in w.syncs.call_args_list),
+                    lambda w: (SYNC, [w.repository.pk], "maintenance") in w.published),
     "regenerate deploy keys": Act(repository_action("regenerate_keys", "keyed_repository"), "maintainer",
                                   lambda w: GitRepository.objects.get(pk=w.keyed_repository.pk).deploy_public_key
                                   != w.keyed_repository.deploy_public_key),
@@ -454,7 +450,7 @@ ENDPOINTS = {
     "GET /fx/cid/<cid>": ("executions:read", api_read_chain,
                           lambda w, r: r.status_code == 200 and len(r.json()["executions"]) == 1),
     "POST /fx/git/repositories/<id>/sync": ("git:sync", api_sync,
-                                            lambda w, r: r.status_code == 202 and w.syncs.called),
+                                            lambda w, r: r.status_code == 202 and bool(w.published.of(SYNC))),
     "GET /fx/git/repositories/<id>": ("git:sync", api_read_repository,
                                       lambda w, r: r.status_code == 200 and r.json()["id"] == w.repository.pk),
 }  # fmt: skip

@@ -10,7 +10,6 @@ in its name). Events emitted by scripts and lifecycle events are driven through 
 import io
 import json
 import uuid
-from unittest import mock
 
 import pytest
 from django.core.management import CommandError, call_command
@@ -65,12 +64,6 @@ def api(client):
     return call
 
 
-@pytest.fixture
-def sync_queue():
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        yield apply_async
-
-
 def event(event_type: str, payload: dict | None = None) -> dict:
     return {"event_type": event_type, "event_source": "erp", "payload": payload or {}}
 
@@ -103,7 +96,7 @@ SCOPE_WORDS = {"events:send": "send events", "executions:read": "read executions
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
 def test_a_key_without_the_endpoints_scope_is_refused_with_403_and_changes_nothing(api, sales, endpoints,
-                                                                                  sync_queue, endpoint):  # fmt: skip
+                                                                                  enqueued, endpoint):  # fmt: skip
     scope, request, _ = endpoints[endpoint]
     others = [other for other in ALL_API_SCOPES if other != scope]
     executions, events = Execution.objects.count(), TriggerEvent.objects.count()
@@ -114,11 +107,11 @@ def test_a_key_without_the_endpoints_scope_is_refused_with_403_and_changes_nothi
         assert status == 403, body
         assert body == {"detail": f"This API key may not {SCOPE_WORDS[scope]} (scope {scope})."}
     assert (Execution.objects.count(), TriggerEvent.objects.count()) == (executions, events)
-    assert not sync_queue.called
+    assert not enqueued.of("executor.sync_repository")
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS)
-def test_a_key_with_only_the_endpoints_scope_is_answered(api, sales, endpoints, sync_queue, endpoint):
+def test_a_key_with_only_the_endpoints_scope_is_answered(api, sales, endpoints, endpoint):
     scope, request, allowed = endpoints[endpoint]
 
     status, body = api(key_for(sales, [scope]), *request)
@@ -156,7 +149,7 @@ def test_another_projects_chain_answers_404_and_a_shared_chain_lists_only_the_ke
     assert [e["execution_id"] for e in everything[1]["executions"]] == [str(alices.id), str(bobs_in_alices_chain.id)]
 
 
-def test_another_projects_repository_is_neither_synced_nor_shown(api, sales, billing, sync_queue):
+def test_another_projects_repository_is_neither_synced_nor_shown(api, sales, billing, enqueued):
     bobs = GitRepository.objects.create(project=billing, url="https://github.com/billing/secret-plans.git")
 
     sync = api(key_for(sales), "POST", f"/fx/git/repositories/{bobs.pk}/sync")
@@ -165,17 +158,18 @@ def test_another_projects_repository_is_neither_synced_nor_shown(api, sales, bil
 
     assert sync == read == (404, {"detail": f"No repository {bobs.pk}."})
     assert missing == (404, {"detail": f"No repository {bobs.pk + 1000}."})
-    assert not sync_queue.called and not AuditEntry.objects.filter(action=AuditAction.SYNC).exists()
+    assert not enqueued.of("executor.sync_repository")
+    assert not AuditEntry.objects.filter(action=AuditAction.SYNC).exists()
 
 
-def test_a_sync_through_the_api_is_queued_and_audited_with_the_key(api, billing, sync_queue):
+def test_a_sync_through_the_api_is_queued_and_audited_with_the_key(api, billing, enqueued):
     bobs = GitRepository.objects.create(project=billing, url="https://github.com/billing/fx.git")
     key = key_for(billing)
 
     status, body = api(key, "POST", f"/fx/git/repositories/{bobs.pk}/sync")
 
     assert status == 202 and body["url"] == bobs.url
-    sync_queue.assert_called_once_with(args=[bobs.pk], queue="maintenance")
+    assert enqueued.of("executor.sync_repository") == [("executor.sync_repository", [bobs.pk], "maintenance")]
     entry = AuditEntry.objects.get(action=AuditAction.SYNC)
     assert (entry.project, entry.object_id) == (billing, str(bobs.pk))
     assert entry.actor == f"API key {ApiKey.objects.get(hint=key[:12])}"

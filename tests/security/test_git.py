@@ -220,24 +220,24 @@ def test_the_command_adopts_only_the_packages_it_is_told_to(victims, attacker_re
 
 
 def test_the_admin_adopts_what_the_last_sync_left_alone_on_a_worker_and_only_for_superusers(
-    victims, attacker_repository, admin_client, client
+    victims, attacker_repository, admin_client, client, enqueued
 ):
     sync_repository(attacker_repository)
     changelist = reverse("admin:packages_gitrepository_changelist")
     action = {"action": "sync_adopting", "_selected_action": [attacker_repository.pk]}
 
-    with mock.patch("packages.tasks.sync_repository_adopting.apply_async") as apply_async:
-        response = admin_client.post(changelist, action, follow=True)
-        staff = User.objects.create_user("maintainer", password="pw", is_staff=True)
-        staff.user_permissions.set(Permission.objects.filter(codename__endswith="gitrepository"))
-        client.force_login(staff)
-        assert "sync_adopting" not in client.get(changelist).content.decode()
-        client.post(changelist, action)
+    response = admin_client.post(changelist, action, follow=True)
+    staff = User.objects.create_user("maintainer", password="pw", is_staff=True)
+    staff.user_permissions.set(Permission.objects.filter(codename__endswith="gitrepository"))
+    client.force_login(staff)
+    assert "sync_adopting" not in client.get(changelist).content.decode()
+    client.post(changelist, action)
 
     assert f"Sync of {attacker_repository} queued, adopting billing, orders" in response.content.decode()
-    apply_async.assert_called_once_with(args=[attacker_repository.pk, ["billing", "orders"]], queue="maintenance")
+    [adopting] = enqueued.of("executor.sync_repository_adopting")
+    assert (adopting.args, adopting.queue) == ([attacker_repository.pk, ["billing", "orders"]], "maintenance")
     assert Package.objects.get(package_name="orders").project.name == "Sales"  # nothing ran in the request
-    sync_repository_adopting(*apply_async.call_args.kwargs["args"])  # what the worker does
+    sync_repository_adopting(*adopting.args)  # what the worker does
     assert set(Package.objects.filter(git_repository=attacker_repository).values_list("package_name", flat=True)) == {
         "billing", "orders", "tools"}  # fmt: skip
 
@@ -494,20 +494,17 @@ def test_a_local_repository_is_refused_at_sync_time_without_executor_git_allow_l
     assert not Package.objects.exists()
 
 
-def test_the_admin_sync_now_queues_the_sync_and_fetches_nothing_in_the_request(admin_client, tmp_path,
-                                                                              local_allowed, ops):  # fmt: skip
+def test_the_admin_sync_now_queues_the_sync_and_fetches_nothing_in_the_request(admin_client, tmp_path, local_allowed,
+                                                                              ops, enqueued):  # fmt: skip
     remote = FxRepository(tmp_path / "fx")
     remote.commit(fx_package("orders"))
     repository = GitRepository.objects.create(project=ops, url=remote.url)
 
-    with (
-        mock.patch("workers.tasks.sync_repository.apply_async") as apply_async,
-        mock.patch("packages.git_sync.sync_repository", side_effect=AssertionError("synced in the request")),
-    ):
+    with mock.patch("packages.git_sync.sync_repository", side_effect=AssertionError("synced in the request")):
         changelist = reverse("admin:packages_gitrepository_changelist")
         response = admin_client.post(changelist, {"action": "sync_now", "_selected_action": [repository.pk]},
                                      follow=True)  # fmt: skip
 
     assert f"Sync of {repository} queued; the page shows the result when it ends." in response.content.decode()
-    apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+    assert enqueued.of("executor.sync_repository") == [("executor.sync_repository", [repository.pk], "maintenance")]
     assert GitRepository.objects.get().status == GitSyncStatus.NEVER and not Package.objects.exists()

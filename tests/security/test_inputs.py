@@ -13,7 +13,6 @@ import hmac
 import html
 import json
 import socket
-from unittest import mock
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -414,13 +413,12 @@ def test_the_other_api_endpoints_answer_hostile_paths_with_a_4xx(client, key, pa
     assert 400 <= response.status_code < 500 and response.json()["detail"]
 
 
-def test_sync_now_ignores_a_hostile_body(client, key):
+def test_sync_now_ignores_a_hostile_body(client, key, enqueued):
     repository = GitRepository.objects.create(project=Project.objects.create(name="Sales"),
                                               url="https://github.com/acme/fx.git")  # fmt: skip
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.generic("POST", f"/fx/git/repositories/{repository.pk}/sync", DEEP,
-                                  content_type="application/json", HTTP_X_API_KEY=key)  # fmt: skip
-    assert response.status_code == 202 and apply_async.called
+    response = client.generic("POST", f"/fx/git/repositories/{repository.pk}/sync", DEEP,
+                              content_type="application/json", HTTP_X_API_KEY=key)  # fmt: skip
+    assert response.status_code == 202 and enqueued.of("executor.sync_repository")
 
 
 # --- the push webhook -------------------------------------------------------------------------------------------
@@ -443,12 +441,11 @@ def signed(body: bytes) -> str:
     DEEP.encode(), b"[1, 2]", b'{"ref": 5}', b'{"ref": "refs/heads/\\u0000"}', b"\xff\xfe", b'{"ref": NaN}',
     b"payload=%7B%22ref%22%7D",
 ], ids=["nested 5000 deep", "a list", "ref a number", "ref with NUL", "not UTF-8", "NaN", "form-encoded"])  # fmt: skip
-def test_a_signed_webhook_whose_body_is_not_a_push_payload_still_syncs_the_branch(client, repository, body):
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
-                               headers={"X-Hub-Signature-256": signed(body)})  # fmt: skip
+def test_a_signed_webhook_whose_body_is_not_a_push_payload_still_syncs_the_branch(client, repository, body, enqueued):
+    response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                           headers={"X-Hub-Signature-256": signed(body)})  # fmt: skip
     assert response.status_code == 202 and response.json() == {"status": "sync queued"}
-    apply_async.assert_called_once_with(args=[repository.pk], queue="maintenance")
+    assert enqueued.of("executor.sync_repository") == [("executor.sync_repository", [repository.pk], "maintenance")]
 
 
 @pytest.mark.parametrize("headers, environ, status", [
@@ -456,22 +453,21 @@ def test_a_signed_webhook_whose_body_is_not_a_push_payload_still_syncs_the_branc
     ({}, {"CONTENT_LENGTH": "abc"}, 400),
     ({}, {"CONTENT_LENGTH": "", "HTTP_TRANSFER_ENCODING": "chunked"}, 411),
 ], ids=["a non-ASCII signature", "Content-Length abc", "chunked"])  # fmt: skip
-def test_hostile_unsigned_webhook_requests_are_refused_without_a_sync(client, repository, headers, environ, status):
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.generic("POST", reverse("git_webhook", args=[repository.pk]), b'{"ref": "x"}',
-                                  content_type="application/json", headers=headers, **environ)  # fmt: skip
+def test_hostile_unsigned_webhook_requests_are_refused_without_a_sync(client, repository, headers, environ, status,
+                                                                     enqueued):  # fmt: skip
+    response = client.generic("POST", reverse("git_webhook", args=[repository.pk]), b'{"ref": "x"}',
+                              content_type="application/json", headers=headers, **environ)  # fmt: skip
     assert response.status_code == status and response.json()["detail"]
-    assert not apply_async.called
+    assert not enqueued.of("executor.sync_repository")
 
 
-def test_a_webhook_body_over_the_limit_is_a_413(client, repository, settings):
+def test_a_webhook_body_over_the_limit_is_a_413(client, repository, settings, enqueued):
     settings.DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
     body = json.dumps({"ref": "refs/heads/main", "pad": "x" * 2000}).encode()
-    with mock.patch("workers.tasks.sync_repository.apply_async") as apply_async:
-        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
-                               headers={"X-Hub-Signature-256": signed(body)})  # fmt: skip
+    response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                           headers={"X-Hub-Signature-256": signed(body)})  # fmt: skip
     assert response.status_code == 413 and "larger than 1024 bytes" in response.json()["detail"]
-    assert not apply_async.called
+    assert not enqueued.of("executor.sync_repository")
 
 
 def test_a_webhook_for_a_repository_id_past_any_integer_column_is_a_404(client):

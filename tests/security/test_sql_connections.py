@@ -23,12 +23,7 @@ from packages.sql_connections import set_url
 from tests.factories import make_package
 from workers import runner
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 @pytest.fixture

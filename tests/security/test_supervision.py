@@ -24,13 +24,8 @@ from workers import isolation, runner, sandbox
 from workers.isolation import SandboxUnavailable
 from workers.seccomp import step_filter
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 SECRET = "tok-never-in-a-reason-4321"
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
 
 
 @pytest.fixture(autouse=True)

@@ -12,13 +12,14 @@ from django.db import OperationalError, connection
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
+from executions.tasks import scheduled_tick
 from tests.factories import make_package
 from workers import lease as lease_module
 from workers import runner, tasks
 from workers.lease import ExecutionWatch, LeaseLost, claim
 
 # The connection is closed after each failure: only transactions of their own let the code do that.
-pytestmark = pytest.mark.django_db(transaction=True)
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("no_broker")]
 
 
 class Blink:
@@ -35,11 +36,6 @@ class Blink:
 
     def up_after(self, seconds: float) -> None:
         threading.Timer(seconds, lambda: setattr(self, "down", False)).start()
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
 
 
 @pytest.fixture(autouse=True)
@@ -196,7 +192,7 @@ def test_a_claim_whose_reply_was_lost_is_recognised_as_this_worker_s(settings):
 def test_a_schedule_tick_that_cannot_reach_the_database_hands_its_message_back(settings):
     settings.EXECUTOR_DATABASE_WAIT_SECONDS = 1
     with connection.execute_wrapper(Blink(down=True)), pytest.raises(Reject) as rejected:
-        tasks.scheduled_tick.run(12345)
+        scheduled_tick.run(12345)
     assert rejected.value.requeue is True
 
 

@@ -76,7 +76,7 @@ def test_a_run_whose_pool_process_was_killed_is_resolved_at_the_next_beat(in_han
     if retries:
         assert (execution.status, execution.status_reason) == (ExecutionStatus.PENDING, f"{lost}; retry 1 of 1")
         assert step.status == StepStatus.PENDING
-        enqueued.assert_called()
+        assert enqueued  # published again
     else:
         assert (execution.status, execution.status_reason) == (ExecutionStatus.FAILED, f"failed: {lost}")
         assert (step.status, step.status_reason) == (StepStatus.FAILED, f"failed: {lost}")

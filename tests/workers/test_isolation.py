@@ -18,12 +18,7 @@ from workers import runner
 from workers.isolation import isolation_for
 from workers.sandbox import run_process
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 def run_script(code: str, **package_fields):

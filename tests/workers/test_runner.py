@@ -13,12 +13,7 @@ from workers import runner
 from workers.lease import LeaseLost, claim
 from workers.masking import MASK
 
-pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 
 
 def run(package, **params) -> Execution:

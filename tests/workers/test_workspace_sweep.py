@@ -15,13 +15,8 @@ from workers.lease import claim
 from workers.workspace import create_workspace
 from workers.workspace_sweep import database_tag, directory_prefix, sweep
 
-pytestmark = pytest.mark.django_db
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 STEP_UID = 35097  # the owner of a step's directories, as on a root worker (not a slot of this test run)
-
-
-@pytest.fixture(autouse=True)
-def no_broker(monkeypatch):
-    monkeypatch.setattr("executions.services.enqueue", lambda execution: None)
 
 
 @pytest.fixture

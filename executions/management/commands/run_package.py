@@ -3,8 +3,9 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 
 from executions.models import ExecutionStatus, TriggerType
-from executions.services import TriggerRefused, trigger_execution, wait_until_finished
+from executions.services import TriggerRefused, trigger_execution
 from executions.summary import execution_as_dict
+from executions.waiting import wait_until_finished
 from packages.models import Package
 
 
