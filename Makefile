@@ -48,9 +48,11 @@ bench-admin: install
 bench-events: install
 	$(VENV)/bin/python bench/events.py $(BENCH_ARGS)
 
+# ruff, then the import contracts of pyproject.toml (lint-imports: no app imports another in a loop).
 lint: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: install
 	$(VENV)/bin/ruff format .
