@@ -5,8 +5,9 @@ import uuid
 
 import pytest
 
+from executions.cancel import request_cancel
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import request_cancel, trigger_execution, wait_until_finished
+from executions.services import trigger_execution, wait_until_finished
 from tests.e2e.conftest import counting_script, run_count
 from tests.factories import make_package, seed_files
 from workers.tasks import run_execution, saved_run_tick
