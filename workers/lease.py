@@ -78,8 +78,8 @@ class Lease:
         )
 
     def _retrying(self, write):
-        # Repeating these writes is harmless: each sets the same values again, still fenced by the token (all but
-        # transitions.count_retry, whose lost reply would count one retry too many: a bound that errs on the safe side).
+        # Repeating these writes is harmless: each sets the same values again, still fenced by the token. (One
+        # exception: a count_retry whose reply was lost counts one retry too many, erring towards fewer runs.)
         return database.retrying(write, seconds=FINAL_WRITE_RETRY_SECONDS, what=f"execution {self.execution_id}")
 
 
