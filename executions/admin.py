@@ -22,12 +22,13 @@ from packages.cron import CronError
 from packages.cron import parse as parse_cron
 
 from .big_lists import EstimatedCountPaginator, execution_search
+from .cancel import NothingToCancel, request_cancel
 from .chains import ChainNode, chain_of
 from .models import ALL_API_SCOPES, ApiKey, ApiScope, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
 from .queueing import admin_message
 from .run_pages import run_form_page
 from .saved_runs import rerun, sync_saved_run_schedule
-from .services import NothingToCancel, TriggerRefused, request_cancel
+from .services import TriggerRefused
 
 # A runner may save, name and describe a run; putting it on a schedule is a maintainer's (it runs code unattended).
 SCHEDULE_FIELDS = frozenset({"schedule", "schedule_timezone"})

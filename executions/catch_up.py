@@ -22,7 +22,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.db.models import CharField, Exists, OuterRef, Q, Value
 from django.db.models.functions import Cast, Concat
 from django.utils import timezone
@@ -32,6 +32,7 @@ from packages import cron
 from packages.models import MissedRunPolicy, Package
 from packages.schedules import fire_time_key, periodic_task_name
 
+from . import transitions
 from .models import Execution, ExecutionStatus, TriggerType
 from .services import TriggerRefused, trigger_execution
 
@@ -133,18 +134,7 @@ def _start_late(item: _Due, when: str) -> Execution | None:
 
 
 def _record_skipped(item: _Due, reason: str, now: datetime) -> int:
-    try:
-        with transaction.atomic():
-            Execution.objects.create(
-                package=item.package,
-                trigger_type=TriggerType.SCHEDULED,
-                status=ExecutionStatus.SKIPPED,
-                status_reason=reason,
-                idempotency_key=item.key,
-                correlation_id=uuid.uuid4().hex,
-                finished_at=now,
-            )
-    except IntegrityError:
+    if not transitions.record_skipped(item.package, item.key, reason, now):
         return 0  # its tick arrived meanwhile and started the run
     logger.warning("package %s: %s", item.package.package_name, reason)
     return 1

@@ -20,9 +20,10 @@ class TriggerType(models.TextChoices):
 
 
 class ExecutionStatus(models.TextChoices):
-    """pending -> in_progress (a worker claimed it) -> completed | failed | cancelled.
-
-    pending -> skipped | cancelled without ever running. Terminal states never change again.
+    """pending -> in_progress (a worker claimed it) -> completed | failed | cancelled; in_progress -> pending when
+    handed back at a shutdown or retried after its worker was lost; pending -> cancelled without ever running;
+    skipped: a missed schedule time, recorded so. Terminal states never change again. Each move, and who makes
+    it: executions/transitions.py.
     """
 
     PENDING = "pending", "Pending"
@@ -39,7 +40,8 @@ TERMINAL_EXECUTION_STATUSES = frozenset(
 
 
 class StepStatus(models.TextChoices):
-    """pending -> running -> completed | failed | cancelled; pending -> unprocessed | skipped."""
+    """pending -> running -> completed | failed | cancelled; running -> pending (cut off, to run again);
+    pending -> unprocessed | skipped. Each move: executions/transitions.py."""
 
     PENDING = "pending", "Pending"
     RUNNING = "running", "Running"

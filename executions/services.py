@@ -14,7 +14,7 @@ from django.utils import timezone
 from packages.audit import AuditAction, record
 from packages.models import Package
 
-from .models import Execution, ExecutionFile, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
+from .models import Execution, ExecutionFile, ExecutionStep, TriggerType
 from .queueing import enqueue, enqueue_many, lane_for  # noqa: F401 (the run paths' entry points, used from here)
 
 logger = logging.getLogger(__name__)
@@ -117,41 +117,3 @@ def _create(package: Package, **fields) -> Execution:
     return execution
 
 
-class NothingToCancel(Exception):
-    """The execution already ended; the message says how."""
-
-
-def request_cancel(execution: Execution, user) -> str:
-    """Cancel a pending or running execution on a person's behalf; returns what happened, for that person.
-
-    A pending execution is cancelled at once (the conditional UPDATE races fairly with a worker's claim: one of
-    the two wins). A running one is flagged; its worker stops the running step's process group within about a
-    second (workers/lease.py), marks it cancelled and skips the rest.
-    """
-    now = timezone.now()
-    reason = f"cancelled by {user}"
-    # One transaction for the cancel and its audit entry: both are kept, or neither.
-    with transaction.atomic():
-        cancelled_pending = Execution.objects.filter(pk=execution.pk, status=ExecutionStatus.PENDING).update(
-            status=ExecutionStatus.CANCELLED,
-            status_reason=reason,
-            finished_at=now,
-            cancel_requested_at=now,
-            cancel_requested_by=user,
-        )
-        if cancelled_pending:
-            execution.steps.filter(status=StepStatus.PENDING).update(
-                status=StepStatus.SKIPPED, status_reason="skipped: execution cancelled"
-            )
-            record(AuditAction.CANCEL, execution, user=user, details={"was": ExecutionStatus.PENDING})
-            return f"Execution {execution.short_id} {reason} before it started."
-        flagged = Execution.objects.filter(
-            pk=execution.pk, status=ExecutionStatus.IN_PROGRESS, cancel_requested_at__isnull=True
-        ).update(cancel_requested_at=now, cancel_requested_by=user)
-        if flagged:
-            record(AuditAction.CANCEL, execution, user=user, details={"was": ExecutionStatus.IN_PROGRESS})
-            return f"Cancelling execution {execution.short_id}: its running step is being stopped."
-    execution.refresh_from_db()
-    if execution.status == ExecutionStatus.IN_PROGRESS:
-        return f"Execution {execution.short_id} is already being cancelled."
-    raise NothingToCancel(f"Execution {execution.short_id} already ended ({execution.get_status_display()}).")

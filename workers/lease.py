@@ -21,11 +21,10 @@ import uuid
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db.models import F, Value
-from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from executions.models import Execution, ExecutionStatus, ExecutionStep
+from executions import transitions
+from executions.models import Execution, ExecutionStep
 from executor_project import database
 
 from . import shutdown
@@ -49,6 +48,12 @@ class Lease:
     execution_id: str
     token: str
 
+    def apply(self, transition, *args, **kwargs) -> None:
+        """Make a transition (executions/transitions.py) of this lease's execution or of one of its steps:
+        transition(execution_id, token, *args, **kwargs). LeaseLost when it changed no row."""
+        if self._retrying(lambda: transition(self.execution_id, self.token, *args, **kwargs)) != 1:
+            raise LeaseLost(self.execution_id)
+
     def update_execution(self, **fields) -> None:
         fields.setdefault("heartbeat_at", timezone.now())
         mine = Execution.objects.filter(pk=self.execution_id, lease_owner=self.token)
@@ -64,13 +69,18 @@ class Lease:
         if self._step(step_id).update(**fields) != 1:
             raise LeaseLost(self.execution_id)
 
+    def read(self, query):
+        """query(): a read on the way to a final write, retried through a database blink like that write."""
+        return self._retrying(query)
+
     def _step(self, step_id: int):
         return ExecutionStep.objects.filter(
             pk=step_id, execution_id=self.execution_id, execution__lease_owner=self.token
         )
 
     def _retrying(self, write):
-        # Repeating these writes is harmless: each sets the same values again, still fenced by the token.
+        # Repeating these writes is harmless: each sets the same values again, still fenced by the token. (One
+        # exception: a count_retry whose reply was lost counts one retry too many, erring towards fewer runs.)
         return database.retrying(write, seconds=FINAL_WRITE_RETRY_SECONDS, what=f"execution {self.execution_id}")
 
 
@@ -84,15 +94,7 @@ def claim(execution_id: str, worker_name: str, token: str | None = None) -> Leas
     Pass the same `token` when trying again after a database error: a claim whose reply was lost is then
     recognised as this worker's own instead of being taken for someone else's."""
     token = token or new_token()
-    now = timezone.now()
-    rows = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.PENDING).update(
-        status=ExecutionStatus.IN_PROGRESS,
-        worker_name=worker_name[:200],
-        lease_owner=token,
-        status_reason="",
-        started_at=Coalesce(F("started_at"), Value(now)),  # kept when another worker handed the run over
-        heartbeat_at=now,
-    )
+    rows = transitions.claim(execution_id, worker_name, token)
     if rows == 1 or Execution.objects.filter(pk=execution_id, lease_owner=token).exists():
         return Lease(str(execution_id), token)
     return None

@@ -27,18 +27,17 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 
-from executions import catch_up
-from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
+from executions import catch_up, transitions
+from executions.models import Execution, ExecutionStatus
 from executions.services import enqueue
+from executions.transitions import REAPED  # noqa: F401 (the lease of a failed lost run; tests fence with it)
 
 from . import republish, workspace_sweep
 from .models import ReaperClock
 
 logger = logging.getLogger(__name__)
-REAPED = "reaped"
 FAILED, RETRIED = "failed", "retried"
 
 
@@ -108,34 +107,15 @@ def resolve_lost(execution: Execution, what_happened: str, now: datetime, **stil
     progress under the same lease (and matches `still`): None when it finished or moved on meanwhile.
     Also used by the heartbeat (workers/heartbeat.py) when a worker's pool process died."""
     lost = f"worker lost ({what_happened})"
-    retry = execution.retries < execution.package.retries_after_worker_loss
-    with transaction.atomic():
-        taken = Execution.objects.filter(
-            pk=execution.pk, status=ExecutionStatus.IN_PROGRESS, lease_owner=execution.lease_owner, **still
-        )
-        steps = ExecutionStep.objects.filter(execution=execution)
-        if retry:
-            attempt = f"retry {execution.retries + 1} of {execution.package.retries_after_worker_loss}"
-            if not taken.update(status=ExecutionStatus.PENDING, status_reason=f"{lost}; {attempt}",
-                                retries=F("retries") + 1, lease_owner="", worker_name=""):  # fmt: skip
-                return None
-            steps.filter(status=StepStatus.RUNNING).update(
-                status=StepStatus.PENDING, status_reason=f"interrupted: {lost}; runs again ({attempt})"
-            )
-            transaction.on_commit(lambda: enqueue(execution))
-        else:
-            reason = f"failed: {lost}"
-            if not taken.update(status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now,
-                                lease_owner=REAPED):  # fmt: skip
-                return None
-            steps.filter(status=StepStatus.RUNNING).update(
-                status=StepStatus.FAILED, status_reason=reason, finished_at=now
-            )
-            steps.filter(status=StepStatus.PENDING).update(
-                status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed"
-            )
-    if retry:
+    if execution.retries < execution.package.retries_after_worker_loss:
+        attempt = f"retry {execution.retries + 1} of {execution.package.retries_after_worker_loss}"
+        step_reason = f"interrupted: {lost}; runs again ({attempt})"
+        if not transitions.retry_lost(execution.pk, execution.lease_owner, f"{lost}; {attempt}", step_reason, **still):
+            return None
+        transaction.on_commit(lambda: enqueue(execution))  # at once, unless a caller's transaction is open
         logger.warning("execution %s: %s; running it again (%s)", execution.id, lost, attempt)
         return RETRIED
+    if not transitions.fail_lost(execution.pk, execution.lease_owner, f"failed: {lost}", now, **still):
+        return None
     logger.error("execution %s: failed: %s", execution.id, lost)
     return FAILED

@@ -5,7 +5,8 @@ worker had reserved go back to Redis. The main process then tells its pool proce
 leaving. In each of them, a running execution lets its current step finish, for up to
 EXECUTOR_SHUTDOWN_GRACE_SECONDS, then goes back to `pending` with its remaining steps and is published again
 for another worker (workers/runner.py). A step still running when the grace period ends is stopped: it runs
-again on the next worker if the package allows retries after worker loss, else it fails saying why.
+again on the next worker if the package allows retries after worker loss, else it fails saying why
+(workers/steps.py).
 
 However SIGTERM arrives. Supervisors often signal the worker's whole process group (honcho, `kill -- -pgid`) or
 every process of a service (systemd's KillMode=control-group), so the pool processes get SIGTERM too. billiard's

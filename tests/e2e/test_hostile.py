@@ -12,8 +12,8 @@ import psutil
 import pytest
 from django.conf import settings
 
+from executions.cancel import request_cancel
 from executions.models import Execution, ExecutionStatus, StepStatus
-from executions.services import request_cancel
 from executions.waiting import wait_until_finished
 from tests.e2e.conftest import start_on, worker_process
 from tests.factories import make_package

@@ -5,8 +5,9 @@ import uuid
 
 import pytest
 
+from executions.cancel import request_cancel
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import request_cancel, trigger_execution
+from executions.services import trigger_execution
 from executions.tasks import saved_run_tick
 from executions.waiting import wait_until_finished
 from tests.e2e.conftest import counting_script, run_count

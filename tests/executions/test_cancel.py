@@ -5,8 +5,9 @@ import pytest
 from django.db import connection
 from django.urls import reverse
 
+from executions.cancel import NothingToCancel, request_cancel
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
-from executions.services import NothingToCancel, request_cancel, trigger_execution
+from executions.services import trigger_execution
 from tests.factories import make_package
 from workers import runner
 from workers.lease import claim

@@ -14,6 +14,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from executions import dashboard
+from executions.cancel import request_cancel
 from executions.chains import chain_of
 from executions.models import (
     ALL_API_SCOPES,
@@ -27,7 +28,7 @@ from executions.models import (
     TriggerType,
 )
 from executions.saved_runs import periodic_task_name
-from executions.services import request_cancel, trigger_execution
+from executions.services import trigger_execution
 from executions.ticks import SAVED_RUN, fire
 from packages.audit import AuditAction
 from packages.models import AuditEntry, Package, Project

@@ -20,7 +20,7 @@ from django.conf import settings
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
 from tests.factories import add_secret, make_package
-from workers import isolation, runner, sandbox
+from workers import isolation, runner, sandbox, steps
 from workers.isolation import SandboxUnavailable
 from workers.seccomp import step_filter
 
@@ -122,12 +122,12 @@ def test_a_start_that_fails_for_a_moment_is_tried_again_and_the_script_runs_once
 
 
 def test_a_sandbox_that_cannot_start_is_reported_as_such_not_as_the_script_s_exit_code(monkeypatch, tmp_path):
-    real_isolation_for = runner.isolation_for
+    real_isolation_for = steps.isolation_for
 
     def with_a_missing_directory(writable, **kwargs):  # as if the work directory vanished under the worker
         return real_isolation_for([*writable, tmp_path / "gone"], **kwargs)
 
-    monkeypatch.setattr(runner, "isolation_for", with_a_missing_directory)
+    monkeypatch.setattr(steps, "isolation_for", with_a_missing_directory)
     package = make_package(files={"main.py": "print('never runs')", "after.py": "print(1)"})
 
     execution = run(package)

@@ -1,4 +1,4 @@
-"""The one way handlers start a step's process, with every control the StepRun carries."""
+"""The one way handlers start a step's process, with every control of its Supervision."""
 
 from typing import TYPE_CHECKING
 
@@ -12,15 +12,16 @@ def run_step_process(
     step: "StepRun", argv: list[str], env: dict[str, str], private_files: dict[str, bytes]
 ) -> ProcessResult:
     """`private_files`: file name in the step's private directory -> content (see workers/workspace.py)."""
+    watch = step.supervision
     return run_process(
         argv,
-        cwd=str(step.package_dir),
+        cwd=str(step.workspace.package_dir),
         env=env,
-        timeout_seconds=step.timeout_seconds,
-        output_cap_bytes=step.output_cap_bytes,
-        cancel=step.cancel,
-        on_progress=step.on_progress,
-        on_tick=step.on_tick,
-        isolation=step.isolation,
-        private_files={str(step.private_dir / name): content for name, content in private_files.items()},
+        timeout_seconds=watch.timeout_seconds,
+        output_cap_bytes=watch.output_cap_bytes,
+        cancel=watch.cancel,
+        on_progress=watch.on_progress,
+        on_tick=watch.on_tick,
+        isolation=watch.isolation,
+        private_files={str(step.workspace.private_dir / name): content for name, content in private_files.items()},
     )
