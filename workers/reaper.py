@@ -30,7 +30,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from executions import catch_up
+from executions import catch_up, later_runs
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus
 from executions.services import enqueue
 
@@ -56,6 +56,7 @@ def reap(now: datetime | None = None) -> ReapReport:
     workspace_sweep.sweep()  # the workspaces of runs that ended without their worker (secrets on disk)
     republished = republish.republish_lost(now)
     caught_up = catch_up.catch_up_missed(now)
+    later_runs.delete_fired()  # one-off later-run tasks beat has fired (by beat's clock, not `now`)
     return ReapReport(failed=failed, retried=retried, republished=republished, caught_up=caught_up)
 
 
