@@ -7,7 +7,7 @@ executions/apps.py, sync it inside the save's transaction and delete it with the
 enabled task (Execution.clean() refuses a schedule on one that is not saved; the sync disables the task of one that
 is unsaved). Each tick starts one execution per fire time, however many ticks arrive, like a package schedule
 (executions/services.py). Bulk writes send no signals: events.py's bulk_create makes unsaved, unscheduled
-executions, which have no task; code that writes the fields below with .update() must call the sync itself.
+executions, which have no task; code that writes SCHEDULE_FIELDS with .update() must call the sync itself.
 """
 
 import logging
