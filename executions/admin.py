@@ -27,7 +27,7 @@ from .chains import ChainNode, chain_of
 from .models import ALL_API_SCOPES, ApiKey, ApiScope, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
 from .queueing import admin_message
 from .run_pages import run_form_page
-from .saved_runs import rerun, sync_saved_run_schedule
+from .saved_runs import rerun
 from .services import TriggerRefused
 
 # A runner may save, name and describe a run; putting it on a schedule is a maintainer's (it runs code unattended).
@@ -106,9 +106,7 @@ class ExecutionForm(forms.ModelForm):
                 # Unsaving a scheduled run would stop its schedule: that is changing the schedule.
                 self.add_error("saved", "This saved run has a schedule, which only a maintainer or owner of its "
                                         "project may change: ask one to empty it first.")  # fmt: skip
-            return cleaned
-        if cleaned.get("schedule") and not cleaned.get("saved"):
-            self.add_error("schedule", "Only a saved run runs on a schedule: tick Saved, or empty the schedule.")
+        # "Only a saved run runs on a schedule" is Execution.clean()'s, shown on the schedule field.
         return cleaned
 
 
@@ -230,8 +228,7 @@ class ExecutionAdmin(ProjectScopedAdmin):
         changed = set(form.changed_data)
         if changed & SCHEDULE_FIELDS and not access.can(request.user, Action.EDIT, obj):
             raise PermissionDenied  # never reached through the form (the fields are read-only); a second lock
-        super().save_model(request, obj, form, change)  # checks RUN
-        sync_saved_run_schedule(obj)
+        super().save_model(request, obj, form, change)  # checks RUN; the beat task follows (saved_runs.py)
         # The admin's change view runs in one transaction: the entries are kept only if the save is.
         if changed & SCHEDULE_FIELDS:
             record(AuditAction.EDIT, obj, user=request.user, details={"fields": sorted(changed & SCHEDULE_FIELDS)})

@@ -6,6 +6,7 @@ import uuid
 from datetime import timedelta
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 from timezone_field import TimeZoneField
@@ -165,6 +166,13 @@ class Execution(models.Model):
 
     def __str__(self) -> str:
         return f"{self.package} · {self.short_id}"
+
+    def clean(self) -> None:
+        # Only a saved run runs on a schedule: one nobody keeps would run unseen (the sync in
+        # executions/saved_runs.py also keeps the task of an unsaved execution disabled).
+        if self.schedule and not self.saved:
+            message = "Only a saved run runs on a schedule: tick Saved, or empty the schedule."
+            raise ValidationError({"schedule": message})
 
     @property
     def short_id(self) -> str:

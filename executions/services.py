@@ -9,7 +9,6 @@ import logging
 import uuid
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
 from packages.audit import AuditAction, record
 from packages.models import Package

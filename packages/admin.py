@@ -47,7 +47,6 @@ from .models import (
     store_package_secrets,
 )
 from .schedule_preview import schedule_preview_html
-from .schedules import remove_package_schedule, sync_package_schedule
 from .secret_forms import (
     PackageSecretForm,
     PlatformSecretForm,
@@ -446,18 +445,6 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
         package = form.instance
         package.tags.add(*[Tag.objects.get_or_create(name=name)[0] for name in form.cleaned_data["new_tags"]])
         store_package_secrets(package, form.cleaned_data["secrets_file"])
-        sync_package_schedule(package)
-
-    def delete_model(self, request, obj):
-        package_id = obj.pk
-        super().delete_model(request, obj)
-        remove_package_schedule(package_id)
-
-    def delete_queryset(self, request, queryset):
-        ids = list(queryset.values_list("pk", flat=True))
-        super().delete_queryset(request, queryset)
-        for package_id in ids:
-            remove_package_schedule(package_id)
 
     def get_urls(self):
         return [

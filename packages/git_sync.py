@@ -37,7 +37,7 @@ from pathlib import Path
 from urllib.parse import urljoin, urlsplit
 
 import urllib3
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 from dulwich.client import (
     GitClient,
@@ -58,7 +58,6 @@ from .git_report import TOP_LEVEL, SyncReport
 from .git_urls import GitUrl, UnsafeGitUrl
 from .importer import GitSource, PackageConflict, PackageImportError, import_package_files, refusal_for_mode
 from .models import GitAuth, GitRepository, GitSyncStatus, Package
-from .schedules import sync_package_schedule
 
 logger = logging.getLogger(__name__)
 
@@ -189,8 +188,8 @@ def _import_tree(repository: GitRepository, store: BaseObjectStore, root: Tree, 
         (report.created if result.created else report.updated).append(name)
     for package in Package.objects.filter(git_repository=repository, active=True).exclude(package_name__in=present):
         package.active = False
-        package.save(update_fields=["active", "updated_at"])
-        sync_package_schedule(package)
+        with transaction.atomic():  # its beat task is disabled in the same transaction (packages/schedules.py)
+            package.save(update_fields=["active", "updated_at"])
         report.deactivated.append(package.package_name)
 
 

@@ -43,7 +43,6 @@ from .models import (
     store_package_secrets,
 )
 from .run_forms import ParametersError, parse_parameters
-from .schedules import sync_package_schedule
 
 SECRETS_FILE = "secrets.json"
 JSON_FILES = ("manifest.json", "config.json", "parameters.json", SECRETS_FILE)
@@ -198,8 +197,7 @@ def import_package_files(
         notes = claim.apply(package, created)
         _save_package(package, manifest)
         _save_scripts(package, order, files)
-        store_package_secrets(package, secrets)
-        sync_package_schedule(package)
+        store_package_secrets(package, secrets)  # the schedule followed each save (packages/schedules.py)
     return ImportResult(package=package, created=created, files=order, secrets=sorted(secrets),
                         skipped=list(skipped), notes=notes, adopted=claim.adopted)  # fmt: skip
 

@@ -29,7 +29,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from executions import catch_up, transitions
+from executions import catch_up, later_runs, transitions
 from executions.models import Execution, ExecutionStatus
 from executions.services import enqueue
 from executions.transitions import REAPED  # noqa: F401 (the lease of a failed lost run; tests fence with it)
@@ -55,6 +55,7 @@ def reap(now: datetime | None = None) -> ReapReport:
     workspace_sweep.sweep()  # the workspaces of runs that ended without their worker (secrets on disk)
     republished = republish.republish_lost(now)
     caught_up = catch_up.catch_up_missed(now)
+    later_runs.delete_fired()  # one-off later-run tasks beat has fired (by beat's clock, not `now`)
     return ReapReport(failed=failed, retried=retried, republished=republished, caught_up=caught_up)
 
 

@@ -3,7 +3,9 @@
 import json
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.db import transaction
 from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
@@ -11,6 +13,7 @@ from executions.models import Execution, ExecutionFile, TriggerType
 from executions.saved_runs import periodic_task_name
 from executions.services import trigger_execution
 from executions.ticks import SAVED_RUN, fire
+from packages.models import Package
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
@@ -84,6 +87,68 @@ def test_a_saved_runs_schedule_becomes_a_beat_task_that_reruns_it_once_per_fire_
 
     admin_client.post(change_url(execution), edit_form(schedule=""))  # no longer saved, no schedule
     assert not PeriodicTask.objects.get(name=periodic_task_name(execution.pk)).enabled
+
+
+def scheduled_saved_run(schedule: str = "0 * * * *") -> Execution:
+    package = Package.objects.filter(package_name="saver").first() or make_package("saver", {"main.py": "1"})
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    execution.saved, execution.schedule = True, schedule
+    execution.save()  # a plain save: the task follows it
+    return execution
+
+
+def task_of(execution) -> PeriodicTask:
+    return PeriodicTask.objects.get(name=periodic_task_name(execution.pk))
+
+
+def test_a_schedule_on_an_execution_that_is_not_saved_is_refused_by_the_model():
+    execution = trigger_execution(make_package("saver", {"main.py": "1"}), trigger_type=TriggerType.MANUAL)
+    execution.schedule = "0 * * * *"
+
+    with pytest.raises(ValidationError) as refused:
+        execution.full_clean()
+
+    assert refused.value.message_dict == {"schedule": ["Only a saved run runs on a schedule: tick Saved, or empty "
+                                                       "the schedule."]}  # fmt: skip
+
+
+def test_unsaving_a_scheduled_run_disables_its_task_whoever_saves_it():
+    execution = scheduled_saved_run()
+    assert task_of(execution).enabled
+
+    execution.saved = False  # the schedule left in place, as a shell or a bulk edit might
+    execution.save()
+
+    assert not task_of(execution).enabled
+
+
+def test_deleting_a_saved_run_deletes_its_task(admin_client):
+    kept, deleted_in_the_admin, deleted_from_the_list = (scheduled_saved_run() for _ in range(3))
+    unsaved_later = scheduled_saved_run()
+    unsaved_later.saved = False
+    unsaved_later.save()  # its task is kept, disabled
+
+    response = admin_client.post(reverse("admin:executions_execution_delete", args=[deleted_in_the_admin.pk]),
+                                 {"post": "yes"})  # fmt: skip
+    assert response.status_code == 302
+    response = admin_client.post(reverse("admin:executions_savedexecution_changelist"), {
+        "action": "delete_selected", "_selected_action": [deleted_from_the_list.pk], "post": "yes"})  # fmt: skip
+    assert response.status_code == 302
+    unsaved_later.delete()
+
+    assert not Execution.objects.filter(pk__in=[deleted_in_the_admin.pk, deleted_from_the_list.pk]).exists()
+    assert list(PeriodicTask.objects.values_list("name", flat=True)) == [periodic_task_name(kept.pk)]
+
+
+def test_a_save_rolled_back_leaves_no_task():
+    execution = trigger_execution(make_package("saver", {"main.py": "1"}), trigger_type=TriggerType.MANUAL)
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        execution.saved, execution.schedule = True, "0 * * * *"
+        execution.save()
+        raise RuntimeError("abandoned")
+
+    assert not PeriodicTask.objects.exists()
 
 
 def test_rerun_repeats_the_parameters_and_files(admin_client):

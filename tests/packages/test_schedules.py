@@ -6,7 +6,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.management import call_command
-from django.db import connection
+from django.db import connection, transaction
 from django.db.migrations.executor import MigrationExecutor
 from django.urls import reverse
 from django_celery_beat.models import IntervalSchedule, PeriodicTask
@@ -15,7 +15,7 @@ from executions.models import Execution, TriggerType
 from executions.services import lane_for
 from executions.ticks import PACKAGE, fire
 from packages.models import MissedRunPolicy, Package
-from packages.schedules import current_fire_time, periodic_task_name, sync_package_schedule
+from packages.schedules import fire_time_of_tick, periodic_task_name, sync_package_schedule, tick_key
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
@@ -62,6 +62,44 @@ def test_an_inactive_package_or_an_empty_schedule_disables_the_task():
     assert task_of(package).enabled is False
 
 
+def test_the_task_follows_every_save_and_delete_of_the_package_without_being_asked():
+    package = make_package(files={"a.py": ""}, schedule="0 9 * * *")  # a plain save: no admin, no import
+    assert task_of(package).enabled and task_of(package).crontab.hour == "9"
+
+    package.schedule = "0 18 * * *"
+    package.save()
+    assert task_of(package).crontab.hour == "18"
+    package.active = False
+    package.save(update_fields=["active"])
+    assert task_of(package).enabled is False
+
+    package.delete()
+    assert not PeriodicTask.objects.filter(name=periodic_task_name(package.pk)).exists()
+
+
+def test_a_save_rolled_back_leaves_no_schedule():
+    class Abandoned(Exception):
+        pass
+
+    with pytest.raises(Abandoned), transaction.atomic():
+        make_package("rolled_back", files={"a.py": ""}, schedule="0 9 * * *")
+        assert PeriodicTask.objects.filter(name__startswith="executor.package.").exists()  # in the transaction
+        raise Abandoned
+
+    assert not Package.objects.exists() and not PeriodicTask.objects.exists()
+
+
+def test_a_save_of_unrelated_fields_does_not_touch_the_task():
+    package = scheduled("0 9 * * *")
+    written = task_of(package).date_changed
+
+    package.description = "edited"
+    package.save(update_fields=["description"])
+    package.save()  # everything, the schedule unchanged
+
+    assert task_of(package).date_changed == written
+
+
 def test_sync_schedules_repairs_drift_and_removes_orphans():
     package = scheduled("20 * * * *")
     task_of(package).delete()
@@ -76,13 +114,14 @@ def test_sync_schedules_repairs_drift_and_removes_orphans():
 
 def test_a_tick_is_attributed_to_the_fire_time_it_stands_for():
     package = scheduled("20 * * * *")
-    assert current_fire_time(package, datetime(2026, 3, 2, 10, 20, 0, 300000, tzinfo=UTC)) == datetime(
-        2026, 3, 2, 10, 20, tzinfo=UTC
-    )
-    # Sent a moment early by beat: still the 10:20 run.
-    assert current_fire_time(package, datetime(2026, 3, 2, 10, 19, 58, tzinfo=UTC)) == datetime(
-        2026, 3, 2, 10, 20, tzinfo=UTC
-    )
+    fire_time = datetime(2026, 3, 2, 10, 20, tzinfo=UTC)
+    late = datetime(2026, 3, 2, 10, 20, 0, 300000, tzinfo=UTC)
+    assert fire_time_of_tick(package.schedule, package.timezone, late) == fire_time
+    # Sent a moment early by beat: still the 10:20 run, under the same key.
+    early = datetime(2026, 3, 2, 10, 19, 58, tzinfo=UTC)
+    assert fire_time_of_tick(package.schedule, package.timezone, early) == fire_time
+    assert tick_key("p", package.schedule, package.timezone, early) == "p:2026-03-02T10:20:00+00:00"
+    assert tick_key("p", package.schedule, package.timezone, late) == "p:2026-03-02T10:20:00+00:00"
 
 
 def test_a_repeated_tick_creates_one_execution():
