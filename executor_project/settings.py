@@ -85,7 +85,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "executor_project.urls"
 WSGI_APPLICATION = "executor_project.wsgi.application"
 
-# django-ninja's Swagger UI files serve the API docs offline (executions/api.py) without ninja being an installed
+# django-ninja's Swagger UI files serve the API docs offline (executor_project/api.py) without ninja being an installed
 # app: an installed app is imported by every process, and ninja would load pydantic into each worker (~11 MiB).
 NINJA_DIR = Path(find_spec("ninja").origin).parent
 
