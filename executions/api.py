@@ -19,6 +19,7 @@ from . import event_input
 from .events import EventRejected, dispatch
 from .models import ApiKey, ApiScope, Execution, ExecutionStep
 from .queueing import run_state
+from .summary import execution_as_dict
 
 router = Router()
 
@@ -43,6 +44,8 @@ class EventAccepted(Schema):
     duplicate: bool
 
 
+# StepOut and ExecutionOut publish the shape executions/summary.py gives an execution (the CLI prints the same). No
+# docstrings: they would change the published OpenAPI document.
 class StepOut(Schema):
     position: int
     script: str
@@ -174,7 +177,7 @@ def get_execution(request, execution_id: str):
         execution = _executions(api_key).get(pk=uuid.UUID(execution_id))
     except (ValueError, Execution.DoesNotExist):
         raise HttpError(404, f"No execution {execution_id}.") from None
-    return _execution_out(execution)
+    return execution_as_dict(execution)
 
 
 @router.get("/cid/{cid}", response={200: Chain, 401: Error, 403: Error, 404: Error},
@@ -190,44 +193,10 @@ def get_chain(request, cid: str):
     executions = list(_executions(api_key).filter(correlation_id=cid).order_by("created_at"))
     if not executions:
         raise HttpError(404, f"No execution with correlation id {cid}.")
-    return {"cid": cid, "executions": [_execution_out(execution) for execution in executions]}
+    return {"cid": cid, "executions": [execution_as_dict(execution) for execution in executions]}
 
 
 def _executions(api_key: ApiKey) -> QuerySet:
     steps = Prefetch("steps", queryset=ExecutionStep.objects.defer("stdout", "stderr"))  # output can be MiBs
     executions = Execution.objects.select_related("package", "trigger_event").prefetch_related(steps)
     return within_reach(executions, api_key, "package__project_id")
-
-
-def _execution_out(execution: Execution) -> dict:
-    return {
-        "execution_id": execution.id,
-        "service": execution.package.package_name,
-        "package_id": execution.package_id,
-        "status": execution.status,
-        "status_reason": execution.status_reason,
-        "trigger_type": execution.trigger_type,
-        "origin_event_type": execution.trigger_event.type if execution.trigger_event else None,
-        "data": execution.params,
-        "datetime": execution.created_at,
-        "started_at": execution.started_at,
-        "finished_at": execution.finished_at,
-        "execution_time": execution.duration_ms,
-        "cid": execution.correlation_id,
-        "parent_execution_id": execution.parent_execution_id,
-        "chain_depth": execution.chain_depth,
-        "steps": [_step_out(step) for step in sorted(execution.steps.all(), key=lambda step: step.position)],
-    }
-
-
-def _step_out(step: ExecutionStep) -> dict:
-    return {
-        "position": step.position,
-        "script": step.file_name,
-        "status": step.status,
-        "status_reason": step.status_reason,
-        "exit_code": step.exit_code,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "execution_time": step.duration_ms,
-    }
