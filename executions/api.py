@@ -1,16 +1,6 @@
-"""The HTTP API, FX Event Bridge compatible: POST /fx/events, GET /fx/executions/<id>, GET /fx/cid/<cid>; and
-Sync Now for Git repositories: POST /fx/git/repositories/<id>/sync, GET /fx/git/repositories/<id>.
+"""The executions part of the /fx/ API (mounted in executor_project/api.py, which also describes the whole API):
+POST /fx/events (FX Event Bridge compatible), GET /fx/executions/<id>, GET /fx/cid/<cid>."""
 
-Authentication: an `X-API-KEY` header holding a key from the admin (API keys) or `manage.py create_api_key`.
-Each endpoint needs its scope on the key (`events:send`, `executions:read`, `git:sync`): without it, 403. A project
-key reaches only its project: another project's execution, chain or repository answers 404 exactly like a missing
-one, and its events start only its project's packages. A platform key reaches every project.
-The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Errors answer `{"detail": "..."}`
-with a 4xx status and a message saying what is wrong; 503 with `Retry-After` when the database or the message broker
-is unreachable for a moment (try again), and 500 `{"detail": "internal error"}` for anything unexpected.
-"""
-
-import json
 import uuid
 from datetime import datetime
 from typing import Any
@@ -18,99 +8,20 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.db.models import Prefetch, QuerySet
-from django.shortcuts import render
-from ninja import NinjaAPI, Schema, Status, Swagger
+from ninja import Router, Schema, Status
 from ninja.errors import HttpError
-from ninja.security import APIKeyHeader
 
 from executor_project import bounded_json
+from executor_project.api_auth import Error, key_with, within_reach
 from executor_project.uploads import BadLength, declared_length
-from packages.audit import AuditAction, record
-from packages.git_webhook import queue_sync
-from packages.models import GitRepository
 
 from . import event_input
 from .events import EventRejected, dispatch
 from .models import ApiKey, ApiScope, Execution, ExecutionStep
 from .queueing import run_state
+from .summary import execution_as_dict
 
-
-class ApiKeyAuth(APIKeyHeader):
-    param_name = "X-API-KEY"
-
-    def authenticate(self, request, key: str | None) -> ApiKey:
-        if not key:
-            raise HttpError(401, "Missing X-API-KEY header: issue a key in the admin (API keys) or with "
-                                 "`manage.py create_api_key NAME`.")  # fmt: skip
-        api_key = ApiKey.authenticate(key)
-        if api_key is None:
-            raise HttpError(401, "Unknown or revoked API key.")
-        return api_key
-
-
-SCOPE_WORDS = {
-    ApiScope.EVENTS_SEND: "send events",
-    ApiScope.EXECUTIONS_READ: "read executions",
-    ApiScope.GIT_SYNC: "sync or read Git repositories",
-}
-
-
-def _key_with(request, scope: ApiScope) -> ApiKey:
-    """The request's key, if it carries `scope`; else 403 naming the scope (before the request is looked at)."""
-    api_key: ApiKey = request.auth
-    if not api_key.allows(scope):
-        raise HttpError(403, f"This API key may not {SCOPE_WORDS[scope]} (scope {scope.value}).")
-    return api_key
-
-
-def _within_reach(queryset: QuerySet, api_key: ApiKey, path: str) -> QuerySet:
-    """`queryset` narrowed to the key's project (through `path`); a platform key reaches everything."""
-    if api_key.project_id is None:
-        return queryset
-    return queryset.filter(**{path: api_key.project_id})
-
-
-class ExecutorAPI(NinjaAPI):
-    def get_openapi_schema(self, *args, **kwargs):
-        """Add the two event shapes POST /events reads by hand (to word its own errors) to the components."""
-        schema = super().get_openapi_schema(*args, **kwargs)
-        components = schema["components"].setdefault("schemas", {})
-        for model in (event_input.BridgeEvent, event_input.CloudEventIn):
-            model_schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
-            components.update(model_schema.pop("$defs", {}))
-            components[model.__name__] = model_schema
-        return schema
-
-
-class OfflineSwagger(Swagger):
-    """Swagger UI from ninja's bundled files rather than a CDN (settings.NINJA_DIR says why ninja is not an
-    installed app, which is what ninja checks to choose)."""
-
-    def render_page(self, request, api, **kwargs):
-        self.settings["url"] = self.get_openapi_url(api, kwargs)
-        context = {"swagger_settings": json.dumps(self.settings, indent=1), "api": api, "add_csrf": False}
-        return render(request, self.template, context)
-
-
-api = ExecutorAPI(
-    title="Executor API",
-    version="1",
-    description=__doc__,
-    auth=ApiKeyAuth(),
-    urls_namespace="fx",
-    docs=OfflineSwagger(),
-)
-
-
-@api.exception_handler(Exception)
-def unexpected(request, exc: Exception):
-    """Handed on to Django, so that executor_project/errors.py answers: 503 for an unreachable database or broker,
-    else JSON 500 `{"detail": "internal error"}` (in DEBUG, ninja itself would answer with the traceback)."""
-    raise exc
-
-
-class Error(Schema):
-    detail: str
+router = Router()
 
 
 class RunState(Schema):
@@ -133,6 +44,8 @@ class EventAccepted(Schema):
     duplicate: bool
 
 
+# StepOut and ExecutionOut publish the shape executions/summary.py gives an execution (the CLI prints the same). No
+# docstrings: they would change the published OpenAPI document.
 class StepOut(Schema):
     position: int
     script: str
@@ -168,6 +81,9 @@ class Chain(Schema):
     executions: list[ExecutionOut]
 
 
+# POST /events reads its body by hand (to word its own errors), so ninja does not see these two shapes: the API adds
+# them to the OpenAPI components (executor_project/api.py), where EVENT_REQUEST_BODY refers to them.
+EVENT_SCHEMAS = (event_input.BridgeEvent, event_input.CloudEventIn)
 EVENT_REQUEST_BODY = {
     "required": True,
     "content": {
@@ -181,7 +97,7 @@ EVENT_REQUEST_BODY = {
 }
 
 
-@api.post(
+@router.post(
     "/events",
     response={
         200: EventAccepted,
@@ -200,7 +116,7 @@ def post_event(request):
     of a package that does not allow manual triggering 403. Needs the scope events:send.
     Each of `runs` is `pending`; with `queued: false` and a reason when the broker refused its message: it is
     recorded and runs once the broker is back (202, not 503: a retried 503 would start it twice)."""
-    api_key = _key_with(request, ApiScope.EVENTS_SEND)
+    api_key = key_with(request, ApiScope.EVENTS_SEND)
     body = _event_body(request)
     try:
         outcome = dispatch(event_input.parse(request.headers, body), api_key=api_key)
@@ -252,24 +168,24 @@ def _event_body(request) -> bytes:
                              "EXECUTOR_MAX_SCRIPT_BYTES).") from None  # fmt: skip
 
 
-@api.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 403: Error, 404: Error},
-         summary="An execution with its steps")  # fmt: skip
+@router.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 403: Error, 404: Error},
+            summary="An execution with its steps")  # fmt: skip
 def get_execution(request, execution_id: str):
     """Needs the scope executions:read; another project's execution is 404, like a missing one."""
-    api_key = _key_with(request, ApiScope.EXECUTIONS_READ)
+    api_key = key_with(request, ApiScope.EXECUTIONS_READ)
     try:
         execution = _executions(api_key).get(pk=uuid.UUID(execution_id))
     except (ValueError, Execution.DoesNotExist):
         raise HttpError(404, f"No execution {execution_id}.") from None
-    return _execution_out(execution)
+    return execution_as_dict(execution)
 
 
-@api.get("/cid/{cid}", response={200: Chain, 401: Error, 403: Error, 404: Error},
-         summary="A chain: its executions in time order")  # fmt: skip
+@router.get("/cid/{cid}", response={200: Chain, 401: Error, 403: Error, 404: Error},
+            summary="A chain: its executions in time order")  # fmt: skip
 def get_chain(request, cid: str):
     """Needs the scope executions:read; a project key sees only its project's executions of the chain (404 when
     it has none there)."""
-    api_key = _key_with(request, ApiScope.EXECUTIONS_READ)
+    api_key = key_with(request, ApiScope.EXECUTIONS_READ)
     try:
         bounded_json.check_text(cid)  # a NUL in the URL would reach PostgreSQL as a query parameter
     except bounded_json.JSONRejected:
@@ -277,82 +193,10 @@ def get_chain(request, cid: str):
     executions = list(_executions(api_key).filter(correlation_id=cid).order_by("created_at"))
     if not executions:
         raise HttpError(404, f"No execution with correlation id {cid}.")
-    return {"cid": cid, "executions": [_execution_out(execution) for execution in executions]}
+    return {"cid": cid, "executions": [execution_as_dict(execution) for execution in executions]}
 
 
 def _executions(api_key: ApiKey) -> QuerySet:
     steps = Prefetch("steps", queryset=ExecutionStep.objects.defer("stdout", "stderr"))  # output can be MiBs
     executions = Execution.objects.select_related("package", "trigger_event").prefetch_related(steps)
-    return _within_reach(executions, api_key, "package__project_id")
-
-
-def _execution_out(execution: Execution) -> dict:
-    return {
-        "execution_id": execution.id,
-        "service": execution.package.package_name,
-        "package_id": execution.package_id,
-        "status": execution.status,
-        "status_reason": execution.status_reason,
-        "trigger_type": execution.trigger_type,
-        "origin_event_type": execution.trigger_event.type if execution.trigger_event else None,
-        "data": execution.params,
-        "datetime": execution.created_at,
-        "started_at": execution.started_at,
-        "finished_at": execution.finished_at,
-        "execution_time": execution.duration_ms,
-        "cid": execution.correlation_id,
-        "parent_execution_id": execution.parent_execution_id,
-        "chain_depth": execution.chain_depth,
-        "steps": [_step_out(step) for step in sorted(execution.steps.all(), key=lambda step: step.position)],
-    }
-
-
-def _step_out(step: ExecutionStep) -> dict:
-    return {
-        "position": step.position,
-        "script": step.file_name,
-        "status": step.status,
-        "status_reason": step.status_reason,
-        "exit_code": step.exit_code,
-        "started_at": step.started_at,
-        "finished_at": step.finished_at,
-        "execution_time": step.duration_ms,
-    }
-
-
-class RepositoryOut(Schema):
-    id: int
-    url: str
-    branch: str
-    status: str
-    last_sync_at: datetime | None
-    current_commit: str
-    last_error: str
-    last_report: dict[str, Any]
-    branches: list[str]
-
-
-@api.post("/git/repositories/{repository_id}/sync", response={202: RepositoryOut, 401: Error, 403: Error, 404: Error},
-          summary="Sync a Git repository now (queued)")  # fmt: skip
-def sync_repository_now(request, repository_id: int):
-    """Needs the scope git:sync; another project's repository is 404, like a missing one."""
-    api_key = _key_with(request, ApiScope.GIT_SYNC)
-    repository = _repository(repository_id, api_key)
-    # Recorded first, then queued (a broker that is down leaves a visible "synced" request, not a silent one).
-    record(AuditAction.SYNC, repository, api_key=api_key, details={"via": "API"})
-    queue_sync(repository)
-    return Status(202, repository)
-
-
-@api.get("/git/repositories/{repository_id}", response={200: RepositoryOut, 401: Error, 403: Error, 404: Error},
-         summary="A Git repository's sync status and last report")  # fmt: skip
-def get_repository(request, repository_id: int):
-    """Needs the scope git:sync; another project's repository is 404, like a missing one."""
-    return _repository(repository_id, _key_with(request, ApiScope.GIT_SYNC))
-
-
-def _repository(repository_id: int, api_key: ApiKey) -> GitRepository:
-    repository = _within_reach(GitRepository.objects.filter(pk=repository_id), api_key, "project_id").first()
-    if repository is None:
-        raise HttpError(404, f"No repository {repository_id}.")
-    return repository
+    return within_reach(executions, api_key, "package__project_id")

@@ -85,7 +85,7 @@ MIDDLEWARE = [
 ROOT_URLCONF = "executor_project.urls"
 WSGI_APPLICATION = "executor_project.wsgi.application"
 
-# django-ninja's Swagger UI files serve the API docs offline (executions/api.py) without ninja being an installed
+# django-ninja's Swagger UI files serve the API docs offline (executor_project/api.py) without ninja being an installed
 # app: an installed app is imported by every process, and ninja would load pydantic into each worker (~11 MiB).
 NINJA_DIR = Path(find_spec("ninja").origin).parent
 
@@ -245,7 +245,7 @@ CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 # Without acks_late a worker killed mid-run loses the message; with it, the message comes back and the claim
-# in the database (workers/claims.py) makes the redelivery harmless.
+# in the database (workers/lease.py) makes the redelivery harmless.
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1

@@ -2,9 +2,9 @@ from django.contrib import admin
 from django.urls import path
 from django.views.generic import RedirectView
 
-from executions.api import api
 from packages.git_webhook import push_webhook
 
+from .api import api
 from .health import healthz
 
 admin.site.site_header = "Executor"

@@ -17,13 +17,6 @@ that tail is masked as well. Why 2: a 1-character prefix would mask the last cha
 start any secret, and reveals only one character of one secret anyway. Decode capped bytes so that an incomplete
 trailing UTF-8 character is dropped (not replaced by U+FFFD), or the prefix of a non-ASCII secret is not seen.
 
-Streams (``StreamMasker``): output arrives in chunks, and a secret may be split between two or more of them.
-The masker holds back the last (longest form length - 1) characters, the most of a secret that can sit at the
-end of what has arrived, and emits the rest masked; if that cut would fall inside a masked occurrence, it holds
-back from the start of that occurrence. ``flush()`` masks and returns what is held back. The concatenation of
-everything emitted is exactly ``mask()`` of the whole text. (A long run of overlapping occurrences, such as
-"aaaa..." with the secret "aa", is held back whole until it ends: the cost of merging overlaps.)
-
 Secrets one character long are masked too, as asked; they make output hard to read, so callers may well refuse
 to store them.
 """
@@ -49,7 +42,6 @@ class _Forms:
             forms.add(json.dumps(value, ensure_ascii=False)[1:-1])
         # Longest first: an alternation takes the first alternative that matches, not the longest.
         self.forms = sorted(forms, key=lambda form: (-len(form), form))
-        self.longest = len(self.forms[0]) if self.forms else 0
         self.pattern = re.compile("|".join(re.escape(form) for form in self.forms)) if self.forms else None
 
     def spans(self, text: str, *, truncated: bool = False) -> list[tuple[int, int]]:
@@ -117,40 +109,3 @@ def mask(text: str, secrets: Iterable[str], *, truncated: bool = False) -> str:
     """
     forms = _Forms(secrets)
     return _render(text, forms.spans(text, truncated=truncated))
-
-
-class StreamMasker:
-    """Masks a stream of output chunks, catching secrets split between chunks (see the module docstring).
-
-    Concatenating every feed() result and the flush() result gives exactly mask() of the whole text.
-    """
-
-    def __init__(self, secrets: Iterable[str]) -> None:
-        self._forms = _Forms(secrets)
-        self._pending = ""
-
-    def feed(self, chunk: str) -> str:
-        """Take the next chunk; return the text that is safe to emit now (possibly empty)."""
-        if self._forms.pattern is None:
-            return chunk
-        text = self._pending + chunk
-        # An occurrence not yet complete starts within the last (longest - 1) characters: hold those back.
-        cut = len(text) - (self._forms.longest - 1)
-        if cut <= 0:
-            self._pending = text
-            return ""
-        emitted: list[tuple[int, int]] = []
-        for start, end in self._forms.spans(text):
-            if end <= cut:
-                emitted.append((start, end))
-            else:
-                # An occurrence straddling the cut may still grow by merging with one that is not complete yet.
-                cut = min(cut, start)
-                break
-        self._pending = text[cut:]
-        return _render(text[:cut], emitted)
-
-    def flush(self, *, truncated: bool = False) -> str:
-        """Return what is held back, masked; the masker is then empty. truncated: as for mask()."""
-        text, self._pending = self._pending, ""
-        return _render(text, self._forms.spans(text, truncated=truncated))

@@ -1,6 +1,7 @@
 import json
 
 from django.core.management.base import BaseCommand, CommandError
+from django.core.serializers.json import DjangoJSONEncoder
 
 from executions.models import ExecutionStatus, TriggerType
 from executions.services import TriggerRefused, trigger_execution
@@ -51,6 +52,8 @@ class Command(BaseCommand):
             execution = wait_until_finished(execution, timeout, poll_seconds=0.5)
         except TimeoutError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(json.dumps(execution_as_dict(execution), indent=2))
+        # The HTTP API's shape and JSON encoding (ninja's encoder is DjangoJSONEncoder), plus the steps' output.
+        result = execution_as_dict(execution, with_output=True)
+        self.stdout.write(json.dumps(result, indent=2, cls=DjangoJSONEncoder))
         if execution.status != ExecutionStatus.COMPLETED:
             raise CommandError(f"Execution {execution.id} ended {execution.status}.", returncode=1)
