@@ -21,7 +21,7 @@ from executions.models import ApiKey, Execution, ExecutionStatus, TriggerEvent, 
 from executions.services import trigger_execution, wait_until_finished
 from packages.models import EventType, Project, Secret, SecretScope
 from tests.e2e.conftest import worker_process
-from tests.executions.test_events_api import BAD_INPUT
+from tests.event_bodies import BAD_INPUT
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
