@@ -20,7 +20,7 @@ from executions.lifecycle import EXECUTION_FINISHED
 from executions.models import ApiKey, Execution, ExecutionStatus, TriggerEvent, TriggerEventStatus, TriggerType
 from executions.services import trigger_execution, wait_until_finished
 from packages.models import EventType, Project, Secret, SecretScope
-from tests.e2e.conftest import worker_process
+from tests.e2e.processes import worker_process
 from tests.event_bodies import BAD_INPUT
 from tests.factories import make_package
 

@@ -7,7 +7,7 @@ import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import request_cancel, trigger_execution, wait_until_finished
-from tests.e2e.conftest import counting_script, run_count
+from tests.e2e.runs import counting_script, run_count
 from tests.factories import make_package, seed_files
 from workers.tasks import run_execution, saved_run_tick
 

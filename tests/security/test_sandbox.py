@@ -16,8 +16,9 @@ from django.core.exceptions import ValidationError
 
 from executions.models import ExecutionStatus, StepStatus
 from packages.models import EnvironmentVariable, PackageState
-from tests.e2e.conftest import start_on, worker_process
-from tests.e2e.test_hostile import run, step_processes
+from tests.e2e.processes import worker_process
+from tests.e2e.runs import run_on as run
+from tests.e2e.runs import start_on, step_processes
 from tests.factories import add_secret, make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
