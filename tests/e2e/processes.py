@@ -55,10 +55,10 @@ class Service:
     as a supervisor starts it (a test can signal its whole process group, and whatever it leaves is found by its
     session); otherwise it stays in the test's session and what it leaves is found as its descendants."""
 
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path,
-                 ready_text: str | None = None, *, own_session: bool = False) -> None:  # fmt: skip
-        self.name, self.argv, self.env, self.log_path = name, argv, env, log_path
-        self.ready_text, self.own_session = ready_text, own_session
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, ready_text: str | None = None,
+                 *, own_session: bool = False, grace: float = 20, cwd: Path = BASE_DIR) -> None:  # fmt: skip
+        self.name, self.argv, self.env, self.log_path, self.cwd = name, argv, env, log_path, cwd
+        self.ready_text, self.own_session, self.grace = ready_text, own_session, grace
         self.proc: subprocess.Popen | None = None
         self._log_start = 0  # where the current run's lines begin in the log file
 
@@ -76,7 +76,7 @@ class Service:
         with open(self.log_path, "ab") as log:
             log.write(f"===== {self.name} starting at {time.strftime('%H:%M:%S')} =====\n".encode())
             log.flush()
-            self.proc = subprocess.Popen(self.argv, cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=self.own_session)  # fmt: skip
         if self.ready_text:
             self.wait_for_log(self.ready_text, timeout=timeout)
@@ -105,12 +105,13 @@ class Service:
         """What a supervisor does (systemd's control group, honcho, Ctrl-C): every process of its group."""
         os.killpg(self.proc.pid, signum)
 
-    def stop(self, grace: float = 20) -> None:
-        """SIGTERM to the main process (a soft shutdown), then SIGKILL to whatever is left after `grace` s."""
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM to the main process (a soft shutdown), then SIGKILL to whatever is left after `grace` s (its own
+        grace unless given)."""
         if self.alive:
             self.proc.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=grace)
+                self.proc.wait(timeout=self.grace if grace is None else grace)
         self.kill()
 
     def kill(self) -> None:
