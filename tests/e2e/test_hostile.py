@@ -36,14 +36,14 @@ def worker_still_healthy(hostile_worker, monkeypatch):
     assert hostile_worker.proc.poll() is None, hostile_worker.log()[-3000:]
     assert step_processes() == []
     after = run_on(
-        make_package(f"after_{uuid.uuid4().hex[:8]}", {"ok.py": "print('fine')"}), hostile_worker, monkeypatch
+        hostile_worker, make_package(f"after_{uuid.uuid4().hex[:8]}", {"ok.py": "print('fine')"}), monkeypatch
     )
     assert (after.status, after.steps.get().stdout) == (ExecutionStatus.COMPLETED, "fine\n")
 
 
 def run_script(code: str, worker, monkeypatch, **package_fields):
     package = make_package(f"hostile_{uuid.uuid4().hex[:8]}", {"attack.py": code}, **package_fields)
-    return run_on(package, worker, monkeypatch).steps.get()
+    return run_on(worker, package, monkeypatch).steps.get()
 
 
 FORK_BOMB = """
@@ -115,7 +115,7 @@ def test_the_worker_s_environment_settings_password_and_other_runs_are_out_of_re
              "/var/run/postgresql/.s.PGSQL.5432", f"/proc/{hostile_worker.proc.pid}/environ"]  # fmt: skip
     package = make_package("snoop", {"snoop.py": SNOOP})
 
-    execution = run_on(package, hostile_worker, monkeypatch, paths=paths)
+    execution = run_on(hostile_worker, package, monkeypatch, paths=paths)
 
     found = json.loads(execution.steps.get().stdout)
     assert found["worker_variables"] == []
