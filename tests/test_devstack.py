@@ -5,16 +5,13 @@ subject."""
 
 import os
 import signal
-import subprocess
 import sys
 import textwrap
-import threading
-import time
 from pathlib import Path
 
 import psutil
 
-BASE_DIR = Path(__file__).resolve().parent.parent
+from tests.e2e.processes import BASE_DIR, Service, left_running
 
 DRIVER = """
 import importlib.util, os, sys
@@ -72,19 +69,11 @@ STUBBORN_WORKER = SOFT_WORKER.replace("time.sleep(7)", "time.sleep(600)")
 
 def gone(pid: int, timeout: float = 5) -> bool:
     """Ended: no such process, or a zombie its new parent (init) has not reaped yet."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        time.sleep(0.1)
-    return False
+    return left_running([pid], timeout) == []
 
 
 class Driver:
-    """The supervisor in a process of its own (a session, as a terminal's job), its output collected as it comes."""
+    """The supervisor in a process of its own (a session, as a terminal's job), its output in driver.log."""
 
     def __init__(self, tmp_path: Path, worker_code: str, worker_grace: float, web_then: str = "") -> None:
         web = STOPS_ON_SIGTERM.format(name="web", then=web_then)
@@ -93,23 +82,16 @@ class Driver:
         code = code.replace("REDIS_CODE", repr(redis))
         script = tmp_path / "driver.py"
         script.write_text(textwrap.dedent(code))
-        self.proc = subprocess.Popen(
-            [sys.executable, str(script), str(BASE_DIR / "bin" / "devstack.py"), str(worker_grace)],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-        )  # fmt: skip
-        self.lines: list[str] = []
-        self.reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
-        self.reader.start()
+        argv = [sys.executable, str(script), str(BASE_DIR / "bin" / "devstack.py"), str(worker_grace)]
+        self.driver = Service("driver", argv, dict(os.environ), tmp_path / "driver.log", own_session=True, cwd=tmp_path)
+        self.proc = self.driver.start().proc
 
     @property
     def output(self) -> str:
-        return "".join(self.lines)
+        return self.driver.log()
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.output:
-            assert time.monotonic() < deadline, f"{text!r} not printed within {timeout} s:\n{self.output}"
-            time.sleep(0.05)
+        self.driver.wait_for_log(text, timeout=timeout)
 
     def pool_child(self) -> int:
         self.wait_for("worker: child")
@@ -117,14 +99,9 @@ class Driver:
 
     def finish(self, timeout: float = 60) -> int:
         try:
-            returncode = self.proc.wait(timeout=timeout)
+            return self.proc.wait(timeout=timeout)
         finally:
-            if self.proc.poll() is None:  # a failed test must not leave the stand-ins running
-                for process in psutil.Process(self.proc.pid).children(recursive=True):
-                    os.killpg(process.pid, signal.SIGKILL)
-                self.proc.kill()
-        self.reader.join(timeout=5)
-        return returncode
+            self.driver.kill()  # a failed test must not leave the stand-ins running (each leads a session of its own)
 
     def ctrl_c(self) -> int:
         os.killpg(self.proc.pid, signal.SIGINT)  # what a terminal sends to its foreground process group

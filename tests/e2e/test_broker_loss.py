@@ -15,7 +15,8 @@ from executions.models import ApiKey, Execution, ExecutionStatus, TriggerType
 from executions.queueing import MARKER_PREFIX
 from executions.services import trigger_execution
 from packages.models import EventType
-from tests.e2e.conftest import counting_script, run_count, worker_process
+from tests.e2e.processes import worker_process
+from tests.e2e.runs import counting_script, run_count
 from tests.factories import make_package
 from tests.redis_server import broker_of_this_process, fill, make_room, private_redis
 from workers.reaper import reap

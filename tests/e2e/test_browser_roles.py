@@ -8,11 +8,13 @@ import pytest
 from playwright.sync_api import expect
 
 from packages.models import Package, Project
-from tests.e2e.browser import browser_page, logged_in, screenshot  # noqa: F401  (fixtures by name)
-from tests.e2e.test_browser_walkthrough import (
+from tests.e2e.browser import (
     expect_step,
+    logged_in,
     open_from_admin_index,
     open_the_run,
+    run_from_the_package_page,
+    screenshot,
     show_results,
     wait_until_the_run_completes,
 )
@@ -24,7 +26,7 @@ SALES_PACKAGE = "Sales report"
 HR_PACKAGE = "HR payroll"
 
 
-def test_a_runner_sees_only_their_project_runs_a_package_and_cannot_edit_it(browser_page, live_server,  # noqa: F811
+def test_a_runner_sees_only_their_project_runs_a_package_and_cannot_edit_it(browser_page, live_server,
                                                                             celery_worker):  # fmt: skip
     sales, hr = Project.objects.create(name="Sales"), Project.objects.create(name="HR")
     package = make_package("sales_report", {"report.py": "print('orders today: 42')"}, name=SALES_PACKAGE,
@@ -49,7 +51,7 @@ def test_a_runner_sees_only_their_project_runs_a_package_and_cannot_edit_it(brow
     assert post_the_edit_form(page, live_server, package) == 403
     assert Package.objects.get(pk=package.pk).description == "Daily orders"
 
-    run_from_the_package_page(page)
+    run_from_the_package_page(page, SALES_PACKAGE)
     wait_until_the_run_completes(page)
     screenshot(page, "23-runner-executions")
     open_the_run(page)
@@ -69,14 +71,3 @@ def post_the_edit_form(page, live_server, package: Package) -> int:
             "retries_after_worker_loss": "0"}  # fmt: skip
     response = page.request.post(url, form=form, headers={"Referer": url}, max_redirects=0)
     return response.status
-
-
-def run_from_the_package_page(page) -> None:
-    """The Run button on the package's page; confirm where a confirmation page asks."""
-    page.locator(".object-tools").get_by_role("button", name="Run", exact=True).click()
-    confirm = page.locator("form input[type=submit][value=Run]")
-    started = page.locator("ul.messagelist li.success")
-    expect(confirm.or_(started)).to_be_visible()
-    if confirm.is_visible():
-        confirm.click()
-    expect(started).to_contain_text(f"of {SALES_PACKAGE} started.")

@@ -7,8 +7,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.browser import browser_page, logged_in, screenshot  # noqa: F401  (fixtures by name)
-from tests.e2e.test_browser_walkthrough import open_from_admin_index, show_results
+from tests.e2e.browser import logged_in, open_from_admin_index, screenshot, show_results
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -28,7 +27,7 @@ print("report:", open(args["report"]).read().strip())
 """
 
 
-def test_a_run_through_the_form_and_a_rerun_with_edited_parameters(browser_page, live_server, admin_user,  # noqa: F811
+def test_a_run_through_the_form_and_a_rerun_with_edited_parameters(browser_page, live_server, admin_user,
                                                                    celery_worker):  # fmt: skip
     make_package("form_report", {"parameters.json": json.dumps(PARAMETERS), "report.py": SCRIPT},
                  name="Form report")  # fmt: skip

@@ -7,14 +7,21 @@ real beat holds its schedule. Screenshots of each main page land in artifacts/sc
 """
 
 import json
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import expect
 
 from packages.models import EventType, Project, ProjectRole
-from tests.e2e.browser import beat, browser_page, logged_in  # noqa: F401  (fixtures by name)
+from tests.e2e.browser import (
+    expect_step,
+    logged_in,
+    open_from_admin_index,
+    open_the_run,
+    run_from_the_package_page,
+    show_results,
+    wait_until_the_run_completes,
+)
 from tests.e2e.browser import screenshot as save_screenshot
 from tests.factories import make_member, make_staff
 
@@ -26,7 +33,7 @@ TECHNICAL_NAME = "seed_walkthrough"
 
 
 @pytest.mark.parametrize("person", ["superuser", "maintainer"])
-def test_the_seed_walkthrough_in_a_browser(person, browser_page, live_server, admin_user, celery_worker, beat):  # noqa: F811
+def test_the_seed_walkthrough_in_a_browser(person, browser_page, live_server, admin_user, celery_worker, beat):
     project = Project.objects.create(name="Seed project")
     EventType.objects.create(name="seed.trigger")
     user = admin_user
@@ -61,7 +68,7 @@ def test_the_seed_walkthrough_in_a_browser(person, browser_page, live_server, ad
     screenshot(page, "04-trigger-event")
 
     # Package Executions / Runs: Run, then the package's executions until the run completes.
-    run_the_package(page)
+    run_from_the_package_page(page, PACKAGE)
     expect(page.locator("h1")).to_have_text("Select execution to change")
     wait_until_the_run_completes(page)
     screenshot(page, "05-executions")
@@ -85,12 +92,7 @@ def test_the_seed_walkthrough_in_a_browser(person, browser_page, live_server, ad
     expect(page.locator("#result_list").get_by_role("link", name="Seed run", exact=True)).to_be_visible()
     screenshot(page, "08-saved-executions")
 
-    assert beat.poll() is None, "celery beat stopped during the walkthrough"
-
-
-def open_from_admin_index(page, app: str, model: str, label: str) -> None:
-    """Click a model's link in its application's box on the admin index."""
-    page.locator(f"#content-main .app-{app} tr.model-{model}").get_by_role("link", name=label, exact=True).click()
+    assert beat.proc.poll() is None, "celery beat stopped during the walkthrough"
 
 
 def fill_in_the_package(page) -> None:
@@ -141,51 +143,6 @@ def show_trigger_event(page) -> dict:
     event = page.locator(".field-trigger_event pre")
     expect(event).to_be_visible()
     return json.loads(event.inner_text())
-
-
-def run_the_package(page) -> None:
-    """The Run button on the package's page; confirm where a confirmation page asks."""
-    page.locator(".object-tools").get_by_role("button", name="Run", exact=True).click()
-    confirm = page.locator("form input[type=submit][value=Run]")  # run_confirm.html; the tool above is a <button>
-    started = page.locator("ul.messagelist li.success")
-    expect(confirm.or_(started)).to_be_visible()
-    if confirm.is_visible():
-        confirm.click()
-    expect(started).to_contain_text(f"of {PACKAGE} started.")
-
-
-def manual_run_row(page):
-    return page.locator("#result_list tbody tr", has_text="Manual")
-
-
-def wait_until_the_run_completes(page, timeout: float = 60) -> None:
-    """Reload the package's executions every second until the manual run shows Completed."""
-    status = manual_run_row(page).locator(".field-status_display")
-    deadline = time.monotonic() + timeout
-    while status.inner_text().strip() != "Completed":
-        assert status.inner_text().strip() not in {"Failed", "Cancelled", "Skipped"}, status.inner_text()
-        assert time.monotonic() < deadline, f"the run is still {status.inner_text().strip()!r} after {timeout} s"
-        time.sleep(1)
-        page.reload()
-
-
-def open_the_run(page) -> None:
-    """The guide's magnifying glass on the latest run: its id opens it."""
-    manual_run_row(page).locator("th a").click()
-    expect(page.locator("h1")).to_have_text("Change execution")
-
-
-def step_row(page, file_name: str):
-    return page.locator("#steps-group tbody tr", has=page.locator(".field-file_name", has_text=file_name))
-
-
-def expect_step(page, file_name: str, status: str) -> None:
-    expect(step_row(page, file_name).locator(".field-status_display")).to_have_text(status)
-
-
-def show_results(page, file_name: str) -> None:
-    step_row(page, file_name).get_by_role("link", name="Show Results").click()
-    expect(page.locator("h1")).to_have_text(f"Results of {file_name}")
 
 
 def save_the_run(page, *, name: str, description: str) -> None:

@@ -21,7 +21,8 @@ from django.db import connection
 
 from executions.models import Execution, ExecutionStatus, StepStatus
 from tests.db_proxy import DatabaseProxy
-from tests.e2e.conftest import database_url_for_tests, start_on, worker_process
+from tests.e2e.processes import database_url_for_tests, worker_process
+from tests.e2e.runs import start_on
 from tests.factories import make_package
 from workers.reaper import reap
 

@@ -7,12 +7,19 @@ import subprocess
 import sys
 import time
 
-import psutil
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from tests.e2e.conftest import BASE_DIR, TEST_WORKER_ENV, database_url_for_tests
-from tests.e2e.test_quick_start import _kill_tree, _wait_for_http, free_port
+from tests.e2e.processes import (
+    BASE_DIR,
+    TEST_WORKER_ENV,
+    children,
+    command_line,
+    database_url_for_tests,
+    devstack_process,
+    free_port,
+    left_running,
+)
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -26,15 +33,8 @@ def devstack(tmp_path):
     env = {name: value for name, value in os.environ.items() if name != "REDIS_URL"}
     env.update(TEST_WORKER_ENV, DATABASE_URL=database_url_for_tests(), EXECUTOR_DATA_DIR=str(tmp_path / "data"),
                EXECUTOR_PORT=str(free_port()), EXECUTOR_SHUTDOWN_GRACE_SECONDS=str(GRACE_SECONDS))  # fmt: skip
-    log_path = tmp_path / "devstack.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "bin/devstack.py"], cwd=BASE_DIR, env=env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-    try:
-        _wait_for_http(f"http://127.0.0.1:{env['EXECUTOR_PORT']}/healthz", log_path, timeout=120)
-        yield env, log_path, proc
-    finally:
-        _kill_tree(proc)
+    with devstack_process(env, tmp_path / "devstack.log") as stack:
+        yield env, stack.log_path, stack.proc
 
 
 def test_ctrl_c_on_make_run_lets_the_running_step_finish_and_stops_everything(devstack):
@@ -49,7 +49,7 @@ def test_ctrl_c_on_make_run_lets_the_running_step_finish_and_stops_everything(de
     while not execution.steps.filter(position=1, status=StepStatus.RUNNING).exists():
         assert time.monotonic() < deadline, log_path.read_text()[-4000:]
         time.sleep(0.1)
-    stack = psutil.Process(proc.pid).children(recursive=True)
+    stack = children(proc.pid, recursive=True)
 
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
     assert proc.wait(timeout=GRACE_SECONDS + 60) == 130, log_path.read_text()[-4000:]
@@ -61,6 +61,6 @@ def test_ctrl_c_on_make_run_lets_the_running_step_finish_and_stops_everything(de
     execution.refresh_from_db()
     assert (execution.status, following.status) == (ExecutionStatus.PENDING, StepStatus.PENDING)
     assert execution.status_reason.startswith("handed over by worker@")
-    gone, alive = psutil.wait_procs(stack, timeout=15)
-    assert alive == [], f"still running after Ctrl-C: {[process.cmdline() for process in alive]}"
+    alive = left_running(stack, timeout=15)
+    assert alive == [], f"still running after Ctrl-C: {[command_line(process) for process in alive]}"
     assert "still running: SIGKILL" not in log_path.read_text()  # each stopped within its grace

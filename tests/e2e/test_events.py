@@ -21,8 +21,8 @@ from executions.models import ApiKey, Execution, ExecutionStatus, TriggerEvent, 
 from executions.services import trigger_execution
 from executions.waiting import wait_until_finished
 from packages.models import EventType, Project, Secret, SecretScope
-from tests.e2e.conftest import worker_process
-from tests.executions.test_events_api import BAD_INPUT
+from tests.e2e.processes import worker_process
+from tests.event_bodies import BAD_INPUT
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]

@@ -2,7 +2,6 @@
 from FX), answered by the adapter (workers/fx_bridge.py + workers/runtime/site/executor_fx)."""
 
 import json
-import signal
 import time
 
 import pytest
@@ -12,7 +11,7 @@ from executions.models import Execution, ExecutionStatus, TriggerType
 from executions.services import trigger_execution
 from executions.waiting import wait_until_finished
 from packages.models import EventType, PackageState, Project, Secret, SecretScope
-from tests.e2e.test_schedule import start_beat
+from tests.e2e.processes import beat_process
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -186,15 +185,11 @@ if context.params.get("attempt", 1) == 1:
 else:
     print(json.dumps({"attempt": context.params["attempt"]}))
 """})  # fmt: skip
-    beat = start_beat(tmp_path / "beat.log")
-    try:
+    with beat_process(tmp_path / "beat.log"):
         first = run(package)
         task = PeriodicTask.objects.get(task="executor.later_run")
         waited = (task.clocked.clocked_time - first.finished_at).total_seconds()
         later = wait_until_finished(_wait_for_execution(package, exclude=first, timeout=130), timeout=60)
-    finally:
-        beat.send_signal(signal.SIGTERM)
-        beat.wait(timeout=20)
 
     assert output_of(first)["job"]  # the scheduled job's id, as FX returns it
     assert 0 < waited <= 60  # the minute the retry names: FX turns "in 1 minute" into a cron without seconds

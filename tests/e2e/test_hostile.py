@@ -8,14 +8,14 @@ import time
 import uuid
 from pathlib import Path
 
-import psutil
 import pytest
 from django.conf import settings
 
 from executions.cancel import request_cancel
-from executions.models import Execution, ExecutionStatus, StepStatus
+from executions.models import ExecutionStatus, StepStatus
 from executions.waiting import wait_until_finished
-from tests.e2e.conftest import start_on, worker_process
+from tests.e2e.processes import worker_process
+from tests.e2e.runs import run_on, start_on, step_processes
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -36,23 +36,15 @@ def worker_still_healthy(hostile_worker, monkeypatch):
     yield
     assert hostile_worker.proc.poll() is None, hostile_worker.log()[-3000:]
     assert step_processes() == []
-    after = run(make_package(f"after_{uuid.uuid4().hex[:8]}", {"ok.py": "print('fine')"}), hostile_worker, monkeypatch)
+    after = run_on(
+        hostile_worker, make_package(f"after_{uuid.uuid4().hex[:8]}", {"ok.py": "print('fine')"}), monkeypatch
+    )
     assert (after.status, after.steps.get().stdout) == (ExecutionStatus.COMPLETED, "fine\n")
-
-
-def run(package, worker, monkeypatch, **params) -> Execution:
-    return wait_until_finished(start_on(worker, package, monkeypatch, **params), timeout=60)
 
 
 def run_script(code: str, worker, monkeypatch, **package_fields):
     package = make_package(f"hostile_{uuid.uuid4().hex[:8]}", {"attack.py": code}, **package_fields)
-    return run(package, worker, monkeypatch).steps.get()
-
-
-def step_processes() -> list[psutil.Process]:
-    """Processes running as any worker slot's uid (the steps' own uids)."""
-    base = settings.EXECUTOR_STEP_UID_BASE
-    return [p for p in psutil.process_iter(["uids"]) if base <= p.info["uids"].real < base + 64]
+    return run_on(worker, package, monkeypatch).steps.get()
 
 
 FORK_BOMB = """
@@ -124,7 +116,7 @@ def test_the_worker_s_environment_settings_password_and_other_runs_are_out_of_re
              "/var/run/postgresql/.s.PGSQL.5432", f"/proc/{hostile_worker.proc.pid}/environ"]  # fmt: skip
     package = make_package("snoop", {"snoop.py": SNOOP})
 
-    execution = run(package, hostile_worker, monkeypatch, paths=paths)
+    execution = run_on(hostile_worker, package, monkeypatch, paths=paths)
 
     found = json.loads(execution.steps.get().stdout)
     assert found["worker_variables"] == []

@@ -8,27 +8,18 @@ import http.cookiejar
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 
-import psutil
 import pytest
 
-from tests.e2e.conftest import BASE_DIR
+from tests.e2e.processes import BASE_DIR, children, command_line, devstack_process, free_port, left_running
 from tests.factories import SEED_DIR
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "alice-quick-start-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -36,18 +27,8 @@ def quick_start(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG"}}
     port = free_port()
     env.update(EXECUTOR_DATA_DIR=str(tmp_path / "data"), EXECUTOR_PORT=str(port), EXECUTOR_ADMIN_PASSWORD=PASSWORD)
-    log_path = tmp_path / "devstack.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "bin/devstack.py"], cwd=BASE_DIR, env=env, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        _wait_for_http(f"{base_url}/healthz", log_path, timeout=120)
-        yield base_url, env, log_path, proc
-    finally:
-        _kill_tree(proc)
+    with devstack_process(env, tmp_path / "devstack.log") as stack:
+        yield f"http://127.0.0.1:{port}", env, stack.log_path, stack.proc
 
 
 def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start):
@@ -67,38 +48,14 @@ def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start
     assert '"status": "completed"' in result.stdout
     assert "somekey -> some value 2" in result.stdout
 
-    stack = psutil.Process(proc.pid).children(recursive=True)
-    names = " ".join(" ".join(p.cmdline()) for p in stack)
+    stack = children(proc.pid, recursive=True)
+    names = " ".join(command_line(p) for p in stack)
     assert "redis-server" in names and "gunicorn" in names and " worker " in names and " beat " in names
 
     os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends to the terminal's foreground process group
     proc.wait(timeout=60)
-    gone, alive = psutil.wait_procs(stack, timeout=15)
-    assert alive == [], f"still running after Ctrl-C: {[p.cmdline() for p in alive]}"
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """After a failure: devstack gives each child its own process group, so kill them one by one."""
-    if proc.poll() is not None:
-        return
-    for process in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
-        try:
-            process.kill()
-        except psutil.NoSuchProcess:
-            pass
-    proc.wait()
-
-
-def _wait_for_http(url: str, log_path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.5)
-    raise AssertionError(f"{url} did not answer within {timeout} s:\n{log_path.read_text()[-4000:]}")
+    alive = left_running(stack, timeout=15)
+    assert alive == [], f"still running after Ctrl-C: {[command_line(p) for p in alive]}"
 
 
 def _login(base_url: str, username: str, password: str) -> str:

@@ -1,11 +1,8 @@
 """SIGTERM (a deploy): the worker finishes its step and hands the rest of the run to another worker, whether the
 signal reaches its main process only or its whole process group (honcho, systemd, a terminal's Ctrl-C)."""
 
-import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 
@@ -14,16 +11,8 @@ import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus
 from executions.waiting import wait_until_finished
-from tests.e2e.conftest import (
-    BASE_DIR,
-    TEST_WORKER_ENV,
-    WorkerProcess,
-    counting_script,
-    database_url_for_tests,
-    run_count,
-    start_on,
-    worker_process,
-)
+from tests.e2e.processes import left_running, pool_processes, worker_process
+from tests.e2e.runs import counting_script, run_count, start_on
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -104,40 +93,13 @@ def test_where_the_package_allows_a_retry_the_cut_off_step_runs_again_elsewhere(
     assert run_count(key) == 2  # cut off once, then run in full
 
 
-@contextlib.contextmanager
-def worker_in_own_session(log_path, *, queues: str, name: str, env: dict[str, str]):
-    """A `celery worker` leading a process group of its own, as honcho, systemd or a terminal start one: the test
-    signals that whole group (os.killpg), and kills what is left of it at the end."""
-    argv = [
-        sys.executable, "-m", "celery", "--app", "executor_project", "worker", "--loglevel", "INFO",
-        "--queues", queues, "--concurrency", "2", "--hostname", f"{name}-{uuid.uuid4().hex[:8]}@%h",
-        "--without-mingle", "--without-gossip",
-    ]  # fmt: skip
-    environment = {**os.environ, **TEST_WORKER_ENV, "DATABASE_URL": database_url_for_tests(), **env}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=BASE_DIR, env=environment, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    worker = WorkerProcess(log_path, proc, queues)
-    try:
-        worker.wait_for_log(" ready.")
-        yield worker
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @pytest.fixture
 def worker_group(tmp_path):
     """A worker on a queue of its own, in a session of its own, with a 20 s grace period."""
     queue = f"group-{uuid.uuid4().hex[:8]}"
     env = {"EXECUTOR_SHUTDOWN_GRACE_SECONDS": "20"}
-    with worker_in_own_session(tmp_path / "group.log", queues=queue, name="group", env=env) as worker:
+    with worker_process(tmp_path / "group.log", queues=queue, name="group", env=env, own_session=True) as worker:
         yield worker
-
-
-def pool_pids(worker) -> list[int]:
-    return [child.pid for child in psutil.Process(worker.proc.pid).children() if "celery" in " ".join(child.cmdline())]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -151,7 +113,7 @@ def test_a_signal_to_the_worker_s_whole_process_group_lets_the_step_finish_and_h
     first = counting_script(key, then="import time; time.sleep(3); print('first done')\n")
     package = make_package("rita_group", {"first.py": first, "second.py": "print('second')"}, network_access=True)
     execution = start_on_leaving_worker(package, worker_group, monkeypatch)
-    pool = pool_pids(worker_group)
+    pool = [process.pid for process in pool_processes(worker_group.pid)]
 
     os.killpg(worker_group.proc.pid, signum)
     exit_code = worker_group.proc.wait(timeout=60)
@@ -180,7 +142,7 @@ def test_a_second_signal_to_the_group_stops_the_step_at_once_and_nothing_hangs(w
     the grace period; every process exits."""
     package = make_package("sam_insists", {"long.py": "import time; time.sleep(120)", "next.py": "print('next')"})
     execution = start_on_leaving_worker(package, worker_group, monkeypatch)
-    everything = [worker_group.proc.pid, *pool_pids(worker_group)]
+    everything = [worker_group.proc.pid, *pool_processes(worker_group.pid)]
 
     started = time.monotonic()
     os.killpg(worker_group.proc.pid, signum)
@@ -194,5 +156,4 @@ def test_a_second_signal_to_the_group_stops_the_step_at_once_and_nothing_hangs(w
     assert long_step.status_reason.startswith("failed: interrupted"), worker_group.log()
     assert "received SIGTERM while running a task: the grace period ended at once" in worker_group.log()
     assert next_step.status == StepStatus.SKIPPED and execution.status == ExecutionStatus.FAILED
-    gone, alive = psutil.wait_procs([psutil.Process(pid) for pid in everything if psutil.pid_exists(pid)], timeout=10)
-    assert alive == []
+    assert left_running(everything, timeout=10) == []

@@ -10,7 +10,7 @@ from executions.models import Execution, ExecutionStatus, StepStatus, TriggerTyp
 from executions.services import trigger_execution
 from executions.tasks import saved_run_tick
 from executions.waiting import wait_until_finished
-from tests.e2e.conftest import counting_script, run_count
+from tests.e2e.runs import counting_script, run_count
 from tests.factories import make_package, seed_files
 from workers.tasks import run_execution
 

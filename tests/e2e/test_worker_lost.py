@@ -1,17 +1,14 @@
 """Workers SIGKILLed mid-step: the execution is failed within seconds, saying what happened, and no step ever
 runs twice. Real workers with the default heartbeat (3 s) and lease (10 s)."""
 
-import contextlib
-import os
-import signal
 import time
 import uuid
 
-import psutil
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus
-from tests.e2e.conftest import counting_script, run_count, start_on, worker_process
+from tests.e2e.processes import kill, kill_tree, pool_process_running, worker_process
+from tests.e2e.runs import counting_script, run_count, start_on
 from tests.factories import make_package
 from workers.tasks import run_execution
 
@@ -37,26 +34,13 @@ def seconds_until_resolved(execution, killed_at: float, limit: float) -> float:
     return time.monotonic() - killed_at
 
 
-def has_children(process: psutil.Process) -> bool:
-    try:
-        return bool(process.children())
-    except psutil.NoSuchProcess:  # a pool process that ended while we looked
-        return False
-
-
-def kill(process: psutil.Process) -> None:
-    with contextlib.suppress(psutil.NoSuchProcess):  # died with its parent meanwhile (bwrap --die-with-parent)
-        process.kill()
-
-
 def test_a_killed_pool_process_s_run_is_failed_by_its_own_worker_within_seconds(celery_worker, tmp_path, monkeypatch):
     key = f"e2e-runs-{uuid.uuid4().hex}"
     with worker_process(tmp_path / "victim.log", queues="victim", name="victim") as victim:
         execution = start_on(victim, long_running(key), monkeypatch)
         wait_until_running(victim, key)
-        # Only the pool process running the step (the one with a child: its sandbox) dies, as the OOM killer would.
-        (pool_process,) = [child for child in psutil.Process(victim.proc.pid).children() if has_children(child)]
-        os.kill(pool_process.pid, signal.SIGKILL)
+        # Only the pool process running the step (its sandbox names the run's workspace) dies, as the OOM killer would.
+        kill(pool_process_running(victim.proc.pid, str(execution.id)))
         killed_at = time.monotonic()
 
         resolved_in = seconds_until_resolved(execution, killed_at, limit=6)
@@ -87,9 +71,7 @@ def test_a_killed_worker_s_execution_is_failed_by_the_reaper_and_never_rerun(cel
         execution = start_on(victim, long_running(key), monkeypatch)
         wait_until_running(victim, key)
         # SIGKILL the worker and everything under it (pool processes and the script): the host is gone.
-        main = psutil.Process(victim.proc.pid)
-        for process in [*main.children(recursive=True), main]:
-            kill(process)
+        kill_tree(victim.proc.pid)
         victim.proc.wait()
         killed_at = time.monotonic()
 

@@ -1,22 +1,18 @@
 """A killed worker's workspace (its package copy, state, outbox and, without the sandbox, the argument file with the
 secrets) does not stay on disk: the next worker start on that host or the reaper removes it. A live run's never."""
 
-import contextlib
-import os
-import signal
 import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
 
-import psutil
 import pytest
 from django.utils import timezone
 
 from executions.models import Execution, ExecutionStatus, StepStatus
 from executions.waiting import wait_until_finished
-from tests.e2e.conftest import start_on
-from tests.e2e.test_shutdown import worker_in_own_session
+from tests.e2e.processes import kill_tree, worker_process
+from tests.e2e.runs import start_on
 from tests.factories import make_package
 from workers import reaper
 from workers.workspace_sweep import sweep
@@ -35,8 +31,8 @@ def work_dir(tmp_path, settings):
 
 def worker_on(work_dir: Path, tmp_path: Path, name: str):
     env = {"EXECUTOR_WORK_DIR": str(work_dir), "EXECUTOR_SANDBOX": "off"}  # the mode that keeps argv on disk
-    return worker_in_own_session(tmp_path / f"{name}.log", queues=f"{name}-{uuid.uuid4().hex[:8]}", name=name,
-                                 env=env)  # fmt: skip
+    return worker_process(tmp_path / f"{name}.log", queues=f"{name}-{uuid.uuid4().hex[:8]}", name=name, env=env,
+                          own_session=True)  # fmt: skip
 
 
 def running_on(worker, package, monkeypatch) -> Execution:
@@ -66,18 +62,14 @@ def read_its_files(workspace: Path) -> None:
 
 
 def killed_mid_step(work_dir, tmp_path, monkeypatch, name) -> tuple[Execution, Path]:
-    """A worker SIGKILLed (with its whole process group) while its step runs: its workspace stays behind."""
+    """A worker SIGKILLed (with every process under it) while its step runs: its workspace stays behind."""
     package = make_package(f"{name}_pkg", {"long.py": "import time; time.sleep(120)"})
     with worker_on(work_dir, tmp_path, name) as worker:
         execution = running_on(worker, package, monkeypatch)
         workspace = workspace_of(execution, work_dir)
         read_its_files(workspace)
-        step = psutil.Process(worker.proc.pid).children(recursive=True)  # without a sandbox: not in the group
-        os.killpg(worker.proc.pid, signal.SIGKILL)
+        kill_tree(worker.proc.pid)  # the step too: without a sandbox it is in a session of its own
         worker.proc.wait(timeout=10)
-        for process in step:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                process.kill()
     assert workspace.is_dir()
     return execution, workspace
 

@@ -17,12 +17,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import redis
 
-BASE_DIR = Path(__file__).resolve().parents[2]
+from tests.e2e.processes import BASE_DIR, LANES, Service, beat_argv, free_port, tail, worker_argv
+
 PYTHON = sys.executable
-LANES = "priority,default,slow,scheduled,maintenance"
 STEP_UID_BASE = 36000
 FERNET_KEYS = "dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0="  # the Makefile's test key
 # The settings the stack sets itself; the caller's values (another test run's database, say) are not inherited.
@@ -43,81 +42,9 @@ def missing_tools() -> list[str]:
     return missing + [tool for tool in ("redis-server",) if not shutil.which(tool)]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Service:
-    """One long-running process of the stack, in its own session, appending to its log file."""
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], log_path: Path, ready_text: str) -> None:
-        self.name, self.argv, self.env, self.log_path, self.ready_text = name, argv, env, log_path, ready_text
-        self.proc: subprocess.Popen | None = None
-        self._log_start = 0  # where the current run's lines begin in the log file
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def start(self, timeout: float = 90) -> None:
-        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, "ab") as log:
-            log.write(f"===== {self.name} starting at {time.strftime('%H:%M:%S')} =====\n".encode())
-            self.proc = subprocess.Popen(
-                self.argv, cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        self.wait_for_log(self.ready_text, timeout=timeout)
-
-    def log(self) -> str:
-        """This run's lines (since the last start)."""
-        with open(self.log_path, "rb") as log:
-            log.seek(self._log_start)
-            return log.read().decode(errors="replace")
-
-    def wait_for_log(self, text: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while text not in self.log():
-            if not self.alive:
-                raise AssertionError(f"{self.name} exited ({self.proc.returncode}):\n{tail(self.log())}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{text!r} not in {self.name}'s log after {timeout} s:\n{tail(self.log())}")
-            time.sleep(0.2)
-
-    def signal_group(self, signum: int) -> None:
-        """What a supervisor does (systemd's control group, honcho, Ctrl-C): every process of the group."""
-        os.killpg(self.proc.pid, signum)
-
-    def stop(self, grace: float = 40) -> None:
-        """SIGTERM to the main process (a soft shutdown), then SIGKILL to whatever is left of its session."""
-        if self.alive:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                pass
-        if self.proc is not None:
-            kill_session(self.proc.pid)
-            self.proc.wait()
-
-
-def kill_session(session_id: int) -> None:
-    """SIGKILL every process left in a session (the group leader may be gone, its children not)."""
-    for process in psutil.process_iter():
-        try:
-            if os.getsid(process.pid) == session_id:
-                process.kill()
-        except (psutil.NoSuchProcess, ProcessLookupError, PermissionError):
-            pass
-
-
-def tail(text: str, lines: int = 60) -> str:
-    return "\n".join(text.splitlines()[-lines:])
+def service(name: str, argv: list[str], env: dict[str, str], log_path: Path, ready_text: str) -> Service:
+    """A process of the stack: in a session of its own, 40 s to stop after SIGTERM (a worker's 30 s grace period)."""
+    return Service(name, argv, env, log_path, ready_text, own_session=True, grace=40)
 
 
 class Postgres:
@@ -186,7 +113,7 @@ class RedisServer(Service):
             "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(self.dir),
             "--appendonly", "yes", "--appendfsync", "everysec", "--maxmemory-policy", "noeviction", "--save", "",
         ]  # fmt: skip
-        super().__init__("redis", argv, env, log_path, "Ready to accept connections")
+        super().__init__("redis", argv, env, log_path, "Ready to accept connections", own_session=True, grace=40)
 
     @property
     def url(self) -> str:
@@ -219,10 +146,10 @@ class Stack:
         self.web_port, redis_port = free_port(), free_port()
         self.env = self._environment(redis_port)
         self.redis = RedisServer(root, redis_port, self.env, self.logs / "redis.log")
-        self.web = Service("web", self._gunicorn(), self.env, self.logs / "web.log", "Booting worker")
-        self.workers = {n: Service(f"worker{n}", self._worker(n), self._worker_env(n), self.logs / f"worker{n}.log",
+        self.web = service("web", self._gunicorn(), self.env, self.logs / "web.log", "Booting worker")
+        self.workers = {n: service(f"worker{n}", self._worker(n), self._worker_env(n), self.logs / f"worker{n}.log",
                                    " ready.") for n in (1, 2)}  # fmt: skip
-        self.beat = Service("beat", self._beat(), self.env, self.logs / "beat.log", "beat: Starting")
+        self.beat = service("beat", self._beat(), self.env, self.logs / "beat.log", "beat: Starting")
         self.seeded: dict = {}
 
     @property
@@ -338,30 +265,10 @@ class Stack:
         ]  # fmt: skip
 
     def _worker(self, n: int) -> list[str]:
-        return [
-            PYTHON, "-m", "celery", "-A", "executor_project", "worker", "-Q", LANES, "--loglevel", "INFO",
-            "--concurrency", "2", "--hostname", f"faults{n}@%h",
-        ]  # fmt: skip
+        return worker_argv(LANES, f"faults{n}@%h")  # docker-compose's worker command, with 2 slots
 
     def _beat(self) -> list[str]:
-        return [
-            PYTHON, "-m", "celery", "-A", "executor_project", "beat", "--loglevel", "INFO",
-            "--scheduler", "django_celery_beat.schedulers:DatabaseScheduler",
-            "--schedule", str(self.root / "data" / "celerybeat-schedule"),
-        ]  # fmt: skip
-
-
-def pool_process_running(worker: Service, execution_id: str) -> psutil.Process:
-    """The worker's pool process whose descendants run the execution's step (their command lines name its
-    workspace, `executor-<id...>-`)."""
-    for child in psutil.Process(worker.pid).children():
-        try:
-            for descendant in child.children(recursive=True):
-                if any(execution_id[:8] in arg for arg in descendant.cmdline()):
-                    return child
-        except psutil.NoSuchProcess:
-            continue
-    raise AssertionError(f"no pool process of {worker.name} runs execution {execution_id}")
+        return beat_argv(self.root / "data" / "celerybeat-schedule")
 
 
 def wait_for_signal_exit(worker: Service, timeout: float) -> int:

@@ -7,8 +7,10 @@ import time
 
 import pytest
 
+from tests.e2e.processes import kill, pool_process_running
+
 from .checks import assert_completed_once, assert_no_web_problems, new_tag, start
-from .stack import pool_process_running, wait_for_signal_exit
+from .stack import wait_for_signal_exit
 
 pytestmark = pytest.mark.e2e
 
@@ -53,7 +55,7 @@ def test_a_killed_pool_process_fails_its_run_within_3_s_saying_so(stack, ledger,
     [run] = ledger.wait_running(tag, 1)
     worker = stack.worker_named(run.worker_name)
 
-    pool_process_running(worker, run.id).kill()  # only the process running the step; the worker lives on
+    kill(pool_process_running(worker.pid, run.id))  # only the process running the step; the worker lives on
     killed = time.monotonic()
     [run] = ledger.wait_final(tag, 1, timeout=POOL_PROCESS_TARGET * 1.5)
     recovery.record(

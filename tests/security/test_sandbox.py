@@ -16,8 +16,8 @@ from django.core.exceptions import ValidationError
 
 from executions.models import ExecutionStatus, StepStatus
 from packages.models import EnvironmentVariable, PackageState
-from tests.e2e.conftest import start_on, worker_process
-from tests.e2e.test_hostile import run, step_processes
+from tests.e2e.processes import worker_process
+from tests.e2e.runs import run_on, start_on, step_processes
 from tests.factories import add_secret, make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
@@ -38,7 +38,7 @@ def worker_still_healthy(worker, monkeypatch):
     yield
     assert worker.proc.poll() is None, worker.log()[-3000:]
     assert step_processes() == []
-    after = run(make_package(f"after_{uuid.uuid4().hex[:8]}", {"ok.py": "print('fine')"}), worker, monkeypatch)
+    after = run_on(worker, make_package(f"after_{uuid.uuid4().hex[:8]}", {"ok.py": "print('fine')"}), monkeypatch)
     assert (after.status, after.steps.get().stdout) == (ExecutionStatus.COMPLETED, "fine\n")
 
 
@@ -103,7 +103,7 @@ def test_ld_preload_from_a_package_never_runs_on_the_host(worker, monkeypatch, t
     EnvironmentVariable.objects.create(package=package, name="LD_PRELOAD", value="./evil.so")
     EnvironmentVariable.objects.create(package=package, name="REPORT_REGION", value="eu")
 
-    execution = run(package, worker, monkeypatch)
+    execution = run_on(worker, package, monkeypatch)
 
     assert not marker.exists(), marker.read_text()  # prlimit / bwrap (root, on the host) never loaded it
     main = execution.steps.get(file_name="main.py")
@@ -138,7 +138,7 @@ def test_links_planted_in_the_step_s_directory_are_never_followed_by_the_worker(
     package = make_package("plants", {"plant.py": PLANT, "next.py": NEXT})
     add_secret(package=package, name="API_TOKEN", value=SECRET)
 
-    execution = run(package, worker, monkeypatch, victims=[str(victim), str(victim_dir)])
+    execution = run_on(worker, package, monkeypatch, victims=[str(victim), str(victim_dir)])
 
     plant, following = execution.steps.order_by("position")
     assert plant.status == StepStatus.COMPLETED, plant.stderr
@@ -170,7 +170,7 @@ for name, (number, *args) in calls.items():
 def test_a_step_cannot_create_user_namespaces_or_use_the_calls_escapes_are_built_on(worker, monkeypatch):
     package = make_package("escapes", {"escape.py": ESCAPES})
 
-    step = run(package, worker, monkeypatch).steps.get()
+    step = run_on(worker, package, monkeypatch).steps.get()
 
     assert step.status == StepStatus.COMPLETED, step.stderr
     lines = step.stdout.splitlines()
