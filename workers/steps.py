@@ -19,9 +19,10 @@ from django.utils import timezone
 from executions import transitions
 from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStep, StepStatus
+from executor_project import database
 from packages.models import kind_for_file_name, secrets_for
 
-from . import database, fx_bridge, masking
+from . import fx_bridge, masking
 from .handlers import Handler, StepRun, Supervision, handler_for
 from .handlers.errors import StepSetupError
 from .isolation import SandboxUnavailable, check_sandbox, isolation_for
