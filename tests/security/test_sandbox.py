@@ -190,10 +190,21 @@ def test_no_secret_is_left_on_the_worker_s_disk_while_a_step_runs(worker, monkey
         execution.refresh_from_db()
         if execution.status == ExecutionStatus.IN_PROGRESS:
             seen_running = True
-            for path in Path("/tmp").glob(f"executor-{execution.short_id}-*/**/*"):
-                if path.is_file() and not path.is_symlink() and SECRET.encode() in path.read_bytes():
-                    found.append(str(path))
+            found += _files_holding(SECRET.encode(), f"executor-{execution.short_id}-*/**/*")
         elif seen_running:
             break
         time.sleep(0.05)
     assert seen_running and found == []
+
+
+def _files_holding(needle: bytes, pattern: str) -> list[str]:
+    """The files under /tmp matching `pattern` that contain `needle`. The step may end (and its workspace go) while
+    we look: what vanished meanwhile held nothing we could read, so it counts as not found."""
+    found = []
+    try:
+        for path in Path("/tmp").glob(pattern):
+            if path.is_file() and not path.is_symlink() and needle in path.read_bytes():
+                found.append(str(path))
+    except FileNotFoundError:
+        pass
+    return found
