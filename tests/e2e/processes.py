@@ -270,7 +270,8 @@ def pool_processes(worker_pid: int) -> list[psutil.Process]:
 
 def pool_process_running(worker_pid: int, execution_id: str, timeout: float = 10) -> psutil.Process:
     """The worker's pool process whose descendants run the execution's step (their command lines name its
-    workspace, `executor-<execution id>-...`), waited for: the step may be between two processes just then."""
+    workspace, `executor-<execution id>-...`), waited for: a run is marked running a moment before its step's
+    process starts."""
     workspace = f"executor-{uuid.UUID(str(execution_id))}-"  # workers/workspace_sweep.py names it so
 
     def running_it() -> psutil.Process | None:

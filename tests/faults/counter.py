@@ -12,6 +12,8 @@ import threading
 from collections import Counter
 from pathlib import Path
 
+from tests.e2e.processes import wait_until
+
 # The one script of every fault-suite package: tell the counter, sleep `seconds` (from the event's data), tell it
 # again. The counter's port is filled in when the packages are created (tests/faults/seed.py).
 STEP_SCRIPT = """\
@@ -62,6 +64,11 @@ class RunCounter:
     def starts(self, execution_id: str) -> int:
         with self._lock:
             return self.marks[(execution_id, "start")]
+
+    def wait_started(self, execution_id: str, timeout: float = 30) -> None:
+        """Until the execution's step has said "start": a test that kills a step mid-run waits for this, since the
+        execution is marked running a moment before its step's process starts."""
+        wait_until(lambda: self.starts(execution_id), timeout, lambda: f"the step of {execution_id} never started")
 
     def ends(self, execution_id: str) -> int:
         with self._lock:

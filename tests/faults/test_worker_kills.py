@@ -23,6 +23,7 @@ def test_a_dead_worker_host_fails_its_run_within_15_s_and_its_workspace_is_swept
     start(web, tag, seconds=120)
     [run] = ledger.wait_running(tag, 1)
     victim = stack.worker_named(run.worker_name)
+    counter.wait_started(run.id)
     assert stack.workspaces_of(run.id), "the running step has no workspace to leave behind"
 
     # The whole worker at once (main and pool processes), as when its host or container dies.
@@ -54,6 +55,7 @@ def test_a_killed_pool_process_fails_its_run_within_3_s_saying_so(stack, ledger,
     start(web, tag, seconds=120)
     [run] = ledger.wait_running(tag, 1)
     worker = stack.worker_named(run.worker_name)
+    counter.wait_started(run.id)
 
     kill(pool_process_running(worker.pid, run.id))  # only the process running the step; the worker lives on
     killed = time.monotonic()
