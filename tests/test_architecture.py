@@ -21,6 +21,7 @@ from executions import later_runs, queueing, saved_runs
 from packages import git_webhook, schedules
 from packages.models import GitRepository, Project
 from tests.factories import make_package
+from tests.redis_server import private_redis
 
 WEB_SIDE = """
 import importlib, json, pkgutil, sys
@@ -84,30 +85,28 @@ def messages(client: redis.Redis, queue: str) -> list[tuple[str, list]]:
     return found
 
 
-@pytest.fixture
-def broker():
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.flushdb()
-    yield client
-    client.flushdb()
-
-
 @pytest.mark.django_db(transaction=True)  # committed: the other process reads the package and the repository
-def test_the_web_side_publishes_a_run_and_a_sync_without_loading_the_worker(broker):
+def test_the_web_side_publishes_a_run_and_a_sync_without_loading_the_worker(tmp_path):
     package = make_package("alice_reports", files={"main.py": "print(1)"})
     repository = GitRepository.objects.create(project=Project.objects.create(name="Sales"), url="https://x/fx.git")
 
-    report = json.loads(
-        run_python(WEB_SIDE, str(package.pk), str(repository.pk), env={"DATABASE_URL": this_tests_database()})
-    )
+    # A Redis of its own: an end-to-end test's worker, still running in this session, would take the messages.
+    with private_redis(tmp_path) as broker_url:
+        env = {"DATABASE_URL": this_tests_database(), "REDIS_URL": broker_url}
+        report = json.loads(run_python(WEB_SIDE, str(package.pk), str(repository.pk), env=env))
+        broker = redis.Redis.from_url(broker_url)
+        queued = {lane: messages(broker, lane) for lane in ("default", "maintenance")}
+        marked = broker.exists(queueing.MARKER_PREFIX + report["execution"])
 
     loaded = set(report["modules"])
     assert report["queued"] is True
     assert not {"workers.tasks", "workers.runner", "workers.sandbox", "dulwich"} & loaded
     assert "executions.admin" in loaded and "packages.git_admin" in loaded  # the web side was really there
-    assert messages(broker, "default") == [("executor.run_execution", [report["execution"]])]
-    assert messages(broker, "maintenance") == [("executor.sync_repository", [repository.pk])]
-    assert broker.exists(queueing.MARKER_PREFIX + report["execution"])
+    assert queued == {
+        "default": [("executor.run_execution", [report["execution"]])],
+        "maintenance": [("executor.sync_repository", [repository.pk])],
+    }
+    assert marked
 
 
 def test_a_worker_finds_every_task_the_code_publishes_or_schedules_by_name():
