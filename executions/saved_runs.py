@@ -10,8 +10,6 @@ is unsaved). Each tick starts one execution per fire time, however many ticks ar
 executions, which have no task; code that writes SCHEDULE_FIELDS with .update() must call the sync itself.
 """
 
-import logging
-
 from django.db import transaction
 from django_celery_beat.models import PeriodicTask
 
@@ -19,8 +17,6 @@ from packages.schedules import delete_orphans, sync_periodic_task
 
 from .models import Execution, TriggerType
 from .services import trigger_execution
-
-logger = logging.getLogger(__name__)
 
 SAVED_RUN_TASK = "executor.saved_run_tick"
 TASK_PREFIX = "executor.saved."
