@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+from django.core.files.uploadedfile import SimpleUploadedFile
+
 from packages.models import Package, Script, Secret
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -43,3 +45,32 @@ def make_member(user, project, role: str):
 
     membership, _ = ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
     return membership
+
+
+def empty_inline(prefix: str) -> dict:
+    return {f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0",
+            f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
+
+
+def package_form(**overrides) -> dict:
+    """The admin's Add package form for the seed package (its two files uploaded), as posted."""
+    data = {
+        "name": "Seed package",
+        "package_name": "seed_package",
+        "description": "Prints its configuration",
+        "active": "on",
+        "allow_manual_triggering": "on",
+        "timezone": "UTC",
+        "priority": "5",
+        "retries_after_worker_loss": "0",
+        "scripts-TOTAL_FORMS": "2",
+        "scripts-INITIAL_FORMS": "0",
+        "scripts-MIN_NUM_FORMS": "0",
+        "scripts-MAX_NUM_FORMS": "1000",
+        **empty_inline("environment_variables"),
+        **empty_inline("secrets"),
+    }
+    for index, name in enumerate(["config.json", "test_scr.py"]):
+        data[f"scripts-{index}-upload"] = SimpleUploadedFile(name, (SEED_DIR / name).read_bytes())
+    data.update(overrides)
+    return data

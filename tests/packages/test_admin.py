@@ -9,37 +9,9 @@ from django_celery_beat.models import PeriodicTask
 from executions.models import Execution, ExecutionStatus, StepStatus
 from packages.models import EventType, Package, PackageState, Project, ProjectMembership, ProjectRole, Secret, Tag
 from packages.schedules import sync_package_schedule
-from tests.factories import SEED_DIR, make_package
+from tests.factories import SEED_DIR, make_package, package_form
 
 pytestmark = pytest.mark.django_db
-
-
-def empty_inline(prefix: str) -> dict:
-    return {f"{prefix}-TOTAL_FORMS": "0", f"{prefix}-INITIAL_FORMS": "0", f"{prefix}-MIN_NUM_FORMS": "0",
-            f"{prefix}-MAX_NUM_FORMS": "1000"}  # fmt: skip
-
-
-def package_form(**overrides) -> dict:
-    data = {
-        "name": "Seed package",
-        "package_name": "seed_package",
-        "description": "Prints its configuration",
-        "active": "on",
-        "allow_manual_triggering": "on",
-        "timezone": "UTC",
-        "priority": "5",
-        "retries_after_worker_loss": "0",
-        "scripts-TOTAL_FORMS": "2",
-        "scripts-INITIAL_FORMS": "0",
-        "scripts-MIN_NUM_FORMS": "0",
-        "scripts-MAX_NUM_FORMS": "1000",
-        **empty_inline("environment_variables"),
-        **empty_inline("secrets"),
-    }
-    for index, name in enumerate(["config.json", "test_scr.py"]):
-        data[f"scripts-{index}-upload"] = SimpleUploadedFile(name, (SEED_DIR / name).read_bytes())
-    data.update(overrides)
-    return data
 
 
 def test_a_package_is_added_with_several_files_in_one_form(admin_client):

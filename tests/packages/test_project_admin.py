@@ -11,8 +11,7 @@ from django_celery_beat.models import CrontabSchedule, PeriodicTask
 
 from packages.audit import AuditAction
 from packages.models import AuditEntry, Package, Project, ProjectMembership, ProjectRole, Secret, SqlConnection, Tag
-from tests.factories import add_secret, make_package
-from tests.packages.test_admin import empty_inline, package_form
+from tests.factories import add_secret, empty_inline, make_package, package_form
 
 pytestmark = pytest.mark.django_db
 

@@ -26,8 +26,7 @@ from packages.git_credentials import set_secret_field
 from packages.models import EventType, GitRepository, Package, Project, Secret
 from packages.run_forms import RunForm, parse_parameters
 from packages.secret_forms import read_secrets_file
-from tests.factories import make_package
-from tests.packages.test_admin import package_form
+from tests.factories import make_package, package_form
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
 

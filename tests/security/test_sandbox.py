@@ -6,7 +6,6 @@ test_unprivileged_sandbox.py."""
 import json
 import os
 import shutil
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -19,6 +18,7 @@ from packages.models import EnvironmentVariable, PackageState
 from tests.e2e.processes import worker_process
 from tests.e2e.runs import run_on, start_on, step_processes
 from tests.factories import add_secret, make_package
+from tests.security.attacks import ESCAPES, build_evil_library
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 SECRET = "s3cr3t-value-never-on-the-host"
@@ -72,27 +72,6 @@ def test_dangerous_variable_names_are_refused_when_saved(db):
             EnvironmentVariable(package=package, name=name, value="x").full_clean()
         assert "name" in refused.value.message_dict, name
     EnvironmentVariable(package=package, name="REPORT_REGION", value="eu").full_clean()  # an ordinary one is fine
-
-
-EVIL_LIBRARY = r"""
-#include <stdio.h>
-#include <unistd.h>
-__attribute__((constructor)) static void pwn(void) {
-    FILE *mark = fopen(MARKER, "w");  /* /var/tmp is not in the sandbox: this only works on the host */
-    if (mark) { fprintf(mark, "loaded as uid %d\n", getuid()); fclose(mark); }
-}
-"""
-
-
-def build_evil_library(directory: Path, marker: Path) -> bytes:
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    if compiler is None:
-        pytest.skip("needs a C compiler to build the attacker's library")
-    source, library = directory / "evil.c", directory / "evil.so"
-    source.write_text(EVIL_LIBRARY)
-    subprocess.run([compiler, "-shared", "-fPIC", f'-DMARKER="{marker}"', "-o", str(library), str(source)],
-                   check=True)  # fmt: skip
-    return library.read_bytes()
 
 
 def test_ld_preload_from_a_package_never_runs_on_the_host(worker, monkeypatch, tmp_path):
@@ -149,21 +128,6 @@ def test_links_planted_in_the_step_s_directory_are_never_followed_by_the_worker(
     assert (victim_dir / "keep.txt").read_text() == "keep me"  # the outbox link was not emptied
     assert "stolen" not in json.dumps(PackageState.objects.filter(package=package).values("data").first())
     shutil.rmtree(victim_dir)
-
-
-ESCAPES = r"""
-import ctypes, os, subprocess
-unshare = subprocess.run(["unshare", "-r", "id"], capture_output=True, text=True)
-print("unshare -r:", unshare.returncode, unshare.stderr.strip())
-libc = ctypes.CDLL(None, use_errno=True)
-# Each of these works (or fails with another error) for an unprivileged process without the filter.
-calls = {"unshare(CLONE_NEWUSER)": (272, 0x10000000), "keyctl(GET_KEYRING_ID)": (250, 0, -3, 1),
-         "userfaultfd(USER_MODE_ONLY)": (323, 1), "ptrace(TRACEME)": (101, 0, 0, 0, 0),
-         "io_uring_setup": (425, 1, 0), "perf_event_open": (298, 0, 0, -1, -1, 0)}
-for name, (number, *args) in calls.items():
-    result = libc.syscall(number, *args)
-    print(name, result, os.strerror(ctypes.get_errno()))
-"""
 
 
 @pytest.mark.skipif(os.uname().machine != "x86_64", reason="the syscall numbers are x86_64's")

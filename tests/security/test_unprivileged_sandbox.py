@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
-from tests.security.test_sandbox import ESCAPES, build_evil_library
+from tests.security.attacks import ESCAPES, build_evil_library
 from workers.isolation import SELF_TEST, bwrap_binary
 from workers.seccomp import step_filter
 
