@@ -72,3 +72,13 @@ def sql_database_url():
         with admin.cursor() as cursor:
             cursor.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         admin.close()
+
+
+@pytest.fixture
+def work_dir(tmp_path, settings):
+    """EXECUTOR_WORK_DIR of this test process: an empty directory of its own (a test that starts workers passes it
+    to them)."""
+    directory = tmp_path / "work"
+    directory.mkdir()
+    settings.EXECUTOR_WORK_DIR = str(directory)
+    return directory

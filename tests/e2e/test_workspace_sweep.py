@@ -20,15 +20,6 @@ from workers.workspace_sweep import sweep
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 
-@pytest.fixture
-def work_dir(tmp_path, settings):
-    """The workers' EXECUTOR_WORK_DIR, and this process's (for the reaper run here)."""
-    directory = tmp_path / "work"
-    directory.mkdir()
-    settings.EXECUTOR_WORK_DIR = str(directory)
-    return directory
-
-
 def worker_on(work_dir: Path, tmp_path: Path, name: str):
     env = {"EXECUTOR_WORK_DIR": str(work_dir), "EXECUTOR_SANDBOX": "off"}  # the mode that keeps argv on disk
     return worker_process(tmp_path / f"{name}.log", queues=f"{name}-{uuid.uuid4().hex[:8]}", name=name, env=env,

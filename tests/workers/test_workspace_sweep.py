@@ -19,14 +19,6 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
 STEP_UID = 35097  # the owner of a step's directories, as on a root worker (not a slot of this test run)
 
 
-@pytest.fixture
-def work_dir(tmp_path, settings):
-    directory = tmp_path / "work"
-    directory.mkdir()
-    settings.EXECUTOR_WORK_DIR = str(directory)
-    return directory
-
-
 def claimed(name: str = "alice_reports"):
     execution = trigger_execution(make_package(name, files={"a.py": ""}), trigger_type=TriggerType.MANUAL)
     return claim(str(execution.id), "worker@host")
