@@ -6,15 +6,22 @@ import redis
 from django.conf import settings
 
 from tests.e2e import browser, processes
+from workers.models import ReaperClock
 
 
-@pytest.fixture(scope="session")
+# Package scope: stopped after the last end-to-end test. Its heartbeat thread runs the reaper every few seconds
+# against the test database, which must not go on while later test modules set up reaper state of their own.
+@pytest.fixture(scope="package")
 def celery_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    """The session's worker, on every lane."""
+    """The end-to-end tests' worker, on every lane."""
     redis.Redis.from_url(settings.CELERY_BROKER_URL).flushdb()  # no messages left over from an earlier run
     log_path = tmp_path_factory.mktemp("worker") / "worker.log"
-    with django_db_blocker.unblock(), processes.worker_process(log_path) as worker:
-        yield worker
+    with django_db_blocker.unblock():
+        with processes.worker_process(log_path) as worker:
+            yield worker
+        # Its reaper's last round may come after the last test's flush: its clock must not look like a pause of
+        # the reaper to the tests that follow.
+        ReaperClock.objects.all().delete()
 
 
 @pytest.fixture
