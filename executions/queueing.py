@@ -92,16 +92,11 @@ def _record(executions: list[Execution], *, queued: bool) -> None:
 def forget(execution_id: str) -> None:
     """A worker claimed the execution: it waits in no queue any more (workers/runner.py, right after the claim)."""
     try:
-        with broker() as client:
+        with publishing.broker_client() as client:
             client.delete(MARKER_PREFIX + str(execution_id))
     except Exception as exc:
         # Harmless if it stays: the reaper looks at pending executions only, and the marker expires.
         logger.warning("execution %s: could not clear its queued marker (%s)", execution_id, type(exc).__name__)
-
-
-def broker():
-    """A client of the broker's Redis (the same URL, database and options as the messages), as a context."""
-    return publishing.broker_client()
 
 
 def queued_ids(client, ids: list[str]) -> set[str]:

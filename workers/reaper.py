@@ -32,7 +32,6 @@ from django.utils import timezone
 from executions import catch_up, later_runs, transitions
 from executions.models import Execution, ExecutionStatus
 from executions.services import enqueue
-from executions.transitions import REAPED  # noqa: F401 (the lease of a failed lost run; tests fence with it)
 
 from . import republish, workspace_sweep
 from .models import ReaperClock

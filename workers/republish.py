@@ -24,7 +24,8 @@ from django.conf import settings
 from django.db.models import Q
 
 from executions.models import Execution, ExecutionStatus
-from executions.queueing import broker, enqueue_many, queued_ids
+from executions.queueing import enqueue_many, queued_ids
+from executor_project.publishing import broker_client
 
 logger = logging.getLogger(__name__)
 GRACE_SECONDS = 5
@@ -44,7 +45,7 @@ def republish_lost(now: datetime) -> int:
     if not rows:
         return 0
     try:
-        with broker() as client:
+        with broker_client() as client:
             lost, reservations = _lost(client, rows, now)
     except Exception as exc:
         # The broker cannot be read, so nothing could be published either: the next cycle tries again.
@@ -95,7 +96,7 @@ def _drop_reservations(tags: list) -> None:
         return
     index_key, hash_key = _unacked_keys()
     try:
-        with broker() as client, client.pipeline(transaction=False) as pipe:
+        with broker_client() as client, client.pipeline(transaction=False) as pipe:
             pipe.zrem(index_key, *tags).hdel(hash_key, *tags).execute()
     except Exception as exc:
         logger.warning("could not drop %d stale reservation(s) (%s)", len(tags), type(exc).__name__)

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 
+from executions import transitions
 from executions.models import Execution, ExecutionStatus, StepStatus
 from executions.waiting import wait_until_finished
 from tests.e2e.processes import kill_tree, worker_process
@@ -88,7 +89,7 @@ def test_a_killed_worker_s_workspace_is_removed_when_a_worker_starts_on_that_hos
     # EXECUTOR_SANDBOX=off: argv[1] was a file on disk only until the step had read it
     assert (workspace / "package" / "long.py").exists() and list((workspace / "private").iterdir()) == []
     # The reaper that resolved it ran on another host: it could not see this directory.
-    Execution.objects.filter(pk=execution.pk).update(status=ExecutionStatus.FAILED, lease_owner=reaper.REAPED)
+    Execution.objects.filter(pk=execution.pk).update(status=ExecutionStatus.FAILED, lease_owner=transitions.REAPED)
 
     with worker_on(work_dir, tmp_path, "mona") as worker:
         worker.wait_for_log("removed 1 workspaces of runs that ended without their worker")
