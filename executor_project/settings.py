@@ -206,6 +206,13 @@ EXECUTOR_STEP_PROCESSES = env_int("EXECUTOR_STEP_PROCESSES", 256, minimum=8)  # 
 # A root worker runs slot n's steps as host uid/gid BASE + n: give each worker on one host its own range.
 EXECUTOR_STEP_UID_BASE = env_int("EXECUTOR_STEP_UID_BASE", 20000, minimum=1000)
 EXECUTOR_STEP_TMP_MB = env_int("EXECUTOR_STEP_TMP_MB", 256, minimum=1)
+# Warm Python steps (workers/warm.py): each worker slot keeps a sandboxed interpreter with these modules imported
+# and forks every Python step from it. off: every step starts a new interpreter. EXECUTOR_WARM_PRELOAD adds modules.
+EXECUTOR_WARM_STEPS = env_bool("EXECUTOR_WARM_STEPS", True)
+EXECUTOR_WARM_PRELOAD = [
+    "ferris_cli.v2", "ferris_ef.base", "fx_ef.base", "requests", "jinja2", "consul", "kafka",
+    *env_list("EXECUTOR_WARM_PRELOAD", []),
+]  # fmt: skip
 # The platform default of SQL steps, for packages whose config.json names no SQL connection (administrators define
 # those in the admin; packages never supply a URL: packages/sql_connections.py). Empty: those SQL steps fail with a
 # message saying so. Deliberately not the executor's own database: give it a least-privilege role (README).

@@ -265,7 +265,7 @@ class PackageForm(forms.ModelForm):
         fields = [
             "name", "package_name", "description", "project", "tags", "schedule", "timezone", "missed_runs",
             "trigger_event_types", "allow_manual_triggering", "active", "priority", "step_timeout_seconds",
-            "network_access", "continue_on_failure", "retries_after_worker_loss", "entrypoint",
+            "network_access", "warm_steps", "continue_on_failure", "retries_after_worker_loss", "entrypoint",
         ]  # fmt: skip
         widgets = {"missed_runs": forms.RadioSelect}
 
@@ -342,6 +342,7 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
                     "priority",
                     "step_timeout_seconds",
                     "network_access",
+                    "warm_steps",
                     "continue_on_failure",
                     "retries_after_worker_loss",
                     "entrypoint",

@@ -206,6 +206,11 @@ class Package(models.Model):
     network_access = models.BooleanField(
         default=False, help_text="Let Python steps use the network (SQL steps always reach their database)."
     )
+    warm_steps = models.BooleanField(
+        default=True,
+        help_text="Start Python steps from a warm, pre-imported interpreter (much faster). Turn off for a script "
+        "that needs a fresh interpreter of its own, e.g. for a C extension's global state.",
+    )
     continue_on_failure = models.BooleanField(
         "continue after a failed step", default=False, help_text="Run the remaining steps after a failure."
     )

@@ -63,6 +63,7 @@ def package_form(**overrides) -> dict:
         "timezone": "UTC",
         "priority": "5",
         "retries_after_worker_loss": "0",
+        "warm_steps": "on",
         "scripts-TOTAL_FORMS": "2",
         "scripts-INITIAL_FORMS": "0",
         "scripts-MIN_NUM_FORMS": "0",

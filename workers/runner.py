@@ -28,7 +28,7 @@ from executor_project import database
 from packages.encryption import EncryptionError
 from packages.models import Package, secrets_for, validate_env_var_name
 
-from . import fx_bridge, shutdown
+from . import fx_bridge, shutdown, warm
 from .isolation import give_to_step_uid, sandbox_enabled, step_uid
 from .lease import ExecutionWatch, Lease, LeaseLost, claim, new_token
 from .steps import RunContext, run_step
@@ -106,7 +106,8 @@ def _run_claimed(lease: Lease) -> None:
         lifecycle.started()
     if loaded.commit:
         lease.update_execution(source_commit=loaded.commit)
-    with tempfile.TemporaryDirectory(prefix=directory_prefix(lease), dir=settings.EXECUTOR_WORK_DIR) as tmp:
+    with tempfile.TemporaryDirectory(prefix=directory_prefix(lease), dir=warm.workspace_parent()) as tmp:
+        warm.share_with_server(Path(tmp))
         workspace = create_workspace(Path(tmp), files)
         add_run_files(workspace, loaded.run_files)
         env = _environment(workspace, execution, files)

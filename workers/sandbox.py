@@ -128,10 +128,13 @@ def _memory_file(name: str, content: bytes) -> int:
 
 
 def isolated_argv(
-    isolation: Isolation, argv: list[str], *, cwd: str, env: dict[str, str], descriptors: _Descriptors
+    isolation: Isolation, argv: list[str], *, cwd: str, env: dict[str, str], descriptors: _Descriptors,
+    server: bool = False,
 ) -> list[str]:
     """argv wrapped in prlimit (resource limits) and bwrap (namespaces, a minimal read-only filesystem, the
-    seccomp filter, the step's environment for the sandboxed program only).
+    seccomp filter, the step's environment for the sandboxed program only). server=True for the warm-step server
+    (workers/runtime/zygote.py): it stays root with the few capabilities it needs to make each step's process the
+    slot's uid itself, and it is the sandbox's pid 1, so its steps have the parent a cold step has.
 
     Nothing secret goes on this command line, which `ps` shows: `env` must hold none (secrets come as private
     files)."""
@@ -164,6 +167,8 @@ def isolated_argv(
         sandbox += ["--bind", path, path]
     for path, fd in descriptors.files.items():  # readable by the step's uid, in this sandbox only
         sandbox += ["--perms", "0444", "--ro-bind-data", str(fd), path]
+    if server:
+        return [*limits, *sandbox, "--as-pid-1", "--chdir", cwd, "--", *argv]
     return [*limits, *sandbox, "--chdir", cwd, "--", *_drop_to_uid(isolation), *argv]
 
 
@@ -446,12 +451,14 @@ class _Threads:
     """The step's output pipes with their readers, and its exit waiter, all running before the process starts."""
 
     readers: list["_CappedReader"]
-    exit: _ExitWaiter
+    exit: threading.Thread
     write_ends: list[int]
 
     @classmethod
-    def start(cls, output_cap_bytes: int) -> "_Threads":
-        threads = cls([], _ExitWaiter(), [])
+    def start(cls, output_cap_bytes: int, exit_waiter: threading.Thread | None = None) -> "_Threads":
+        """exit_waiter: one with _ExitWaiter's exited and watch() for a process that is not this one's child
+        (workers/warm.py); by default an _ExitWaiter."""
+        threads = cls([], exit_waiter or _ExitWaiter(), [])
         try:
             for _ in ("stdout", "stderr"):
                 read_end, write_end = os.pipe()

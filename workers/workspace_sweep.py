@@ -46,6 +46,7 @@ _RANDOM = r"[a-z0-9_]{8}"  # what tempfile appends
 _DIGEST = r"[0-9a-f]{16}"  # lease_digest()
 _LEASED = re.compile(rf"executor-(?P<execution>{_UUID})-(?P<database>[0-9a-f]{{8}})-(?P<lease>{_DIGEST})-{_RANDOM}")
 _LEGACY = re.compile(rf"executor-(?P<short_id>[0-9a-f]{{8}})-{_RANDOM}")
+_SLOT_AREA = re.compile(rf"executor-slot-(?P<pid>[0-9]+)-{_RANDOM}")  # workers/warm.py slot_area()
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -68,8 +69,48 @@ def work_dir() -> str:
 
 
 def sweep(directory: str | None = None) -> int:
-    """Remove the workspaces in `directory` (default: the work directory) whose runs are over; how many."""
+    """Remove the workspaces in `directory` (default: the work directory) and in its slot areas (workers/warm.py)
+    whose runs are over, and the slot areas left empty by processes that are gone; how many workspaces."""
     directory = directory or work_dir()
+    removed = _sweep_workspaces(directory)
+    for name in _slot_areas(directory):
+        removed += _sweep_workspaces(os.path.join(directory, name))
+        _remove_if_abandoned(directory, name)
+    return removed
+
+
+def _slot_areas(directory: str) -> list[str]:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    return [name for name in names if _SLOT_AREA.fullmatch(name) and _is_own_directory(directory, name)]
+
+
+def _is_own_directory(directory: str, name: str) -> bool:
+    try:
+        info = os.stat(os.path.join(directory, name), follow_symlinks=False)
+    except OSError:
+        return False
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
+
+
+def _remove_if_abandoned(directory: str, name: str) -> None:
+    """An empty slot area whose process is gone (a live one, or a new process with its pid, keeps it)."""
+    try:
+        os.kill(int(_SLOT_AREA.fullmatch(name)["pid"]), 0)
+        return
+    except ProcessLookupError:
+        pass
+    except PermissionError:
+        return
+    try:
+        os.rmdir(os.path.join(directory, name))
+    except OSError:
+        pass  # not empty: a workspace of a run still going, or one that could not be removed
+
+
+def _sweep_workspaces(directory: str) -> int:
     try:
         parent = os.open(directory, _DIRECTORY)
     except OSError as exc:

@@ -20,7 +20,7 @@ from django.conf import settings
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import trigger_execution
 from tests.factories import add_secret, make_package
-from workers import isolation, runner, sandbox, steps
+from workers import isolation, runner, sandbox, steps, warm
 from workers.isolation import SandboxUnavailable
 from workers.seccomp import step_filter
 
@@ -41,8 +41,11 @@ def run(package) -> Execution:
 
 
 @pytest.fixture
-def started_pids(monkeypatch):
-    """The pids of the processes the sandbox module starts in this test."""
+def started_pids(monkeypatch, settings):
+    """The pids of the processes the sandbox module starts in this test, whose steps start cold: these tests are
+    about how a cold start is supervised (tests/workers/test_warm.py covers a warm one)."""
+    settings.EXECUTOR_WARM_STEPS = False
+    warm.stop_servers()  # started by earlier tests in this process: not this test's
     pids = []
     real_popen = sandbox.subprocess.Popen
 
@@ -121,7 +124,8 @@ def test_a_start_that_fails_for_a_moment_is_tried_again_and_the_script_runs_once
     assert (execution.steps.get().stdout, len(started_pids)) == ("ran\n", 1)
 
 
-def test_a_sandbox_that_cannot_start_is_reported_as_such_not_as_the_script_s_exit_code(monkeypatch, tmp_path):
+def test_a_sandbox_that_cannot_start_is_reported_as_such_not_as_the_script_s_exit_code(monkeypatch, tmp_path, settings):
+    settings.EXECUTOR_WARM_STEPS = False  # a warm server's sandbox binds the slot's area instead of these directories
     real_isolation_for = steps.isolation_for
 
     def with_a_missing_directory(writable, **kwargs):  # as if the work directory vanished under the worker

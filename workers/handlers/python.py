@@ -15,6 +15,7 @@ import json
 from typing import TYPE_CHECKING
 
 from packages.models import Package
+from workers import warm
 from workers.sandbox import ProcessResult
 
 from .process import run_step_process
@@ -35,10 +36,30 @@ def network(package: Package) -> bool:
 
 
 def prepare(context: "RunContext") -> dict:
-    return {"package_env": context.package_env}  # the package's variables, read once per run (workers/runner.py)
+    package = context.execution.package
+    return {
+        "package_env": context.package_env,  # the package's variables, read once per run (workers/runner.py)
+        "cold_because": warm.not_warm_because(package.warm_steps, context.package_env),
+    }
 
 
 def run(step: "StepRun") -> ProcessResult:
+    """Warm when it can be (workers/warm.py), else (or when warm could not start it) cold."""
+    if step.supervision.isolation is not None and step.options["cold_because"] is None:
+        result = warm.run(_warm_request(step), step.supervision)
+        if result is not None:
+            return result
+    return _run_cold(step)
+
+
+def _warm_request(step: "StepRun") -> warm.Request:
+    """The same argv as a cold step, argv[1] in place: it goes to the step's own process, never to a command line."""
+    argv = [step.file_name, json.dumps(step.payload)]
+    cwd = str(step.workspace.package_dir)
+    return warm.Request(argv=argv, env=step.env, package_env=step.options["package_env"], cwd=cwd)
+
+
+def _run_cold(step: "StepRun") -> ProcessResult:
     private_dir, package_env = step.workspace.private_dir, step.options["package_env"]
     env = {**step.env, "EXECUTOR_ARGS_FILE": str(private_dir / ARGS_FILE)}
     files = {ARGS_FILE: json.dumps(step.payload).encode()}

@@ -23,10 +23,17 @@ import sys
 def install() -> None:
     _load_arguments()
     _load_environment()
-    if "EXECUTOR_FX_DIR" not in os.environ:
-        return
-    patches = {"consul": _patch_consul, "kafka": _patch_kafka, "requests": _patch_requests}
-    sys.meta_path.insert(0, _PatchOnImport(patches))
+    if "EXECUTOR_FX_DIR" in os.environ:
+        install_patches()
+
+
+def install_patches() -> None:
+    """The clients are swapped whenever their module is imported. They find the step's files through
+    EXECUTOR_FX_DIR when used, not when patched: the warm-step server (workers/runtime/zygote.py) patches before
+    any step exists, and each of its steps then has its own directory."""
+    if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
+        patches = {"consul": _patch_consul, "kafka": _patch_kafka, "requests": _patch_requests}
+        sys.meta_path.insert(0, _PatchOnImport(patches))
 
 
 def _load_arguments() -> None:
