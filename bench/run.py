@@ -10,10 +10,16 @@ and measures on this machine:
   (d) throughput of one-step executions with 2 worker slots, against the bare loop (a) and against two bare
       loops side by side (what 2 slots could at best do on this machine);
   (e) peak RSS of each worker process (the Celery main process and its pool processes, sampled through
-      (b)-(d)) and of a web process (gunicorn serving requests), plus the worker's total proportional set size.
+      (b)-(d)) and of a web process (gunicorn serving requests), plus the worker's total proportional set size,
+      and the proportional set size of each slot's warm-step server (workers/warm.py);
+  (f) the seed package's test_scr.py (`from ferris_cli.v2 import ApplicationConfigurator`) per step: warm, cold
+      (the package's warm steps off) and a bare unsandboxed `python test_scr.py` with the same environment;
+  (g) an FX demo style step (`from ferris_ef import context`): warm, cold and bare, likewise.
 
-Targets (issue 4): (b) <= 1.3 x (a); (c) p50 <= 20 ms and p99 <= 60 ms beyond the interpreter spawn;
-(d) >= 85 % of the bare loop; (e) <= 150 MiB each.
+Steps run warm (the default) in (b)-(d). Targets (issues 4 and 17): (b) <= 1.0 x (a); (c) p50 <= 20 ms and
+p99 <= 60 ms beyond the interpreter spawn; (d) >= 85 % of the bare loop; (e) <= 150 MiB each, a warm-step server
+< 100 MiB PSS; (f) and (g) warm >= 10 x faster than cold and faster than bare. Per-step times in (f) and (g) are
+the medians of the steps' own durations (the worker's clock around the step's process) over STEP_RUNS runs.
 """
 
 import os
@@ -61,6 +67,13 @@ def main() -> None:
             f"(c) trigger -> step started: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
             "[target: p50 <= 20 ms, p99 <= 60 ms beyond the spawn]"
         )
+        for label, script in (("(f) seed test_scr.py", SEED_SCRIPT), ("(g) from ferris_ef import context", FX_SCRIPT)):
+            warm, cold, bare_step = (per_step(script, warm=True), per_step(script, warm=False), bare_run(script))
+            print(
+                f"{label}: warm {warm * 1000:.1f} ms, cold {cold * 1000:.1f} ms, bare unsandboxed "
+                f"{bare_step * 1000:.1f} ms per step = {cold / warm:.1f} x faster than cold, "
+                f"{bare_step / warm:.1f} x faster than bare [target >= 10 x, > 1 x]"
+            )
     with worker(concurrency=2) as two_slots, RssSampler(two_slots.pid) as two_slots_rss:
         rate = throughput(60)
         print(
@@ -72,7 +85,9 @@ def main() -> None:
     print(
         f"(e) peak RSS: worker processes {max(one_slot_rss.peak_process, two_slots_rss.peak_process) / mib:.0f} MiB"
         f" (largest one), web {web_rss / mib:.0f} MiB [target <= 150 MiB]; whole 2-slot worker"
-        f" {two_slots_rss.peak_pss / mib:.0f} MiB PSS ({two_slots_rss.peak_rss_sum / mib:.0f} MiB RSS summed)"
+        f" {two_slots_rss.peak_pss / mib:.0f} MiB PSS ({two_slots_rss.peak_rss_sum / mib:.0f} MiB RSS summed);"
+        f" warm-step server {max(one_slot_rss.peak_server_pss, two_slots_rss.peak_server_pss) / mib:.1f} MiB PSS"
+        " (largest one) [target < 100 MiB per slot]"
     )
 
 
@@ -111,7 +126,7 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
         self.pid, self.done = pid, threading.Event()
-        self.peak_process = self.peak_pss = self.peak_rss_sum = 0
+        self.peak_process = self.peak_pss = self.peak_rss_sum = self.peak_server_pss = 0
 
     def __enter__(self):
         self.start()
@@ -132,8 +147,69 @@ class RssSampler(threading.Thread):
             except psutil.Error:
                 continue
             self.peak_process = max(self.peak_process, *(info.rss for info in infos))
+            self.peak_server_pss = max(self.peak_server_pss, *_server_pss(root), 0)
             self.peak_pss = max(self.peak_pss, sum(info.pss for info in infos))
             self.peak_rss_sum = max(self.peak_rss_sum, sum(info.rss for info in infos))
+
+
+def _server_pss(root) -> list[int]:
+    """PSS of each warm-step server below the worker: root's zygote processes, not the steps forked from them."""
+    import psutil
+
+    found = []
+    for process in root.children(recursive=True):
+        try:
+            if process.cmdline()[-1:] == [str(ZYGOTE)] and process.uids().real == 0 and process.name() != "bwrap":
+                found.append(process.memory_full_info().pss)
+        except (psutil.Error, IndexError):
+            continue
+    return found
+
+
+SEED_SCRIPT = (BASE_DIR / "tests" / "fixtures" / "seed_package" / "test_scr.py").read_bytes()
+FX_SCRIPT = b"from ferris_ef import context\nprint(context.package.name)\n"
+STEP_RUNS = 20
+ZYGOTE = BASE_DIR / "workers" / "runtime" / "zygote.py"
+
+
+def per_step(script: bytes, *, warm: bool) -> float:
+    """Median seconds of one step running `script`, through the executor (one execution per step)."""
+    from packages.models import Package, Script
+
+    name = f"bench_{'warm' if warm else 'cold'}_{len(script)}"
+    package = Package.objects.create(name=name, package_name=name, warm_steps=warm)
+    Script.objects.create(package=package, position=1, file_name="step.py", content=script)
+    Script.objects.create(package=package, position=2, file_name="config.json", content=b'{"somekey": "value"}')
+    durations = []
+    for _ in range(STEP_RUNS + 1):
+        execution = _run(package)
+        assert execution.status == "completed", execution.status_reason
+        durations.append(execution.steps.get(position=1).duration_ms / 1000)
+    return statistics.median(durations[1:])  # the first may start the slot's server
+
+
+def bare_run(script: bytes) -> float:
+    """Median seconds of `python <script> '<argv[1]>'` with the runtime's interpreter and the FX adapter's
+    environment, outside any sandbox: what a developer's machine would do."""
+    import json
+
+    from django.conf import settings
+
+    from workers import fx_bridge
+    from workers.workspace import base_environment, create_workspace
+
+    with tempfile.TemporaryDirectory() as tmp:
+        workspace = create_workspace(Path(tmp, "w"), {"step.py": script, "config.json": b'{"somekey": "value"}'})
+        env = base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent)
+        env.update(fx_bridge.prepare(workspace, "bench_bare", b'{"somekey": "value"}'))
+        argv1 = json.dumps({"package_name": "bench_bare", "package_id": "1", "execution_id": "1", "secrets": {}})
+        durations = []
+        for _ in range(STEP_RUNS):
+            started = time.perf_counter()
+            subprocess.run([settings.EXECUTOR_SCRIPT_PYTHON, "step.py", argv1], cwd=workspace.package_dir, env=env,
+                           check=True, capture_output=True)  # fmt: skip
+            durations.append(time.perf_counter() - started)
+        return statistics.median(durations)
 
 
 class worker:

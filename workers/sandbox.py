@@ -128,7 +128,12 @@ def _memory_file(name: str, content: bytes) -> int:
 
 
 def isolated_argv(
-    isolation: Isolation, argv: list[str], *, cwd: str, env: dict[str, str], descriptors: _Descriptors,
+    isolation: Isolation,
+    argv: list[str],
+    *,
+    cwd: str,
+    env: dict[str, str],
+    descriptors: _Descriptors,
     server: bool = False,
 ) -> list[str]:
     """argv wrapped in prlimit (resource limits) and bwrap (namespaces, a minimal read-only filesystem, the

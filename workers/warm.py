@@ -63,7 +63,8 @@ _PER_STEP_VARIABLES = frozenset({"HOME", "TMPDIR", "TZ", "EXECUTOR_FX_DIR"})
 READY_SECONDS = 60.0  # a server not ready by then (imports hanging) is replaced
 FIRST_READY_SECONDS = 10.0  # how long the first step of a slot waits for its new server before starting cold
 RESTART_PAUSE_SECONDS = 10.0
-SERVER_CPU_SECONDS = 365 * 24 * 3600  # after a server failed, steps start cold this long before another is started
+SERVER_CPU_SECONDS = 365 * 24 * 3600
+MAX_SERVERS = 2  # per worker slot: with and without the network  # after a server failed, steps start cold this long before another is started
 HANDSHAKE_SECONDS = 5.0  # fork, then the child's hello: longer means the server or the machine is stuck
 REPORT_SECONDS = 2.0  # after the child is gone, how long the server has to report its exit status
 
@@ -96,15 +97,15 @@ def share_with_server(root: Path) -> None:
 
 
 @functools.cache
-def _slot_area(pid: int) -> Path:
-    area = Path(tempfile.mkdtemp(prefix=f"executor-slot-{pid}-", dir=settings.EXECUTOR_WORK_DIR))
+def _slot_area(pid: int, work_dir: str | None) -> Path:
+    area = Path(tempfile.mkdtemp(prefix=f"executor-slot-{pid}-", dir=work_dir))
     area.chmod(0o711)
     return area
 
 
 def slot_area() -> Path:
-    """This process's area (keyed by pid: a forked pool process gets its own, not its parent's)."""
-    return _slot_area(os.getpid())
+    """This process's area in the work directory (by pid: a forked pool process gets its own, not its parent's)."""
+    return _slot_area(os.getpid(), settings.EXECUTOR_WORK_DIR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,8 +234,11 @@ def _server_for(key: tuple, supervision) -> Server | None:
         return None  # still importing: this step starts cold
     if server is not None:
         server.fail(f"it ended with exit status {server.process.returncode}")
+        del _servers[key]
     if key in _failed_at and time.monotonic() - _failed_at[key] < RESTART_PAUSE_SECONDS:
         return None
+    while len(_servers) >= MAX_SERVERS:  # one per network setting is the rule; more only when settings changed
+        _servers.pop(next(iter(_servers))).stop()
     try:
         server = _servers[key] = Server(key, dict(key[1]))
     except OSError as exc:

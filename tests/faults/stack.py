@@ -210,8 +210,10 @@ class Stack:
         raise AssertionError(f"no worker of the stack is called {worker_name!r}")
 
     def workspaces_of(self, execution_id: str) -> list[Path]:
-        """Directories in EXECUTOR_WORK_DIR that belong to the execution (named after it: `executor-<id...>-`)."""
-        return [path for path in self.work_dir.iterdir() if execution_id[:8] in path.name]
+        """Directories in EXECUTOR_WORK_DIR, or in a worker slot's area there (warm steps), that belong to the
+        execution (named after it: `executor-<id...>-`)."""
+        candidates = [*self.work_dir.iterdir(), *self.work_dir.glob("executor-slot-*/executor-*")]
+        return [path for path in candidates if execution_id[:8] in path.name]
 
     def dead(self) -> list[str]:
         down = [service.name for service in self.services if not service.alive]

@@ -176,3 +176,32 @@ def test_tracebacks_and_exit_codes_read_as_a_cold_step_s():
     assert lines[0] == "Traceback (most recent call last):" and lines[-1] == "ValueError: boom"
     assert "zygote" not in step.stderr and lines[1].endswith('fail.py", line 3, in <module>')
     assert run(exits).steps.get().status_reason == "failed: exit code 3"
+
+
+PRY = """
+import os, signal
+for path in ("/proc/1/environ", "/proc/1/mem", "/proc/1/fd", "/proc/1/cwd/"):
+    try:
+        os.listdir(path) if path.endswith(("fd", "/")) else open(path, "rb").read(1)
+        print(path, "open")
+    except OSError as exc:
+        print(path, exc.errno)
+for sig in (signal.SIGSTOP, signal.SIGKILL):
+    try:
+        os.kill(1, sig)
+        print(sig.name, "sent")
+    except OSError as exc:
+        print(sig.name, exc.errno)
+"""
+
+
+def test_a_step_cannot_read_or_stop_its_server():
+    package = make_package(files={"pry.py": PRY})
+
+    first, second = run(package), run(package)
+
+    assert first.steps.get().stdout == (
+        "/proc/1/environ 13\n/proc/1/mem 13\n/proc/1/fd 13\n/proc/1/cwd/ 13\nSIGSTOP 1\nSIGKILL 1\n"
+    )
+    assert second.status == ExecutionStatus.COMPLETED  # the server is still there and serves the next step
+    assert len(servers()) == 1
