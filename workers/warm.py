@@ -62,9 +62,9 @@ WARM_BREAKING_VARIABLES = frozenset({"DEFAULT_CONFIG"})
 _PER_STEP_VARIABLES = frozenset({"HOME", "TMPDIR", "TZ", "EXECUTOR_FX_DIR"})
 READY_SECONDS = 60.0  # a server not ready by then (imports hanging) is replaced
 FIRST_READY_SECONDS = 10.0  # how long the first step of a slot waits for its new server before starting cold
-RESTART_PAUSE_SECONDS = 10.0
-SERVER_CPU_SECONDS = 365 * 24 * 3600
-MAX_SERVERS = 2  # per worker slot: with and without the network  # after a server failed, steps start cold this long before another is started
+RESTART_PAUSE_SECONDS = 10.0  # after a server failed, steps start cold this long before another is started
+SERVER_CPU_SECONDS = 365 * 24 * 3600  # the server's own limit; each step gets the step's (Request.limits)
+MAX_SERVERS = 2  # per worker slot: with and without the network
 HANDSHAKE_SECONDS = 5.0  # fork, then the child's hello: longer means the server or the machine is stuck
 REPORT_SECONDS = 2.0  # after the child is gone, how long the server has to report its exit status
 
@@ -161,7 +161,7 @@ class Server:
             self.ready = _receive(self.control).get("op") == "ready"
             self.broken = not self.ready
         if not self.ready and time.monotonic() - self.started > READY_SECONDS:
-            self.fail("it was not ready after %s s" % READY_SECONDS)
+            self.fail(f"it was not ready after {READY_SECONDS} s")
         return self.ready and not self.broken
 
     def fail(self, reason: str) -> None:
