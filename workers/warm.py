@@ -293,6 +293,7 @@ class _Exit(threading.Thread):
             timeout = None if child_gone_at is None else max(0.0, child_gone_at + REPORT_SECONDS - time.monotonic())
             readable = select.select(waiting, [], [], timeout)[0]
             if self.control in readable:
+                self._read_channel()  # an "s" sent before the child's end is there now, even if not read yet
                 message = _receive(self.control)
                 if message.get("op") == "exited":
                     self.status = message.get("status")
@@ -300,15 +301,27 @@ class _Exit(threading.Thread):
                 self.trouble = "its server died" if not message else f"its server said {message!r}"
                 return
             if self.channel in readable:
-                said = self.channel.recv(1)
-                self.started_script = self.started_script or said == b"s"
-                if not said:  # the child closed it: after "s", or before the script could start
-                    self.channel.close()
+                self._read_channel()
             if self.pidfd in readable and child_gone_at is None:
                 child_gone_at = time.monotonic()
             if child_gone_at is not None and time.monotonic() >= child_gone_at + REPORT_SECONDS:
                 self.trouble = "its server stopped responding"
                 return
+
+    def _read_channel(self) -> None:
+        """What the child said since: "s" when its script starts; the end of the channel after that (or when it
+        ended before its script could start)."""
+        if self.channel.fileno() < 0:
+            return
+        try:
+            said = self.channel.recv(1, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except OSError:
+            said = b""
+        self.started_script = self.started_script or said == b"s"
+        if not said:
+            self.channel.close()
 
 
 class _Step:
@@ -331,15 +344,18 @@ class _Step:
             progress = _Progress(threads.readers, watch.on_progress)
             deadline = started + watch.timeout_seconds
             ending = _wait(exit_watch.exited, deadline, watch.cancel, progress, watch.on_tick)
+            if ending:
+                self._stop(pidfd, exit_watch)
         except BaseException:
             exit_watch.watch(pidfd)
             self._stop(pidfd, exit_watch)
+            channel.close()
             raise
         finally:
             threads.close_write_ends()
-        if ending:
-            self._stop(pidfd, exit_watch)
-        return self._result(started, ending, threads, exit_watch, pidfd)
+            if pidfd is not None:
+                os.close(pidfd)
+        return self._result(started, ending, threads, exit_watch)
 
     def _start(self, threads: _Threads, channel: socket.socket, childs_end: socket.socket) -> int:
         """Fork the child and hand it the request; the pidfd of the child (in the worker's PID namespace)."""
@@ -366,9 +382,7 @@ class _Step:
         if not exit_watch.exited.wait(REPORT_SECONDS + 1.0) or exit_watch.status is None:
             self.server.fail(exit_watch.trouble or "it did not report a stopped step")
 
-    def _result(self, started: float, ending: str | None, threads: _Threads, exit_watch: _Exit, pidfd) -> ProcessResult:
-        if pidfd is not None:
-            os.close(pidfd)
+    def _result(self, started: float, ending: str | None, threads: _Threads, exit_watch: _Exit) -> ProcessResult:
         exit_watch.channel.close()
         for reader in threads.readers:
             reader.join(timeout=2.0)
