@@ -205,3 +205,13 @@ def test_a_step_cannot_read_or_stop_its_server():
     )
     assert second.status == ExecutionStatus.COMPLETED  # the server is still there and serves the next step
     assert len(servers()) == 1
+
+
+def test_a_step_that_ends_at_once_runs_exactly_once():
+    """The child says it started its script just before the script runs; a script that ends at once must not be
+    taken for one that never started (which would run it again, cold)."""
+    package = make_package(files={"mark.py": "open('marks', 'a').write('x')", "count.py": "print(open('marks').read())"})
+
+    counts = [run(package).steps.get(position=2).stdout for _ in range(10)]
+
+    assert counts == ["x\n"] * 10
