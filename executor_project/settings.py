@@ -5,18 +5,20 @@ under .devdata/, DEBUG on, a throw-away SECRET_KEY. With DATABASE_URL set (produ
 required and DEBUG is off unless asked for; docker-compose.yml sets all of it.
 """
 
-import os
 from importlib.util import find_spec
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
+from . import quick_start
 from .env import env_bool, env_database, env_int, env_list, env_redis_url, env_str, quick_start_fernet_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-DATA_DIR = Path(env_str("EXECUTOR_DATA_DIR", str(BASE_DIR / ".devdata")))
+# The quick start's SQLite database, fernet.key and Redis socket; manage.py refuses commands when it holds no
+# database (quick_start.py), so a command with the wrong EXECUTOR_DATA_DIR does not make a second, empty one.
+DATA_DIR = quick_start.data_dir()
 
-QUICK_START = "DATABASE_URL" not in os.environ
+QUICK_START = quick_start.enabled()
 DEBUG = env_bool("DEBUG", QUICK_START)
 SECRET_KEY = env_str("SECRET_KEY", "")
 if not SECRET_KEY:
@@ -115,7 +117,7 @@ TEMPLATES = [
 # `make run` needs 7; docker-compose with `--scale worker=3` 13. Never a threaded server with persistent
 # connections: the development server keeps one per request thread and ran PostgreSQL out of connections
 # (`too many clients`) in a burst of 100 events/s (issue 15).
-DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}")}
+DATABASES = {"default": env_database("DATABASE_URL", f"sqlite:///{quick_start.database_path()}")}
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # A database host that is down without refusing connections would hold a request until gunicorn kills its

@@ -1,5 +1,6 @@
-"""Ctrl-C on `make run` (bin/devstack.py) while a step runs: the step finishes within the grace period, its run is
-handed over (here no other worker takes it: it waits, pending), and every process of the stack exits."""
+"""`make run` (bin/devstack.py) with DATABASE_URL set: it serves the admin and its static files (DEBUG is off, so
+through collectstatic's manifest), and on Ctrl-C while a step runs the step finishes within the grace period, its
+run is handed over (here no other worker takes it: it waits, pending), and every process of the stack exits."""
 
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 import pytest
 
 from executions.models import Execution, ExecutionStatus, StepStatus
+from tests.e2e.admin_pages import login_page_and_stylesheets
 from tests.e2e.processes import (
     BASE_DIR,
     TEST_WORKER_ENV,
@@ -37,8 +39,10 @@ def devstack(tmp_path):
         yield env, stack.log_path, stack.proc
 
 
-def test_ctrl_c_on_make_run_lets_the_running_step_finish_and_stops_everything(devstack):
+def test_make_run_serves_the_admin_and_ctrl_c_lets_the_running_step_finish_and_stops_everything(devstack):
     env, log_path, proc = devstack
+    served = login_page_and_stylesheets(f"http://127.0.0.1:{env['EXECUTOR_PORT']}")
+    assert set(served.values()) == {200} and any("admin/css/base." in path for path in served), served
     package = make_package("uma_ctrl_c", {"slow.py": "import time; time.sleep(6); print('finished')",
                                           "next.py": "print('next')"})  # fmt: skip
     started = subprocess.run([sys.executable, "manage.py", "run_package", package.package_name], cwd=BASE_DIR,

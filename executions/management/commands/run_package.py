@@ -23,8 +23,9 @@ def parse_param(text: str) -> tuple[str, object]:
 
 class Command(BaseCommand):
     help = (
-        "Start a manual execution of a package; prints its id (and, with --wait, its result as JSON). When the "
-        "broker is away the run is recorded and queued as soon as it is back (said on stderr, exit status 0)."
+        "Start a manual execution of a package; prints its id (and, with --wait, its result as JSON; with --json "
+        "one JSON document and nothing else on stdout). When the broker is away the run is recorded and queued as "
+        "soon as it is back (said on stderr, exit status 0)."
     )
 
     def add_arguments(self, parser):
@@ -32,8 +33,15 @@ class Command(BaseCommand):
         parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE")
         parser.add_argument("--wait", action="store_true", help="Wait for the execution to finish.")
         parser.add_argument("--timeout", type=float, default=3600, help="Seconds to wait with --wait.")
+        parser.add_argument(
+            "--json",
+            dest="as_json",
+            action="store_true",
+            help="Print one JSON document on stdout (the execution; with --wait when it ended, with each step's "
+            "output), everything else on stderr: for pipes into jq.",
+        )
 
-    def handle(self, *args, package_name: str, param: list[str], wait: bool, timeout: float, **options):
+    def handle(self, *args, package_name: str, param: list[str], wait: bool, timeout: float, as_json: bool, **options):
         package = Package.objects.filter(package_name=package_name).first()
         if package is None:
             raise CommandError(f"No package named {package_name!r}.")
@@ -42,18 +50,26 @@ class Command(BaseCommand):
             execution = trigger_execution(package, trigger_type=TriggerType.MANUAL, params=params)
         except TriggerRefused as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(str(execution.id))
+        # With --json stdout carries the document alone, so the id goes where the other messages go.
+        (self.stderr if as_json else self.stdout).write(str(execution.id))
         if getattr(execution, "queued", True) is False:
             # Not an error: the run is recorded and the reaper publishes it once the broker is back.
             self.stderr.write(f"Execution {execution.id} recorded, queued as soon as the broker is back.")
         if not wait:
+            if as_json:
+                self._print(execution_as_dict(execution))
             return
         try:
             execution = wait_until_finished(execution, timeout, poll_seconds=0.5)
         except TimeoutError as exc:
+            if as_json:  # the document still comes, as the run stands: the caller's script reads its status
+                execution.refresh_from_db()
+                self._print(execution_as_dict(execution, with_output=True))
             raise CommandError(str(exc)) from None
         # The HTTP API's shape and JSON encoding (ninja's encoder is DjangoJSONEncoder), plus the steps' output.
-        result = execution_as_dict(execution, with_output=True)
-        self.stdout.write(json.dumps(result, indent=2, cls=DjangoJSONEncoder))
+        self._print(execution_as_dict(execution, with_output=True))
         if execution.status != ExecutionStatus.COMPLETED:
             raise CommandError(f"Execution {execution.id} ended {execution.status}.", returncode=1)
+
+    def _print(self, document: dict) -> None:
+        self.stdout.write(json.dumps(document, indent=2, cls=DjangoJSONEncoder))
