@@ -199,7 +199,7 @@ def bare_run(script: bytes) -> float:
     from workers.workspace import base_environment, create_workspace
 
     with tempfile.TemporaryDirectory() as tmp:
-        workspace = create_workspace(Path(tmp, "w"), {"step.py": script, "config.json": b'{"somekey": "value"}'})
+        workspace = create_workspace(Path(tmp), {"step.py": script, "config.json": b'{"somekey": "value"}'})
         env = base_environment(workspace, Path(settings.EXECUTOR_SCRIPT_PYTHON).parent)
         env.update(fx_bridge.prepare(workspace, "bench_bare", b'{"somekey": "value"}'))
         argv1 = json.dumps({"package_name": "bench_bare", "package_id": "1", "execution_id": "1", "secrets": {}})

@@ -263,20 +263,31 @@ def command_line(process: psutil.Process) -> str:
         return ""
 
 
+def working_directory(process: psutil.Process) -> str:
+    """Its working directory; empty once it has exited."""
+    try:
+        return process.cwd()
+    except GONE:
+        return ""
+
+
 def pool_processes(worker_pid: int) -> list[psutil.Process]:
     """A Celery worker's pool processes (its children that run celery)."""
     return [child for child in children(worker_pid) if "celery" in command_line(child)]
 
 
 def pool_process_running(worker_pid: int, execution_id: str, timeout: float = 10) -> psutil.Process:
-    """The worker's pool process whose descendants run the execution's step (their command lines name its
-    workspace, `executor-<execution id>-...`), waited for: a run is marked running a moment before its step's
-    process starts."""
+    """The worker's pool process whose descendants run the execution's step (a cold step's command line names its
+    workspace, `executor-<execution id>-...`; a warm step works in it), waited for: a run is marked running a moment
+    before its step's process starts."""
     workspace = f"executor-{uuid.UUID(str(execution_id))}-"  # workers/workspace_sweep.py names it so
+
+    def runs_it(process: psutil.Process) -> bool:
+        return workspace in command_line(process) or workspace in working_directory(process)
 
     def running_it() -> psutil.Process | None:
         for child in children(worker_pid):
-            if any(workspace in command_line(descendant) for descendant in children(child.pid, recursive=True)):
+            if any(runs_it(descendant) for descendant in children(child.pid, recursive=True)):
                 return child
         return None
 
