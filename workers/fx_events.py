@@ -2,7 +2,7 @@
 its event still runs.
 
 The script side (workers/runtime/site/executor_fx, OutboxProducer) appends each event to <fx>/outbox/events.jsonl
-in one write ending in a newline. While the step runs, every tick of its watch (about every 0.1 s) stats the file;
+as one line ending in a newline. While the step runs, every tick of its watch (about every 0.1 s) stats the file;
 only when it changed are the lines completed since the last read read, by offset, and dispatched in order with
 `executions.events.dispatch` (chain depth, fan-out, reach, correlation id: the same rules as for any event). After the
 step, workers/fx_bridge.py `collect` dispatches what is left the same way and empties the outbox.
