@@ -23,6 +23,7 @@ from executor_project import database
 from packages.models import kind_for_file_name, secrets_for
 
 from . import fx_bridge, masking
+from .fx_events import StepEvents
 from .handlers import Handler, StepRun, Supervision, handler_for
 from .handlers.errors import StepSetupError
 from .isolation import SandboxUnavailable, check_sandbox, isolation_for
@@ -89,7 +90,7 @@ def run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStat
 
 
 def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: Handler,
-              events: fx_bridge.StepEvents | None) -> StepRun:  # fmt: skip
+              events: StepEvents | None) -> StepRun:  # fmt: skip
     package, watch = context.execution.package, context.watch
     return StepRun(
         file_name=step.file_name,
@@ -109,7 +110,7 @@ def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: H
     )
 
 
-def _ticking(watch: ExecutionWatch, events: fx_bridge.StepEvents):
+def _ticking(watch: ExecutionWatch, events: StepEvents):
     """The watch's tick, then the events sent since the last one (not when the watch found the lease lost)."""
 
     def tick() -> None:
@@ -120,7 +121,7 @@ def _ticking(watch: ExecutionWatch, events: fx_bridge.StepEvents):
 
 
 def _process(context: RunContext, step: ExecutionStep, handler: Handler, run: StepRun,
-             events: fx_bridge.StepEvents | None) -> ProcessResult:  # fmt: skip
+             events: StepEvents | None) -> ProcessResult:  # fmt: skip
     """The step's process run to its end (with its FX requests done); _NotRun when it could not be run or the worker
     failed it. Errors of the FX adapter's bookkeeping, like any outside the process, fail the whole run."""
     fx_state = fx_bridge.begin_step(context.workspace, context.execution, context.uid) if handler.FX_ADAPTER else None
@@ -171,7 +172,7 @@ def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus,
 
 
 def _with_fx_requests_done(context: RunContext, result: ProcessResult, state: dict,
-                           events: fx_bridge.StepEvents | None) -> ProcessResult:  # fmt: skip
+                           events: StepEvents | None) -> ProcessResult:  # fmt: skip
     """Carry out the step's FX requests; what could not be done is told at the end of its stderr, and secrets it
     set are masked in its output like the others (for this and the next steps)."""
     collected = fx_bridge.collect(context.workspace, context.execution, state, events)
