@@ -80,6 +80,39 @@ def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
+def identity(dir_fd: int, name: str) -> tuple[int, int] | None:
+    """(inode, size) of whatever has the name, a link not followed; None if nothing has it. One lstat: for a
+    caller that polls a file and reads it only when this changed."""
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    return info.st_ino, info.st_size
+
+
+def read_regular_from(dir_fd: int, name: str, offset: int, limit: int) -> tuple[bytes, int] | None:
+    """The bytes of the regular file `name` from `offset` up to byte `limit` (never past it), and the file's size
+    then; None if there is none. For a file the step appends to while the worker follows it: one over `limit`
+    is read up to the limit, not refused. UnsafeFile for a link, a FIFO, a device or a directory."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # ELOOP: a symbolic link
+        raise UnsafeFile(f"{name} is not a regular file ({exc.strerror})") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise UnsafeFile(f"{name} is not a regular file")
+        chunks, position = [], offset
+        while position < limit and (chunk := os.pread(fd, min(1 << 20, limit - position), position)):
+            chunks.append(chunk)
+            position += len(chunk)
+        return b"".join(chunks), info.st_size
+    finally:
+        os.close(fd)
+
+
 def remove(dir_fd: int, name: str) -> None:
     """Remove `name` from the directory, whatever it is; a link is removed, never what it points to."""
     try:

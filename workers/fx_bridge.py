@@ -7,9 +7,11 @@ sitecustomize. Together they are the one place that knows FX's backends:
   key percent-encoded. The package's config.json is stored under the package's technical name, the platform
   configuration under "ferris.env" (ferris_cli's DEFAULT_CONFIG), the package state under "<name>.state".
 - Kafka (FerrisEvents, context.events.send) and FX's secrets and services HTTP APIs (secrets.set,
-  scheduler.retry): the script side appends what they send to <fx>/outbox/*.jsonl. After each step `collect`
-  saves the state changes, stores the secrets, schedules the later runs and dispatches the events, in that order,
-  so a package started by an event sees the state and secrets its sender left.
+  scheduler.retry): the script side appends what they send to <fx>/outbox/*.jsonl. Events leave as they are sent:
+  the worker follows events.jsonl while the step runs (workers/fx_events.py). After each step `collect` saves the
+  state changes, stores the secrets, schedules the later runs and dispatches the events not sent yet, in that
+  order, so a package started by an event sent at the end sees the state and secrets its sender left; one started
+  by an event sent earlier sees them as they were when the step started (on FX a state put is in Consul at once).
 
 The step can write in <fx>: everything there is read as hostile (executor_lib/safe_files.py). A link, FIFO or
 oversized file where the state or an outbox file should be is not used, and the step's stderr says so.
@@ -25,7 +27,6 @@ from urllib.parse import quote
 from django.conf import settings
 from django.core.exceptions import ValidationError
 
-from executions.events import EventRejected, dispatch
 from executions.later_runs import schedule_later_run
 from executions.models import Execution
 from executor_lib.safe_files import UnsafeFile, empty_directory, open_directory, read_regular, write_new
@@ -34,6 +35,8 @@ from packages import state as package_state
 from packages.cron import CronError
 from packages.models import Secret, SecretScope
 
+from .fx_events import StepEvents
+from .lease import ExecutionWatch
 from .workspace import Workspace
 
 logger = logging.getLogger(__name__)
@@ -93,14 +96,24 @@ class Collected:
     secret_values: list[str] = field(default_factory=list)  # set by the step: masked in its output too
 
 
-def collect(workspace: Workspace, execution: Execution, state_before: dict) -> Collected:
-    """Carry out what the step asked FX's backends for, then empty the outbox for the next step."""
+def step_events(workspace: Workspace, execution: Execution, watch: ExecutionWatch | None) -> StepEvents:
+    """The step's events, to be sent as they come: call its `tick` while the step runs, then pass it to
+    `collect`."""
+    return StepEvents(workspace, execution, watch, max_records=MAX_RECORDS, max_bytes=MAX_OUTBOX_BYTES)
+
+
+def collect(workspace: Workspace, execution: Execution, state_before: dict, events: StepEvents | None = None
+            ) -> Collected:  # fmt: skip
+    """Carry out what the step asked FX's backends for and send the events `events` has not sent while it ran,
+    then empty the outbox for the next step."""
     collected = Collected()
+    events = events or step_events(workspace, execution, None)
     _save_state(workspace, execution, state_before, collected)
-    requests = _read_outbox(workspace, collected)
+    requests = _read_outbox(workspace, events, collected)
     _store_secrets(requests["secrets"], execution, collected)
     _schedule_later_runs(requests["schedules"], execution, collected)
-    _dispatch_events(requests["events"], execution, collected)
+    events.send_rest()
+    collected.notes.extend(events.notes)
     return collected
 
 
@@ -123,15 +136,19 @@ def _save_state(workspace: Workspace, execution: Execution, before: dict, collec
     package_state.save_changes(execution.package, before, after)
 
 
-def _read_outbox(workspace: Workspace, collected: Collected) -> dict[str, list[dict]]:
-    """The step's requests of each kind, then an empty outbox for the next step."""
+def _read_outbox(workspace: Workspace, events: StepEvents, collected: Collected) -> dict[str, list[dict]]:
+    """The step's requests of each kind (the events' into `events`, after those it read while the step ran), then
+    an empty outbox for the next step."""
     requests: dict[str, list[dict]] = {kind: [] for kind in OUTBOX_KINDS}
     try:
         with open_directory(str(workspace.root), "fx", "outbox") as outbox:
             for kind in OUTBOX_KINDS:
                 try:
-                    requests[kind] = _records(read_regular(outbox, f"{kind}.jsonl", MAX_OUTBOX_BYTES), kind,
-                                              collected)  # fmt: skip
+                    if kind == "events":
+                        events.read_rest(outbox)
+                    else:
+                        requests[kind] = _records(read_regular(outbox, f"{kind}.jsonl", MAX_OUTBOX_BYTES), kind,
+                                                  collected)  # fmt: skip
                 except UnsafeFile as exc:
                     collected.notes.append(f"{kind} not read: {exc}.")
             empty_directory(outbox)
@@ -172,22 +189,6 @@ def _schedule_later_runs(requests: list[dict], execution: Execution, collected: 
             collected.notes.append(f"later run not scheduled: {exc}")
             continue
         logger.info("execution %s: later run of %s at %s", execution.id, execution.package.package_name, run_at)
-
-
-def _dispatch_events(records: list[dict], execution: Execution, collected: Collected) -> None:
-    if not records:
-        return
-    # Imported when a step sent events: it loads pydantic, ~10 MiB a worker that never sees one need not carry.
-    from executions.event_input import CLOUDEVENTS_JSON, parse
-
-    for record in records:
-        if not isinstance(record.get("event"), dict):
-            continue
-        event = {key: value for key, value in record["event"].items() if key != "extensions"}
-        try:
-            dispatch(parse({"Content-Type": CLOUDEVENTS_JSON}, json.dumps(event).encode()), parent=execution)
-        except EventRejected as exc:
-            collected.notes.append(f"event {event.get('type')} not sent: {exc}")
 
 
 def _records(content: bytes | None, kind: str, collected: Collected) -> list[dict]:

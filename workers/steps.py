@@ -23,6 +23,7 @@ from executor_project import database
 from packages.models import kind_for_file_name, secrets_for
 
 from . import fx_bridge, masking
+from .fx_events import StepEvents
 from .handlers import Handler, StepRun, Supervision, handler_for
 from .handlers.errors import StepSetupError
 from .isolation import SandboxUnavailable, check_sandbox, isolation_for
@@ -72,9 +73,11 @@ def run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStat
     lease.apply(transitions.start_step, step.id, started)
     if step.file_name not in context.files:
         return _record_failure(lease, step, started, "failed: the script was removed from the package")
-    run = _step_run(lease, context, step, handler)
+    # Followed while the step runs, so an event leaves as it is sent (workers/fx_events.py).
+    events = fx_bridge.step_events(context.workspace, context.execution, context.watch) if handler.FX_ADAPTER else None
+    run = _step_run(lease, context, step, handler, events)
     try:
-        result = _process(context, step, handler, run)
+        result = _process(context, step, handler, run, events)
     except _NotRun as exc:
         return _record_failure(lease, step, started, str(exc))
     if result.cancelled and context.watch.stop_reason == "shutdown":
@@ -86,7 +89,8 @@ def run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStat
     return status
 
 
-def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: Handler) -> StepRun:
+def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: Handler,
+              events: StepEvents | None) -> StepRun:  # fmt: skip
     package, watch = context.execution.package, context.watch
     return StepRun(
         file_name=step.file_name,
@@ -100,13 +104,24 @@ def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: H
             output_cap_bytes=settings.EXECUTOR_OUTPUT_CAP_BYTES,
             cancel=watch.stop,
             on_progress=_live_output(lease, step, context.masked_values, watch),
-            on_tick=watch.tick,
+            on_tick=watch.tick if events is None else _ticking(watch, events),
             isolation=isolation_for(context.workspace.step_dirs, network=handler.network(package), uid=context.uid),
         ),
     )
 
 
-def _process(context: RunContext, step: ExecutionStep, handler: Handler, run: StepRun) -> ProcessResult:
+def _ticking(watch: ExecutionWatch, events: StepEvents):
+    """The watch's tick, then the events sent since the last one (not when the watch found the lease lost)."""
+
+    def tick() -> None:
+        watch.tick()
+        events.tick()
+
+    return tick
+
+
+def _process(context: RunContext, step: ExecutionStep, handler: Handler, run: StepRun,
+             events: StepEvents | None) -> ProcessResult:  # fmt: skip
     """The step's process run to its end (with its FX requests done); _NotRun when it could not be run or the worker
     failed it. Errors of the FX adapter's bookkeeping, like any outside the process, fail the whole run."""
     fx_state = fx_bridge.begin_step(context.workspace, context.execution, context.uid) if handler.FX_ADAPTER else None
@@ -124,7 +139,7 @@ def _process(context: RunContext, step: ExecutionStep, handler: Handler, run: St
         raise _NotRun(_internal_error(exc, context.masked_values)) from exc
     if fx_state is None:
         return result
-    return _with_fx_requests_done(context, result, fx_state)
+    return _with_fx_requests_done(context, result, fx_state, events)
 
 
 def _judge(lease: Lease, context: RunContext, result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus, str]:
@@ -156,10 +171,11 @@ def _outcome(result: ProcessResult, timeout_seconds: float) -> tuple[StepStatus,
     return StepStatus.FAILED, f"failed: exit code {result.exit_code}"
 
 
-def _with_fx_requests_done(context: RunContext, result: ProcessResult, state: dict) -> ProcessResult:
+def _with_fx_requests_done(context: RunContext, result: ProcessResult, state: dict,
+                           events: StepEvents | None) -> ProcessResult:  # fmt: skip
     """Carry out the step's FX requests; what could not be done is told at the end of its stderr, and secrets it
     set are masked in its output like the others (for this and the next steps)."""
-    collected = fx_bridge.collect(context.workspace, context.execution, state)
+    collected = fx_bridge.collect(context.workspace, context.execution, state, events)
     if collected.secret_values:
         context.add_secrets_set_by_a_step(collected.secret_values)
     if not collected.notes:

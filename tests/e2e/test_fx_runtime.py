@@ -3,6 +3,7 @@ from FX), answered by the adapter (workers/fx_bridge.py + workers/runtime/site/e
 
 import json
 import time
+from datetime import UTC, datetime
 
 import pytest
 from django_celery_beat.models import PeriodicTask
@@ -160,6 +161,32 @@ print("sent")
     assert received[0].trigger_event.subject == "ref-1" and received[0].trigger_event.source == "fx_sender"
     assert output_of(received[1])["direct"] is True and received[1].correlation_id == first.correlation_id
     assert "SENDING EVENT" in first.steps.get().stderr  # fx_ef logs what it sends, through context.logging
+
+
+def test_events_leave_as_they_are_sent_not_when_the_step_ends(celery_worker):
+    """As on FX: the subscriber of the first of three events sent 1 s apart starts while its sender still runs."""
+    sender = make_package("fx_live_sender", {"main.py": """
+import time
+from ferris_ef import context
+for n in range(3):
+    print(time.time(), flush=True)  # when event n is sent
+    context.events.send("fx.live.tick", data={"n": n})
+    time.sleep(1)
+"""})  # fmt: skip
+    listener = make_package("fx_live_listener", {"main.py": "print('got it')"})
+    listener.trigger_event_types.add(EventType.objects.create(name="fx.live.tick"))
+
+    step = run(sender).steps.get()
+    received = [wait_until_finished(execution, timeout=60) for execution in
+                Execution.objects.filter(package=listener).order_by("created_at")]  # fmt: skip
+
+    assert step.status == "completed", step.stderr
+    assert [execution.params["n"] for execution in received] == [0, 1, 2]  # each event started one run, in order
+    assert len({execution.trigger_event_id for execution in received}) == 3
+    # It did not wait for the end of the sending step, nor even for the third event to be sent.
+    third_sent = datetime.fromtimestamp(float(step.stdout.split()[2]), UTC)
+    assert received[0].started_at < third_sent < step.finished_at
+    assert all(execution.status == ExecutionStatus.COMPLETED for execution in received)
 
 
 def test_logging_lines_are_in_the_step_output(celery_worker):

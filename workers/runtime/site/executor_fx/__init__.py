@@ -7,8 +7,9 @@ file-backed ones, at the moment their module is first imported:
 - python-consul's `consul.Consul` -> FileConsul, whose `kv` reads and writes <EXECUTOR_FX_DIR>/consul/<key>
   (config, platform config, the package's state); the worker saves the state after the step;
 - kafka-python's `kafka.KafkaProducer` -> OutboxProducer: events (FerrisEvents, context.events.send) are appended
-  to <fx>/outbox/events.jsonl, which the worker dispatches after the step; log records streamed to the logs
-  topic are dropped (FX's log handler has already printed them);
+  to <fx>/outbox/events.jsonl, one line per event, which the worker follows while the step runs and dispatches
+  line by line (workers/fx_events.py); log records streamed to the logs topic are dropped (FX's log handler has
+  already printed them);
 - requests to ADAPTER_URL (SECRETS_API_URL and SERVICES_API_URL point there) are answered here: secrets.set and
   scheduler.retry/schedule go to the outbox for the worker; a secret not in argv[1] does not exist.
 """
