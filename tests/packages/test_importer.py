@@ -3,12 +3,14 @@ import os
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
-from executions.models import TriggerType
+from executions.models import Execution, TriggerType
 from executions.services import trigger_execution
 from packages.importer import PackageImportError, import_package_dir, import_package_files
 from packages.models import Package, Secret
+from packages.run_forms import parameter_fields
 from tests.factories import SEED_DIR
 
 pytestmark = pytest.mark.django_db
@@ -238,3 +240,42 @@ def test_the_command_says_which_files_are_only_shipped(tmp_path, capsys):
     assert "  1. app.py\n" in out
     assert "  3. helpers.py  (shipped, not run: manifest.json does not list it)\n" in out
 
+
+def choices_form(default, *, kind: str = "select") -> bytes:
+    region = {"type": kind, "name": "region", "label": "Region", "default": default, "choices": [
+        {"title": "Europe", "value": "eu"}, {"title": "Americas", "value": "us"}, {"title": "Asia", "value": 3},
+        {"title": "Twice", "value": "t1"}, {"title": "Twice", "value": "t2"}]}  # fmt: skip
+    return json.dumps({"fields": [{"type": "text", "name": "note"}, region]}).encode()
+
+
+def test_a_choice_default_given_as_its_title_selects_that_choice_and_submits_its_value(admin_client, enqueued):
+    package = import_package_files("fx_form", {"parameters.json": choices_form("Europe"), "a.py": b""}).package
+    url = reverse("admin:packages_package_run", args=[package.pk])
+
+    page = admin_client.get(url).content.decode()
+    assert '<option value="eu" selected>Europe</option>' in page
+
+    admin_client.post(url, {"note": "", "region": "eu"})  # what the browser sends for the pre-selected choice
+    assert Execution.objects.get(package=package).params["region"] == "eu"
+
+
+@pytest.mark.parametrize(
+    ("default", "kind", "expected"),
+    [("Asia", "radio", 3), (["Americas", "eu"], "multiselect", ["us", "eu"]), ("us", "select", "us")],
+)
+def test_a_choice_default_becomes_the_choices_value(default, kind, expected):
+    package = import_package_files("fx_form", {"parameters.json": choices_form(default, kind=kind)}).package
+    assert parameter_fields(package)[1]["default"] == expected
+
+
+@pytest.mark.parametrize(
+    ("default", "message"),
+    [
+        ("Oceania", "field 2 \\(region\\): default 'Oceania' is neither a choice's value nor its title"),
+        ("Twice", "field 2 \\(region\\): default 'Twice' is the title of 2 choices: give a value instead"),
+    ],
+)
+def test_a_choice_default_that_names_no_single_choice_is_an_import_problem(default, message):
+    with pytest.raises(PackageImportError, match=message):
+        import_package_files("fx_form", {"parameters.json": choices_form(default), "a.py": b""})
+    assert Package.objects.count() == 0
