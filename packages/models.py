@@ -454,7 +454,11 @@ class GitRepository(models.Model):
     url = models.CharField(
         "URL", max_length=500, help_text="git@host:org/repo.git, https://host/org/repo.git, file:///path or a path."
     )
-    branch = models.CharField(max_length=200, default="main")
+    branch = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Empty: the repository's default branch (its HEAD), filled in by the first sync.",
+    )
     auth = models.CharField("authentication", max_length=20, choices=GitAuth, default=GitAuth.NONE)
     deploy_public_key = models.TextField(blank=True, editable=False)
     deploy_private_key_encrypted = models.TextField(blank=True, editable=False)
@@ -477,7 +481,7 @@ class GitRepository(models.Model):
         constraints = [models.UniqueConstraint(fields=["project", "url"], name="repository_unique_per_project")]
 
     def __str__(self) -> str:
-        return f"{self.url} ({self.branch})"
+        return f"{self.url} ({self.branch or 'default branch'})"
 
     def clean(self) -> None:
         """The URL policy of packages/git_urls.py (resolving the host now; the sync checks again), and a URL the
