@@ -224,13 +224,24 @@ class ScriptInline(ProjectScopedInline, admin.TabularInline):
     form = ScriptInlineForm
     formset = ScriptInlineFormSet
     extra = 1
-    fields = ["position", "file_name", "kind_display", "size_display", "download", "upload"]
-    readonly_fields = ["file_name", "kind_display", "size_display", "download"]
+    fields = ["position", "file_name", "kind_display", "runs_display", "size_display", "download", "upload"]
+    readonly_fields = ["file_name", "kind_display", "runs_display", "size_display", "download"]
     ordering = ["position", "file_name"]
 
     @admin.display(description="Kind")
     def kind_display(self, script: Script) -> str:
         return script.kind.label if script.pk else ""
+
+    @admin.display(description="Runs")
+    def runs_display(self, script: Script) -> str:
+        """Which files are steps and which are only shipped beside them (Script, Package.scripts_that_run)."""
+        if not script.pk:
+            return ""
+        if script.is_step:
+            return "Runs"
+        entrypoint = script.package.entrypoint
+        why = f"only the entrypoint {entrypoint} runs" if entrypoint else "manifest.json does not list it to run"
+        return format_html('<span title="{}">Shipped only</span>', f"Copied beside the steps, not run: {why}.")
 
     @admin.display(description="Size")
     def size_display(self, script: Script) -> str:

@@ -2,9 +2,11 @@
 
 Each sync fetches the branch afresh (depth 1, dulwich) into a bare repository in a temporary directory and reads
 the commit's tree from the Git object store: no checkout is ever written, so a symlink in the repository can
-never make the server read one of its own files. Only regular files (modes 100644 and 100755) directly inside a
-top-level directory become package files; symlinks, submodules, nested directories and anything else are listed
-in the report (`skipped`), and a top-level entry that is not a directory makes no package.
+never make the server read one of its own files. A repository saved without a branch follows the remote's default
+branch, the one its HEAD names (as `git clone` does), recorded on the first sync. Only regular files (modes
+100644 and 100755) directly inside a top-level directory become package files; symlinks, submodules, nested
+directories and anything else are listed in the report (`skipped`), and a top-level entry that is not a directory
+makes no package.
 
 Every directory goes through the same import as `import_package` (packages/importer.py), each in its own
 transaction: a broken directory is reported with its error and the others still sync. A repository creates and
@@ -65,6 +67,7 @@ LOCK_NAMESPACE = 0x6578  # advisory lock keys: (this, repository id)
 HTTPS_USERNAME = "x-access-token"  # GitHub's name for token logins; GitLab and Gitea accept any name
 NETWORK_TIMEOUT_SECONDS = 60
 REGULAR_FILE_MODES = (0o100644, 0o100755)
+HEAD = b"HEAD"
 
 
 class SyncError(Exception):
@@ -126,18 +129,23 @@ def _checked_url(repository: GitRepository) -> GitUrl:
 
 
 def _fetch(repository: GitRepository, url: GitUrl, tmp: Path, report: SyncReport) -> tuple[BaseObjectStore, Tree]:
-    """Fetch the branch's commit (depth 1) into a bare repository under `tmp`; return its object store and tree."""
+    """Fetch the branch's commit (depth 1) into a bare repository under `tmp`; return its object store and tree.
+
+    A repository without a branch gets the remote's default branch, the one its HEAD names (as `git clone` does),
+    recorded on the repository so later syncs and the push webhook follow that branch.
+    """
     target = Repo.init_bare(str(tmp / "repository.git"), mkdir=True)
-    wanted = f"refs/heads/{repository.branch}".encode()
+    wanted = f"refs/heads/{repository.branch}".encode() if repository.branch else HEAD
     found: dict[bytes, bytes] = {}
 
     def determine_wants(refs, depth=None) -> list[bytes]:
         found.update(refs)
         return [refs[wanted]] if wanted in refs else []
 
+    prefixes = [b"refs/heads/"] if repository.branch else [HEAD, b"refs/heads/"]
     try:
         with _transport(repository, url, tmp, report) as client:
-            client.fetch(url.path, target, determine_wants=determine_wants, depth=1, ref_prefix=[b"refs/heads/"])
+            result = client.fetch(url.path, target, determine_wants=determine_wants, depth=1, ref_prefix=prefixes)
     except SyncError:
         raise
     except Exception as exc:  # dulwich reports network, protocol and auth problems with many exception types
@@ -146,6 +154,8 @@ def _fetch(repository: GitRepository, url: GitUrl, tmp: Path, report: SyncReport
         raise SyncError(f"could not fetch {repository.url}: {type(exc).__name__}: {str(exc).strip()}") from None
     prefix = b"refs/heads/"
     repository.branches = sorted(ref[len(prefix) :].decode(errors="replace") for ref in found if ref.startswith(prefix))
+    if not repository.branch:
+        _take_default_branch(repository, result.symrefs.get(HEAD), found, report)
     if wanted not in found:
         branches = ", ".join(repository.branches) or "none"
         raise SyncError(f"branch {repository.branch!r} not found; the repository has: {branches}")
@@ -154,6 +164,21 @@ def _fetch(repository: GitRepository, url: GitUrl, tmp: Path, report: SyncReport
         raise SyncError(f"branch {repository.branch!r} does not point to a commit")
     report.commit = commit.id.decode()
     return target.object_store, target.object_store[commit.tree]
+
+
+def _take_default_branch(repository: GitRepository, head: bytes | None, refs: dict[bytes, bytes],
+                         report: SyncReport) -> None:  # fmt: skip
+    """Record the branch the remote's HEAD names as the repository's branch (only if none was set meanwhile)."""
+    prefix = b"refs/heads/"
+    if head is None and HEAD in refs:  # a server that does not say where HEAD points: the one branch at its commit
+        matching = [ref for ref, sha in refs.items() if ref.startswith(prefix) and sha == refs[HEAD]]
+        head = matching[0] if len(matching) == 1 else None
+    if head is None or not head.startswith(prefix) or head not in refs:
+        branches = ", ".join(repository.branches) or "none"
+        raise SyncError(f"the repository does not name a default branch (HEAD): choose a branch ({branches})")
+    repository.branch = head[len(prefix) :].decode(errors="replace")
+    GitRepository.objects.filter(pk=repository.pk, branch="").update(branch=repository.branch)
+    report.notes.append(f"branch {repository.branch}: the repository's default branch (its HEAD)")
 
 
 def _import_tree(repository: GitRepository, store: BaseObjectStore, root: Tree, report: SyncReport,

@@ -34,7 +34,7 @@ def queue_sync(repository: GitRepository, adopt: Sequence[str] = ()) -> None:
 @require_POST
 def push_webhook(request, repository_id: int):
     """GitHub-style push notification: `X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body, with the webhook
-    secret>`. A push to another branch, or GitHub's ping, syncs nothing."""
+    secret>`. A push to another branch (once the repository knows its branch), or GitHub's ping, syncs nothing."""
     repository = GitRepository.objects.filter(pk=repository_id).first()
     if repository is None:
         return JsonResponse({"detail": f"No repository {repository_id}."}, status=404)
@@ -53,7 +53,8 @@ def push_webhook(request, repository_id: int):
     ref = _pushed_ref(body)
     if request.headers.get("X-GitHub-Event") == "ping":
         return JsonResponse({"status": "pong"})
-    if ref and ref != f"refs/heads/{repository.branch}":
+    # A repository saved without a branch learns the remote's default branch at its first sync: any push may be it.
+    if ref and repository.branch and ref != f"refs/heads/{repository.branch}":
         return JsonResponse({"status": f"ignored: a push to {ref}, not to {repository.branch}"})
     queue_sync(repository)
     return JsonResponse({"status": "sync queued"}, status=202)

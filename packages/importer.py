@@ -1,11 +1,14 @@
 """Import a package (FX layout) into the catalogue, creating the package or updating it in place.
 
-One directory = one package; its name is the technical package name. Every file becomes a script, except
-`secrets.json`, whose values go to encrypted storage and which is never kept as a file. Order: the files named by
-manifest.json's `execution_order` first, in that order, then the rest by name. With an `entrypoint`, only that
-file runs. Re-importing updates the package and its scripts in place: scripts keep their ids, files that
-disappeared are removed, execution history stays. Everything is validated before anything is written, and the
-write is one transaction: a bad package changes nothing.
+One directory = one package; its name is the technical package name. Every file is kept, except `secrets.json`,
+whose values go to encrypted storage and which is never kept as a file. Order: the files named by manifest.json's
+`execution_order` first, in that order, then the rest by name. Which files run, as on FX: with an `entrypoint`,
+that file alone; else with an `execution_order`, the files it lists; else (no manifest, or one with neither key)
+every file, as uploads do. The others are support files (Script.runs unset): shipped in the package directory
+beside the steps (modules they import, data they read; manifest.json itself) but never a step. Re-importing
+updates the package and its scripts in place: scripts keep their ids, files that disappeared are removed,
+execution history stays. Everything is validated before anything is written, and the write is one transaction: a
+bad package changes nothing.
 
 The core, `import_package_files`, takes the files as a name -> bytes mapping and never touches the file system.
 `import_package` reads a directory into one with `read_package_dir` (regular files only: symlinks, nested
@@ -75,6 +78,7 @@ class ImportResult:
     created: bool
     files: list[str]
     secrets: list[str] = field(default_factory=list)
+    shipped: list[str] = field(default_factory=list)  # support files: in the package directory, never a step
     skipped: list[str] = field(default_factory=list)  # "name: reason" for each entry that was not imported
     notes: list[str] = field(default_factory=list)  # ownership changes: adopted, detached, moved, given a project
     adopted: bool = False  # a Git import took over a package uploaded by hand or owned by another repository
@@ -188,6 +192,7 @@ def import_package_files(
     order = _order(names, manifest.get("execution_order"))
     if manifest.get("entrypoint") and manifest["entrypoint"] not in names:
         raise PackageImportError(f"manifest.json: entrypoint {manifest['entrypoint']} does not exist")
+    running = _files_that_run(order, manifest)
     with transaction.atomic():
         # The row stays locked to the end: two imports of one name (two repositories) cannot both claim it.
         package, created = Package.objects.select_for_update().get_or_create(
@@ -196,10 +201,11 @@ def import_package_files(
         claim = _Claim(project_name=project_name, source=source, adopt=adopt, detach=detach)
         notes = claim.apply(package, created)
         _save_package(package, manifest)
-        _save_scripts(package, order, files)
+        _save_scripts(package, order, running, files)
         store_package_secrets(package, secrets)  # the schedule followed each save (packages/schedules.py)
     return ImportResult(package=package, created=created, files=order, secrets=sorted(secrets),
-                        skipped=list(skipped), notes=notes, adopted=claim.adopted)  # fmt: skip
+                        shipped=[name for name in order if name not in running], skipped=list(skipped), notes=notes,
+                        adopted=claim.adopted)  # fmt: skip
 
 
 @dataclass
@@ -285,12 +291,23 @@ def _save_package(package: Package, manifest: dict) -> None:
         package.trigger_event_types.set(events)
 
 
-def _save_scripts(package: Package, order: list[str], contents: Mapping[str, bytes]) -> None:
+def _save_scripts(package: Package, order: list[str], running: set[str], contents: Mapping[str, bytes]) -> None:
     package.scripts.exclude(file_name__in=order).delete()
     for position, name in enumerate(order, start=1):
         Script.objects.update_or_create(
-            package=package, file_name=name, defaults={"position": position, "content": contents[name]}
+            package=package,
+            file_name=name,
+            defaults={"position": position, "content": contents[name], "runs": name in running},
         )
+
+
+def _files_that_run(order: list[str], manifest: dict) -> set[str]:
+    """The files that become steps (module docstring); the rest are shipped only."""
+    if manifest.get("entrypoint"):
+        return {manifest["entrypoint"]}
+    if "execution_order" in manifest:
+        return set(manifest["execution_order"])
+    return set(order)
 
 
 def _check_manifest(manifest) -> dict:

@@ -240,6 +240,11 @@ class Package(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def scripts_that_run(self) -> models.QuerySet:
+        """The files a run has a step for, in run order; the other files are only shipped beside them (Script)."""
+        scripts = self.scripts.filter(runs=True).order_by("position", "file_name")
+        return scripts.filter(file_name=self.entrypoint) if self.entrypoint else scripts
+
     @property
     def has_run_form(self) -> bool:
         return self.scripts.filter(file_name=PARAMETERS_FILE).exists()
@@ -277,12 +282,22 @@ def kind_for_file_name(file_name: str) -> ScriptKind:
 
 
 class Script(models.Model):
-    """One file of a package. Every file becomes a step; files without a handler end up `unprocessed`."""
+    """One file of a package. Every file is copied into the run's package directory; each file that `runs`
+    becomes a step (files without a handler end up `unprocessed`). The others are support files: modules the
+    steps import, data they read.
+
+    A manifest decides which files run (packages/importer.py): its `entrypoint`, else its `execution_order`, as on
+    FX; without either, every file runs in position order, as uploads always have. A package's `entrypoint` (set
+    in the admin too) narrows the steps to that one file whatever `runs` says.
+    """
 
     package = models.ForeignKey(Package, on_delete=models.CASCADE, related_name="scripts")
     position = models.PositiveIntegerField(default=0, help_text="Run order: lower runs first.")
     file_name = models.CharField(max_length=200, validators=[file_name_validator])
     content = models.BinaryField()
+    runs = models.BooleanField(
+        default=True, help_text="Runs as a step. Unset: a support file, shipped beside the steps but not run."
+    )
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -301,6 +316,12 @@ class Script(models.Model):
     @property
     def size(self) -> int:
         return len(self.content)
+
+    @property
+    def is_step(self) -> bool:
+        """Whether a run has a step for this file (Package.scripts_that_run, for one file)."""
+        entrypoint = self.package.entrypoint
+        return self.runs and (not entrypoint or self.file_name == entrypoint)
 
 
 class EnvironmentVariable(models.Model):
@@ -438,7 +459,11 @@ class GitRepository(models.Model):
     url = models.CharField(
         "URL", max_length=500, help_text="git@host:org/repo.git, https://host/org/repo.git, file:///path or a path."
     )
-    branch = models.CharField(max_length=200, default="main")
+    branch = models.CharField(
+        max_length=200,
+        blank=True,
+        help_text="Empty: the repository's default branch (its HEAD), filled in by the first sync.",
+    )
     auth = models.CharField("authentication", max_length=20, choices=GitAuth, default=GitAuth.NONE)
     deploy_public_key = models.TextField(blank=True, editable=False)
     deploy_private_key_encrypted = models.TextField(blank=True, editable=False)
@@ -461,7 +486,7 @@ class GitRepository(models.Model):
         constraints = [models.UniqueConstraint(fields=["project", "url"], name="repository_unique_per_project")]
 
     def __str__(self) -> str:
-        return f"{self.url} ({self.branch})"
+        return f"{self.url} ({self.branch or 'default branch'})"
 
     def clean(self) -> None:
         """The URL policy of packages/git_urls.py (resolving the host now; the sync checks again), and a URL the

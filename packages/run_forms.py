@@ -2,10 +2,11 @@
 
 `{"fields": [{"type", "name", "label", "required", "description", "default", "placeholder", ...}]}` with the FX
 types text, textarea, int (min, max), float (min, max, step), select and radio (choices: [{title, value}]),
-multiselect (a list) and file. An uploaded file is given to the run: the worker writes it at
-`_uploads/<field>/<file name>` in the scripts' working directory, and that relative path is the field's value.
-A file may be at most EXECUTOR_MAX_UPLOAD_BYTES (executor_project/uploads.py refuses a larger request before it
-is read; the field checks the file's size again).
+multiselect (a list) and file. A choice field's `default` names a choice's value, or its title when exactly one
+choice has that title (parse_parameters turns it into the value; any other default is refused). An uploaded file
+is given to the run: the worker writes it at `_uploads/<field>/<file name>` in the scripts' working directory, and
+that relative path is the field's value. A file may be at most EXECUTOR_MAX_UPLOAD_BYTES
+(executor_project/uploads.py refuses a larger request before it is read; the field checks the file's size again).
 """
 
 import re
@@ -46,21 +47,52 @@ def parse_parameters(content: bytes) -> list[dict]:
     fields = document.get("fields") if isinstance(document, dict) else None
     if not isinstance(fields, list):
         raise ParametersError('parameters.json must be an object {"fields": [...]}.')
-    names = set()
+    names, parsed = set(), []
     for number, spec in enumerate(fields, start=1):
         where = f"parameters.json field {number}"
         if not isinstance(spec, dict) or spec.get("type") not in TYPES:
             raise ParametersError(f"{where}: type must be one of {', '.join(sorted(TYPES))}.")
         if not isinstance(spec.get("name"), str) or not _NAME.match(spec["name"]) or spec["name"] in names:
             raise ParametersError(f"{where}: name must be a unique identifier (letters, digits, _; at most 64).")
-        if spec["type"] in ("select", "radio", "multiselect") and not _valid_choices(spec.get("choices")):
-            raise ParametersError(f"{where} ({spec['name']}): choices must be a list of {{title, value}}.")
+        if spec["type"] in ("select", "radio", "multiselect"):
+            if not _valid_choices(spec.get("choices")):
+                raise ParametersError(f"{where} ({spec['name']}): choices must be a list of {{title, value}}.")
+            spec = _with_default_as_value(spec, f"{where} ({spec['name']})")
         names.add(spec["name"])
-    return fields
+        parsed.append(spec)
+    return parsed
 
 
 def _valid_choices(choices) -> bool:
     return isinstance(choices, list) and all(isinstance(c, dict) and "value" in c for c in choices)
+
+
+def _with_default_as_value(spec: dict, where: str) -> dict:
+    """The field with its `default` naming a choice's value. FX files often give the title the form shows
+    instead; left as it is, the form would show no choice selected and submit null. A title that exactly one
+    choice has means that choice; any other default is an error, so the import reports it."""
+    default = spec.get("default")
+    if default in (None, "", []):
+        return spec
+    wanted = default if spec["type"] == "multiselect" and isinstance(default, list) else [default]
+    values = [_choice_value(spec["choices"], item, where) for item in wanted]
+    return {**spec, "default": values if spec["type"] == "multiselect" else values[0]}
+
+
+def _choice_value(choices: list[dict], default, where: str):
+    """The value of the choice `default` names: its value (compared as text, as the form does) or its title."""
+    for choice in choices:
+        if str(choice["value"]) == str(default):
+            return choice["value"]
+    titled = [choice["value"] for choice in choices if choice.get("title") == default]
+    if len(titled) == 1:
+        return titled[0]
+    values = ", ".join(str(choice["value"]) for choice in choices)
+    if titled:
+        raise ParametersError(f"{where}: default {default!r} is the title of {len(titled)} choices: give a "
+                              f"value instead (values: {values}).")  # fmt: skip
+    raise ParametersError(f"{where}: default {default!r} is neither a choice's value nor its title (values: "
+                          f"{values}).")  # fmt: skip
 
 
 class RunForm(forms.Form):

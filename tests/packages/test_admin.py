@@ -1,5 +1,7 @@
 """The seed walkthrough through the admin's forms: add a package with two files, Run it, read its results."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import Permission
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -7,6 +9,7 @@ from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
 from executions.models import Execution, ExecutionStatus, StepStatus
+from packages.importer import import_package_files
 from packages.models import EventType, Package, PackageState, Project, ProjectMembership, ProjectRole, Secret, Tag
 from packages.schedules import sync_package_schedule
 from tests.factories import SEED_DIR, make_package, package_form
@@ -92,6 +95,19 @@ def test_script_download_returns_the_stored_bytes(admin_client, seed_package):
     response = admin_client.get(reverse("admin:packages_script_download", args=[script.pk]))
     assert response.content == (SEED_DIR / "test_scr.py").read_bytes()
     assert 'filename="test_scr.py"' in response["Content-Disposition"]
+
+
+def test_the_package_page_shows_which_files_run_and_which_are_only_shipped(admin_client):
+    files = {"manifest.json": b'{"execution_order": ["app.py"]}', "app.py": b"import helpers", "helpers.py": b""}
+    package = import_package_files("fx_app", files).package
+
+    page = admin_client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
+
+    page = re.sub(r">\s+<", "><", page)
+    rows = {row.split("</p>")[0].rsplit(">", 1)[-1]: row for row in page.split('<td class="field-file_name">')[1:]}
+    assert '<td class="field-runs_display"><p>Runs</p>' in rows["app.py"]
+    for name in ("helpers.py", "manifest.json"):
+        assert ">Shipped only</span>" in rows[name] and "manifest.json does not list it to run" in rows[name]
 
 
 def test_clearing_a_position_keeps_the_script_where_it_was(admin_client, seed_package):

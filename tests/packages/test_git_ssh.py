@@ -107,7 +107,8 @@ def test_a_repository_syncs_over_ssh_with_its_deploy_key_and_pins_the_host_key(s
     host_key = (tmp_path / "host_key.pub").read_text().split()[1]
     assert host_key in repository.ssh_known_hosts and repository.credentials_host == f"127.0.0.1:{ssh_server.port}"
     assert report.notes == [f"pinned the SSH host key of 127.0.0.1:{ssh_server.port} (first sync): later syncs "
-                            "require it"]  # fmt: skip
+                            "require it", "branch main: the repository's default branch (its HEAD)"]  # fmt: skip
+    assert repository.branch == "main"  # saved without one: the remote's HEAD named it, over SSH too
     assert sync_repository(repository).ok  # the pinned key, checked strictly
 
 

@@ -30,7 +30,7 @@ from packages.models import (
     ProjectRole,
 )
 from packages.schedules import periodic_task_name
-from tests.git_repos import FxRepository, fake_dns, fx_package
+from tests.git_repos import FxRepository, HttpsGitServer, fake_dns, fx_package
 
 pytestmark = pytest.mark.django_db
 
@@ -213,9 +213,15 @@ def test_push_webhook_ignores_other_branches_and_unknown_repositories(client, re
     set_secret_field(repository, "webhook_secret", "s")
     repository.save()
     body = json.dumps({"ref": "refs/heads/feature"}).encode()
-    response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+
+    def push():
+        return client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
                            headers={"X-Hub-Signature-256": sign("s", body)})  # fmt: skip
-    assert response.json() == {"status": "ignored: a push to refs/heads/feature, not to main"}
+
+    assert push().status_code == 202  # no branch yet: the sync learns the default branch, whichever was pushed
+    enqueued.clear()
+    sync_repository(repository)  # now the repository follows main, the remote's HEAD
+    assert push().json() == {"status": "ignored: a push to refs/heads/feature, not to main"}
     assert not enqueued
     assert client.post(reverse("git_webhook", args=[999]), b"{}", content_type="application/json").status_code == 404
 
@@ -359,3 +365,34 @@ def test_another_projects_repository_is_not_there(client, two_repositories):
     assert client.get(reverse("admin:packages_gitrepository_change", args=[other.pk])).status_code == 404
     add_page = client.get(reverse("admin:packages_gitrepository_add")).content.decode()
     assert ">Sales</option>" in add_page and ">HR</option>" not in add_page and ">Operations</option>" not in add_page
+
+
+def test_sync_repository_without_a_branch_follows_the_remotes_default_branch(remote, capsys):
+    remote.branch("trunk")
+    remote.checkout("trunk")  # HEAD now names trunk; main stays behind
+    remote.commit(fx_package("trunk_only"), message="on trunk")
+
+    call_command("sync_repository", remote.url, "--project", "Sales")
+
+    assert "note: branch trunk: the repository's default branch (its HEAD)" in capsys.readouterr().out
+    repository = GitRepository.objects.get()
+    assert repository.branch == "trunk" and repository.branches == ["main", "trunk"]
+    assert Package.objects.filter(package_name="trunk_only", active=True).exists()
+    remote.checkout("main")  # the remote's default changes: the repository stays on the branch it recorded
+    assert sync_repository(repository).ok and repository.branch == "trunk"
+
+
+def test_over_https_the_default_branch_is_the_one_the_server_advertises(remote, tmp_path, monkeypatch, settings):
+    settings.EXECUTOR_GIT_ALLOWED_HOSTS = ["127.0.0.1"]
+    remote.branch("trunk")
+    remote.checkout("trunk")
+    remote.commit(fx_package("trunk_only"), message="on trunk")
+    with HttpsGitServer(remote, tmp_path / "tls") as server:
+        server.trust(monkeypatch)
+        repository = GitRepository.objects.create(project=Project.objects.create(name="Ops"), url=server.url)
+
+        report = sync_repository(repository)
+
+    assert report.ok and "trunk_only" in report.created
+    repository.refresh_from_db()
+    assert repository.branch == "trunk"

@@ -3,10 +3,14 @@ import os
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.urls import reverse
 from django_celery_beat.models import PeriodicTask
 
+from executions.models import Execution, TriggerType
+from executions.services import trigger_execution
 from packages.importer import PackageImportError, import_package_dir, import_package_files
 from packages.models import Package, Secret
+from packages.run_forms import parameter_fields
 from tests.factories import SEED_DIR
 
 pytestmark = pytest.mark.django_db
@@ -175,3 +179,103 @@ def test_nested_directories_are_listed_not_imported(tmp_path):
     result = import_package_dir(directory)
 
     assert result.files == ["a.py"] and result.skipped == ["lib: directories inside a package are not imported"]
+
+
+FX_APP = {
+    "manifest.json": json.dumps({"execution_order": ["app.py"]}),
+    "__init__.py": "",
+    "helpers.py": "GREETING = 'hi'",
+    "app.py": "import helpers",
+    "parameters.json": '{"fields": []}',
+    "lookup.csv": "a,b",
+}
+
+
+def test_with_execution_order_only_the_listed_scripts_run_and_the_rest_is_shipped(enqueued):
+    result = import_package_files("fx_app", {name: content.encode() for name, content in FX_APP.items()})
+
+    package = result.package
+    assert result.shipped == ["__init__.py", "helpers.py", "lookup.csv", "manifest.json", "parameters.json"]
+    assert list(package.scripts.filter(runs=True).values_list("file_name", flat=True)) == ["app.py"]
+    assert package.scripts.count() == 6  # every file is kept: the worker copies them all beside the steps
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    assert list(execution.steps.values_list("file_name", flat=True)) == ["app.py"]
+
+
+def test_a_reimport_follows_the_new_execution_order(enqueued):
+    files = {name: content.encode() for name, content in FX_APP.items()}
+    import_package_files("fx_app", files)
+    files["manifest.json"] = json.dumps({"execution_order": ["helpers.py", "app.py"]}).encode()
+
+    package = import_package_files("fx_app", files).package
+
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    assert list(execution.steps.values_list("file_name", flat=True)) == ["helpers.py", "app.py"]
+
+
+@pytest.mark.parametrize(
+    ("manifest", "steps"),
+    [
+        (None, ["a.py", "b.py", "data.csv"]),  # no manifest: every file, as an upload
+        ({"description": "x"}, ["a.py", "b.py", "data.csv", "manifest.json"]),  # no rule in it: the same
+        ({"entrypoint": "b.py", "execution_order": ["a.py", "b.py"]}, ["b.py"]),  # the entrypoint alone
+    ],
+)
+def test_without_execution_order_every_file_runs_and_an_entrypoint_runs_alone(enqueued, manifest, steps):
+    files = {"a.py": b"", "b.py": b"", "data.csv": b"1"}
+    if manifest is not None:
+        files["manifest.json"] = json.dumps(manifest).encode()
+
+    package = import_package_files("fx_rules", files).package
+
+    assert [s.file_name for s in package.scripts.all() if s.is_step] == steps
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    assert list(execution.steps.values_list("file_name", flat=True)) == steps
+
+
+def test_the_command_says_which_files_are_only_shipped(tmp_path, capsys):
+    directory = write(tmp_path / "fx_app", FX_APP)
+    call_command("import_package", str(directory))
+    out = capsys.readouterr().out
+    assert "  1. app.py\n" in out
+    assert "  3. helpers.py  (shipped, not run: manifest.json does not list it)\n" in out
+
+
+def choices_form(default, *, kind: str = "select") -> bytes:
+    region = {"type": kind, "name": "region", "label": "Region", "default": default, "choices": [
+        {"title": "Europe", "value": "eu"}, {"title": "Americas", "value": "us"}, {"title": "Asia", "value": 3},
+        {"title": "Twice", "value": "t1"}, {"title": "Twice", "value": "t2"}]}  # fmt: skip
+    return json.dumps({"fields": [{"type": "text", "name": "note"}, region]}).encode()
+
+
+def test_a_choice_default_given_as_its_title_selects_that_choice_and_submits_its_value(admin_client, enqueued):
+    package = import_package_files("fx_form", {"parameters.json": choices_form("Europe"), "a.py": b""}).package
+    url = reverse("admin:packages_package_run", args=[package.pk])
+
+    page = admin_client.get(url).content.decode()
+    assert '<option value="eu" selected>Europe</option>' in page
+
+    admin_client.post(url, {"note": "", "region": "eu"})  # what the browser sends for the pre-selected choice
+    assert Execution.objects.get(package=package).params["region"] == "eu"
+
+
+@pytest.mark.parametrize(
+    ("default", "kind", "expected"),
+    [("Asia", "radio", 3), (["Americas", "eu"], "multiselect", ["us", "eu"]), ("us", "select", "us")],
+)
+def test_a_choice_default_becomes_the_choices_value(default, kind, expected):
+    package = import_package_files("fx_form", {"parameters.json": choices_form(default, kind=kind)}).package
+    assert parameter_fields(package)[1]["default"] == expected
+
+
+@pytest.mark.parametrize(
+    ("default", "message"),
+    [
+        ("Oceania", "field 2 \\(region\\): default 'Oceania' is neither a choice's value nor its title"),
+        ("Twice", "field 2 \\(region\\): default 'Twice' is the title of 2 choices: give a value instead"),
+    ],
+)
+def test_a_choice_default_that_names_no_single_choice_is_an_import_problem(default, message):
+    with pytest.raises(PackageImportError, match=message):
+        import_package_files("fx_form", {"parameters.json": choices_form(default), "a.py": b""})
+    assert Package.objects.count() == 0

@@ -25,7 +25,8 @@ class Command(BaseCommand):
         verb = "Created" if result.created else "Updated"
         self.stdout.write(f"{verb} package {result.package.package_name} (id {result.package.pk})")
         for position, name in enumerate(result.files, start=1):
-            self.stdout.write(f"  {position}. {name}")
+            shipped = "  (shipped, not run: manifest.json does not list it)" if name in result.shipped else ""
+            self.stdout.write(f"  {position}. {name}{shipped}")
         if result.secrets:
             self.stdout.write(f"  secrets stored encrypted: {', '.join(result.secrets)} (secrets.json not kept)")
         for note in result.notes:

@@ -14,7 +14,8 @@ class Command(BaseCommand):
         parser.add_argument("url", help="git@host:org/repo.git, ssh://..., https://... (file:///path or a path only "
                             "with EXECUTOR_GIT_ALLOW_LOCAL)")  # fmt: skip
         parser.add_argument("--project", required=True, help="the project's name (created if new)")
-        parser.add_argument("--branch", help="the branch to sync (default: the repository's, or main if new)")
+        parser.add_argument("--branch", help="the branch to sync (default: the repository's; if new, the remote's "
+                            "default branch, the one its HEAD names)")  # fmt: skip
         parser.add_argument("--adopt", action="append", default=[], metavar="NAME",
                             help="let the repository take over the existing package NAME (uploaded by hand or "
                             "owned by another repository; moved into this project). Repeatable.")  # fmt: skip
@@ -23,7 +24,7 @@ class Command(BaseCommand):
         self._check_url(url, project)
         project_obj, _ = Project.objects.get_or_create(name=project)
         repository, created = GitRepository.objects.select_related("project").get_or_create(
-            project=project_obj, url=url, defaults={"branch": branch or "main"}
+            project=project_obj, url=url, defaults={"branch": branch or ""}
         )
         if branch and repository.branch != branch:
             repository.branch = branch
