@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('packages', '0010_missed_runs'),
+        ('packages', '0012_repository_default_branch'),
     ]
 
     operations = [
