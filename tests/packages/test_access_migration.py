@@ -20,8 +20,9 @@ from packages.access import Action
 from packages.models import Package, Project, ProjectMembership
 
 BEFORE = [("packages", "0008_security"), ("executions", "0009_source_commit")]
-# (Read with the current models afterwards: the latest migration of each app, 0009 and 0010 included.)
-AFTER = [("packages", "0010_missed_runs"), ("executions", "0010_api_key_projects")]
+# Afterwards the data is read with the current models: forward to the latest migration of each app (0009 and 0010,
+# the upgrade under test, included).
+AFTER = "latest"
 # old model permissions -> the role the upgrade gives, first match wins (the migration's ROLE_BY_PERMISSION)
 LEGACY_USERS = {
     "olga_owner": (["change_project", "view_package"], "owner"),
@@ -46,6 +47,8 @@ def migrator():
 
 def migrate(executor: MigrationExecutor, targets):
     executor.loader.build_graph()  # the applied set changed since the executor was made
+    if targets == "latest":
+        targets = [node for node in executor.loader.graph.leaf_nodes() if node[0] in ("packages", "executions")]
     executor.migrate(targets)
     return executor.loader.project_state(targets).apps
 
