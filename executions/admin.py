@@ -1,6 +1,7 @@
 import json
 
 from django import forms
+from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.models import AnonymousUser
@@ -31,6 +32,11 @@ from .queueing import admin_message
 from .run_pages import run_form_page
 from .saved_runs import rerun
 from .services import TriggerRefused
+
+# django-celery-beat's tables are superusers' only (packages/admin.py:_platform_only) and written by Executor itself
+# (packages/schedules.py, saved_runs.py, later_runs.py; repaired by `manage.py sync_schedules`): a schedule is
+# edited on its package or saved run. Their section's name says they are the machinery, not "Periodic Tasks".
+apps.get_app_config("django_celery_beat").verbose_name = "Internal: schedules"
 
 # A runner may save, name and describe a run; putting it on a schedule is a maintainer's (it runs code unattended).
 SCHEDULE_FIELDS = frozenset({"schedule", "schedule_timezone"})
