@@ -14,6 +14,7 @@ from workers.tasks import run_execution
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
 SMALL = {"width": 1280, "height": 800}
+WIDE = {"width": 1920, "height": 1080}
 SLEEPER = "import time\nprint('working', flush=True)\ntime.sleep(5)\nprint('done')\n"
 
 
@@ -52,6 +53,11 @@ def test_the_execution_page_follows_a_run_in_place(browser_page, live_server, ad
     expect(badge).to_have_text("Completed")
     assert badge.evaluate("b => b.scrollWidth <= b.clientWidth && b.getBoundingClientRect().right <= innerWidth")
     screenshot(page, "15-executions-1280")
+
+    page.set_viewport_size(WIDE)  # the README's pictures at a common desktop size
+    screenshot(page, "16-executions-1920")
+    page.goto(f"{live_server.url}/admin/executions/execution/{run.pk}/change/")
+    screenshot(page, "17-execution-1920")
 
 
 def a_run_four_levels_down_a_chain(monkeypatch) -> Execution:
