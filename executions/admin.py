@@ -455,6 +455,7 @@ class SavedExecutionAdmin(ExecutionAdmin):
     """Saved runs: named, reusable parameter sets; run again (optionally edited) or on their own schedule."""
 
     list_display = ["saved_name", "package", "parameters", "schedule_display", "last_run", "run_again"]
+    change_list_template = None  # the admin's own: none of the executions list's width or refresh is needed here
     list_filter = [("package__project", ProjectFilter), ("package", PackageFilter)]
     list_select_related = ["package"]
 

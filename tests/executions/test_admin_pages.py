@@ -3,11 +3,11 @@ page and its JSON, the list's columns and self-refresh, the time zone box, the d
 required marks, the internal schedules section and the event types a package may subscribe to."""
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from django.test import Client
-from django.utils import timezone as django_timezone
+from django.utils import timezone
 
 from executions.list_times import duration_words, relative_time
 from executions.models import Execution, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
@@ -27,7 +27,7 @@ def running():
     """An execution whose first step is running and has printed two lines; its second step waits."""
     package = make_package("live_pkg", {"a.py": "print(1)", "b.py": "print(2)"}, name="Live pkg")
     execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
-    now = django_timezone.now()
+    now = timezone.now()
     Execution.objects.filter(pk=execution.pk).update(status=ExecutionStatus.IN_PROGRESS, started_at=now)
     ExecutionStep.objects.filter(execution=execution, position=1).update(status=StepStatus.RUNNING, started_at=now,
                                                                          stdout="first\nsecond\n")  # fmt: skip
@@ -73,7 +73,7 @@ def test_the_list_refreshes_itself_only_while_a_run_on_it_is_going(admin_client,
 
 
 def test_list_times_are_short_words_with_the_full_time_on_hover():
-    now = datetime(2026, 11, 30, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 11, 30, 12, 0, tzinfo=UTC)
     assert ">3 min ago</time>" in relative_time(now - timedelta(minutes=3, seconds=20), now)
     assert ">2 d ago</time>" in relative_time(now - timedelta(days=2, hours=5), now)
     assert 'title="2026-11-30 11:56:40' in relative_time(now - timedelta(minutes=3, seconds=20), now)
@@ -86,7 +86,7 @@ def test_the_schedule_time_zone_is_typed_with_suggestions_and_checked(admin_clie
     url = f"/admin/executions/execution/{running.pk}/change/"
     page = admin_client.get(url).content.decode()
     assert 'list="id_schedule_timezone_choices"' in page and '<option value="Europe/Berlin">' in page
-    assert "<select name=\"schedule_timezone\"" not in page
+    assert '<select name="schedule_timezone"' not in page
 
     form = {"name": "kept", "description": "", "saved": "on", "schedule": "5 * * * *"}
     refused = admin_client.post(url, {**form, "schedule_timezone": "Mars/Olympus"})
