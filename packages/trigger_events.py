@@ -9,8 +9,8 @@ from cloudevents.v1.http import CloudEvent
 from .models import Package
 
 TRIGGERED_RUN = "ferris_executor.run_execution.triggered_run"
-# Types that name their target in the event itself: subscribing a package to one means nothing, so the package
-# form does not offer them.
+# Types whose events name the package they run in their data (executions/events.py:_targets), so the package form
+# does not offer them as subscriptions.
 INTERNAL_EVENT_TYPES = frozenset({TRIGGERED_RUN})
 
 
