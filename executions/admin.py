@@ -1,6 +1,7 @@
 import json
 
 from django import forms
+from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.auth.models import AnonymousUser
@@ -8,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import BooleanField, Case, Count, Exists, IntegerField, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Coalesce
-from django.http import Http404, HttpResponseRedirect
+from django.http import Http404, HttpResponseRedirect, JsonResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
@@ -16,7 +17,7 @@ from django.utils.html import format_html, format_html_join
 from executor_project.badges import status_badge
 from packages import access
 from packages.access import Action
-from packages.access_admin import MissingIsNotFound, ProjectScopedAdmin, ProjectScopedInline
+from packages.access_admin import MissingIsNotFound, ProjectScopedAdmin
 from packages.audit import AuditAction, record
 from packages.cron import CronError
 from packages.cron import parse as parse_cron
@@ -24,11 +25,18 @@ from packages.cron import parse as parse_cron
 from .big_lists import EstimatedCountPaginator, execution_search
 from .cancel import NothingToCancel, request_cancel
 from .chains import ChainNode, chain_of
+from .list_times import duration_words, relative_time
 from .models import ALL_API_SCOPES, ApiKey, ApiScope, Execution, ExecutionStep, SavedExecution, StepStatus, TriggerEvent
+from .progress_page import POLL_MS, progress_data, progress_html
 from .queueing import admin_message
 from .run_pages import run_form_page
 from .saved_runs import rerun
 from .services import TriggerRefused
+
+# django-celery-beat's tables are superusers' only (packages/admin.py:_platform_only) and written by Executor itself
+# (packages/schedules.py, saved_runs.py, later_runs.py; repaired by `manage.py sync_schedules`): a schedule is
+# edited on its package or saved run. Their section's name says they are the machinery, not "Periodic Tasks".
+apps.get_app_config("django_celery_beat").verbose_name = "Internal: schedules"
 
 # A runner may save, name and describe a run; putting it on a schedule is a maintainer's (it runs code unattended).
 SCHEDULE_FIELDS = frozenset({"schedule", "schedule_timezone"})
@@ -94,10 +102,27 @@ class ManagedProjectFilter(ScopedRelatedFilter):
     action = Action.MANAGE
 
 
+class SuggestingInput(forms.TextInput):
+    """A text box that offers its field's choices as you type (an HTML datalist): a time zone is found by typing
+    "Berl", not by scrolling a select of 600 zones. The field still accepts only one of its choices."""
+
+    template_name = "admin/executions/widgets/suggesting_input.html"
+
+    def get_context(self, name, value, attrs):
+        context = super().get_context(name, value, attrs)
+        context["widget"]["attrs"]["list"] = f"{context['widget']['attrs'].get('id', name)}_choices"
+        context["widget"]["suggestions"] = [choice for choice, _ in getattr(self, "choices", []) if choice]
+        return context
+
+    def format_value(self, value):
+        return str(value) if value else ""  # a ZoneInfo shows as its key, "Europe/Berlin"
+
+
 class ExecutionForm(forms.ModelForm):
     class Meta:
         model = Execution
         fields = ["name", "description", "saved", "schedule", "schedule_timezone"]
+        widgets = {"schedule_timezone": SuggestingInput(attrs={"autocomplete": "off", "size": 30})}
 
     def clean(self):
         cleaned = super().clean()
@@ -110,33 +135,6 @@ class ExecutionForm(forms.ModelForm):
         return cleaned
 
 
-class ExecutionStepInline(ProjectScopedInline, admin.TabularInline):
-    model = ExecutionStep
-    extra = 0
-    can_delete = False
-    fields = ["position", "file_name", "status_display", "status_reason", "exit_code", "duration_ms", "results"]
-    readonly_fields = fields
-    ordering = ["position"]
-
-    def has_add_permission(self, request, obj=None):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    @admin.display(description="Status")
-    def status_display(self, step: ExecutionStep) -> str:
-        return status_badge(step.status, step.get_status_display())
-
-    @admin.display(description="Results")
-    def results(self, step: ExecutionStep) -> str:
-        url = reverse("admin:executions_execution_step_results", args=[step.execution_id, step.pk])
-        return format_html('<a href="{}">Show Results</a>', url)
-
-
 @admin.register(Execution)
 class ExecutionAdmin(ProjectScopedAdmin):
     """Executions of the user's projects. Seeing one needs VIEW; its form (name, description, saved), Re-run and
@@ -146,22 +144,23 @@ class ExecutionAdmin(ProjectScopedAdmin):
     edit_action = Action.RUN
     form = ExecutionForm
     change_form_template = "admin/executions/execution/change_form.html"  # the saved runs' admin shares it
-    inlines = [ExecutionStepInline]
+    # The FX columns, compact enough for 1280 px beside the filters: short ids, relative times (the full time on
+    # hover), the trigger event under its trigger type, a duration in words.
     list_display = [
         "short_id",
         "short_cid",
         "package",
-        "trigger_type",
-        "trigger_event_type",
+        "trigger",
         "status_display",
         "scripts_processed",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "execution_time_ms",
+        "created",
+        "started",
+        "finished",
+        "execution_time",
         "name",
         "saved",
     ]
+    change_list_template = "admin/executions/execution/change_list.html"
     list_filter = ["status", "trigger_type", "saved", ("package__project", ProjectFilter), ("package", PackageFilter),
                    "created_at"]  # fmt: skip
     list_select_related = ["package", "trigger_event"]
@@ -172,16 +171,15 @@ class ExecutionAdmin(ProjectScopedAdmin):
     show_full_result_count = False  # no COUNT(*) over a large table on every page view
     show_facets = admin.ShowFacets.NEVER  # per-filter counts: one COUNT per option over millions of rows
     paginator = EstimatedCountPaginator
+    # Status, times and steps come first, from progress.html (kept current in place); then the facts that do not
+    # change, then the form, then the chain, which can be long.
     fieldsets = [
-        (None, {"fields": ["name", "description", "saved", "schedule", "schedule_timezone"]}),
         (
             "Run",
             {
                 "fields": [
                     "id",
                     "package",
-                    "status_display",
-                    "status_reason",
                     "trigger_type",
                     "trigger_event_link",
                     "params",
@@ -190,17 +188,14 @@ class ExecutionAdmin(ProjectScopedAdmin):
                     "rerun_link",
                     "source_commit",
                     "created_by",
-                    "worker_name",
                     "created_at",
-                    "started_at",
-                    "finished_at",
-                    "execution_time_ms",
                 ]
             },
         ),
+        ("Keep this run", {"fields": ["name", "description", "saved", "schedule", "schedule_timezone"]}),
         ("Chain", {"fields": ["chain"], "description": "Executions sharing this correlation id, by parent."}),
     ]
-    readonly_fields = [*fieldsets[1][1]["fields"], "chain"]
+    readonly_fields = [*fieldsets[0][1]["fields"], "chain"]
 
     def get_queryset(self, request):
         return super().get_queryset(request).annotate(step_total=_step_count(), step_processed=_step_count(True))
@@ -222,6 +217,10 @@ class ExecutionAdmin(ProjectScopedAdmin):
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["may_run"] = obj is not None and access.can(request.user, Action.RUN, obj)
+        if obj is not None:
+            context["progress_html"] = progress_html(obj)
+            context["progress_url"] = reverse("admin:executions_execution_progress", args=[obj.pk])
+            context["poll_ms"] = POLL_MS
         return super().render_change_form(request, context, add, change, form_url, obj)
 
     def save_model(self, request, obj, form, change):
@@ -256,31 +255,51 @@ class ExecutionAdmin(ProjectScopedAdmin):
 
     @admin.display(description="Execution", ordering="id")
     def short_id(self, execution: Execution) -> str:
-        return execution.short_id
+        return format_html('<code title="{}">{}</code>', execution.id, execution.short_id)
 
     @admin.display(description="Status", ordering="status")
     def status_display(self, execution: Execution) -> str:
         return status_badge(execution.status, execution.get_status_display())
 
-    @admin.display(description="Correlation id", ordering="correlation_id")
+    @admin.display(description="CID", ordering="correlation_id")  # FX's name for the correlation id
     def short_cid(self, execution: Execution) -> str:
-        return execution.correlation_id[:8]
+        return format_html('<code title="{}">{}</code>', execution.correlation_id, execution.correlation_id[:8])
 
-    @admin.display(description="Trigger event")
-    def trigger_event_type(self, execution: Execution) -> str:
-        return execution.trigger_event.type if execution.trigger_event_id else "—"
+    @admin.display(description="Trigger", ordering="trigger_type")
+    def trigger(self, execution: Execution) -> str:
+        """The trigger type, and below it the event that started the run (FX's two columns in one)."""
+        if not execution.trigger_event_id:
+            return execution.get_trigger_type_display()
+        return format_html('{}<br><span class="executor-reason">{}</span>', execution.get_trigger_type_display(),
+                           execution.trigger_event.type)  # fmt: skip
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, execution: Execution) -> str:
+        return relative_time(execution.created_at)
+
+    @admin.display(description="Started", ordering="started_at")
+    def started(self, execution: Execution) -> str:
+        return relative_time(execution.started_at)
+
+    @admin.display(description="Finished", ordering="finished_at")
+    def finished(self, execution: Execution) -> str:
+        return relative_time(execution.finished_at)
+
+    @admin.display(description="Time")
+    def execution_time(self, execution: Execution) -> str:
+        if execution.duration_ms is None:
+            return "—"
+        return format_html(
+            '<span title="{} ms">{}</span>', execution.duration_ms, duration_words(execution.duration_ms)
+        )
 
     @admin.display(description="Re-run of")
     def rerun_link(self, execution: Execution) -> str:
         return _execution_link(execution.rerun_of, _viewer(execution)) if execution.rerun_of_id else "—"
 
-    @admin.display(description="Scripts processed")
+    @admin.display(description="Scripts")
     def scripts_processed(self, execution: Execution) -> str:
         return f"{execution.step_processed}/{execution.step_total}"
-
-    @admin.display(description="Execution time (ms)")
-    def execution_time_ms(self, execution: Execution):
-        return execution.duration_ms
 
     @admin.display(description="Trigger event")
     def trigger_event_link(self, execution: Execution) -> str:
@@ -321,6 +340,11 @@ class ExecutionAdmin(ProjectScopedAdmin):
                 "<uuid:execution_id>/cancel/",
                 self.admin_site.admin_view(self.cancel_view),
                 name=f"{prefix}_cancel",
+            ),
+            path(
+                "<uuid:execution_id>/progress/",
+                self.admin_site.admin_view(self.progress_view),
+                name=f"{prefix}_progress",
             ),
             path(
                 "<uuid:execution_id>/steps/<int:step_id>/results/",
@@ -365,6 +389,12 @@ class ExecutionAdmin(ProjectScopedAdmin):
         except NothingToCancel as exc:
             messages.warning(request, str(exc))
         return HttpResponseRedirect(reverse("admin:executions_execution_change", args=[execution.pk]))
+
+    def progress_view(self, request, execution_id):
+        """GET: what the execution's page shows live (progress_page.py), as JSON, for its polling script."""
+        execution = self._execution_for(request, execution_id, Action.VIEW)
+        execution._viewer = request.user  # the chain shows only what this user may see
+        return JsonResponse(progress_data(execution, self.chain(execution)))
 
     def step_results_view(self, request, execution_id, step_id: int):
         steps = access.scoped(ExecutionStep.objects.select_related("execution__package"), request.user,
@@ -425,6 +455,7 @@ class SavedExecutionAdmin(ExecutionAdmin):
     """Saved runs: named, reusable parameter sets; run again (optionally edited) or on their own schedule."""
 
     list_display = ["saved_name", "package", "parameters", "schedule_display", "last_run", "run_again"]
+    change_list_template = None  # the admin's own: none of the executions list's width or refresh is needed here
     list_filter = [("package__project", ProjectFilter), ("package", PackageFilter)]
     list_select_related = ["package"]
 

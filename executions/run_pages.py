@@ -55,6 +55,7 @@ def run_form_page(request, admin_site, package: Package, *, source: Execution | 
         form = ParametersForm(data, initial={"parameters": initial})
     else:
         form = RunForm(specs, data, files, initial=initial)
+    form.required_css_class = "required"  # the label gets the class: run_form.html marks it with an asterisk
     if form.is_valid():
         params, run_files = form.run_values()
         try:

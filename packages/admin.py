@@ -5,7 +5,7 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
-from django.db.models import Count
+from django.db.models import Count, Q
 from django.http import HttpResponse, HttpResponseRedirect
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
@@ -54,7 +54,7 @@ from .secret_forms import (
     UniqueNamesFormSet,
     read_secrets_file,
 )
-from .trigger_events import trigger_event_for
+from .trigger_events import INTERNAL_EVENT_TYPES, trigger_event_for
 
 
 class SecretInlineBase(admin.TabularInline):
@@ -282,6 +282,11 @@ class PackageForm(forms.ModelForm):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
+        if "trigger_event_types" in self.fields:
+            # Internal types are not offered; one a package already has stays, or saving would drop it unasked.
+            field = self.fields["trigger_event_types"]
+            kept = Q(subscribers=self.instance.pk) if self.instance.pk else Q(pk__in=[])
+            field.queryset = field.queryset.filter(~Q(name__in=INTERNAL_EVENT_TYPES) | kept).distinct()
         # Forms posted by clients written before the policy existed keep working: absent means unchanged.
         if self.is_bound and "missed_runs" in self.fields and "missed_runs" not in self.data:
             self.data = self.data.copy()

@@ -9,6 +9,9 @@ from cloudevents.v1.http import CloudEvent
 from .models import Package
 
 TRIGGERED_RUN = "ferris_executor.run_execution.triggered_run"
+# Types whose events name the package they run in their data (executions/events.py:_targets), so the package form
+# does not offer them as subscriptions.
+INTERNAL_EVENT_TYPES = frozenset({TRIGGERED_RUN})
 
 
 def trigger_event_for(package: Package, *, event_id: str, time: datetime) -> dict:

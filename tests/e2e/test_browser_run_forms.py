@@ -85,8 +85,8 @@ def test_a_run_through_the_form_and_a_rerun_with_edited_parameters(browser_page,
 
 
 def wait_until_completed(page, timeout: float = 60) -> None:
-    """The execution page reloads itself every 3 s while the run goes on."""
-    status = page.locator(".field-status_display .readonly")
+    """The execution page updates its status in place while the run goes on (no reload)."""
+    status = page.locator("#executor-status")
     deadline = time.monotonic() + timeout
     while status.inner_text().strip() != "Completed":
         assert status.inner_text().strip() not in {"Failed", "Cancelled", "Skipped"}, page.content()[-3000:]
