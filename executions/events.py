@@ -33,6 +33,7 @@ from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from packages.audit import AuditAction, record
 from packages.models import EventType, Package, Script
@@ -105,7 +106,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
             executions = _create_runs(event, plan.runs)
             if api_key is not None:
                 _audit(event, executions, api_key)
-            transaction.on_commit(lambda: enqueue_many(executions))
+            transaction.on_commit(lambda: enqueue_many(executions, stamped=True))
     except IntegrityError:
         # Received before, or a concurrent delivery of the same event won the unique (source, id): its outcome
         # stands.
@@ -209,7 +210,9 @@ def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlati
 
 def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[tuple[int, str]]]]) -> list[Execution]:
     """One pending execution per package with one pending step per script: one INSERT per table, however many
-    packages the event starts (inside the caller's transaction)."""
+    packages the event starts (inside the caller's transaction). They carry `enqueued_at` from the start: published
+    right after the commit, they need no UPDATE for it (executions/queueing.py)."""
+    now = timezone.now()
     executions = [
         Execution(
             package=package,
@@ -219,6 +222,7 @@ def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[tuple[int, 
             trigger_event=event,
             parent_execution_id=event.parent_execution_id,
             chain_depth=event.chain_depth,
+            enqueued_at=now,
         )
         for package, _ in runs
     ]

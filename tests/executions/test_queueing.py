@@ -81,6 +81,18 @@ def test_enqueue_many_publishes_every_execution_and_marks_it_queued(broker):
     assert Execution.objects.filter(enqueued_at__isnull=False).count() == 3
 
 
+def test_an_events_runs_stamped_at_their_insert_are_published_without_a_query(broker, django_assert_num_queries):
+    executions = pending(2)
+    age(executions, seconds=0)  # what executions/events.py inserts: enqueued_at set with the row
+
+    with django_assert_num_queries(0):  # the messages and their markers: one Redis transaction, no UPDATE
+        assert enqueue_many(executions, stamped=True) == 2
+
+    assert broker.llen("default") == 2
+    assert broker.exists(*(MARKER_PREFIX + str(execution.id) for execution in executions)) == 2
+    assert [execution.queued for execution in executions] == [True, True]
+
+
 def test_a_healthy_backlog_is_never_published_again(broker, settings):
     settings.EXECUTOR_REPUBLISH_AFTER_SECONDS = 30
     backlog = pending(3000)
@@ -175,7 +187,8 @@ def test_a_full_broker_is_reported_and_the_run_published_once_there_is_room(full
     assert response.json()["statusReason"].endswith(
         "; 1 of 1 recorded but not queued yet (queued as soon as the broker is back)"
     )
-    assert (execution.status, execution.enqueued_at) == (ExecutionStatus.PENDING, None)
+    assert (execution.status, execution.enqueued_at) == (ExecutionStatus.PENDING, None)  # stamped, then cleared
+    assert not redis.Redis.from_url(full_broker).exists(MARKER_PREFIX + str(execution.id))  # all or nothing
     assert "could not publish to the broker" in caplog.text and PASSWORD not in caplog.text
     assert reap().republished == 0  # still full
 
