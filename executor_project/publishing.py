@@ -22,23 +22,16 @@ _clients: "weakref.WeakKeyDictionary[object, object]" = weakref.WeakKeyDictionar
 
 
 def publish(task: str, args: Sequence, *, queue: str, producer=None) -> None:
-    """Send `task(*args)` to `queue`; on `producer` if given (one from `producer()`, so that a batch shares its
-    pipeline). Raises what the broker raised once CELERY_TASK_PUBLISH_RETRY_POLICY gives up (about a second)."""
+    """Send `task(*args)` to `queue`; on `producer` if given (a Transaction's: the message then waits for its
+    EXEC). Raises what the broker raised once CELERY_TASK_PUBLISH_RETRY_POLICY gives up (about a second)."""
     app.send_task(task, args=list(args), queue=queue, producer=producer, ignore_result=True)
 
 
 @contextlib.contextmanager
-def producer() -> Iterator:
-    """A producer from Celery's pool for several publishes; `with producer.batch():` sends them in one pipeline."""
-    with app.producer_or_acquire() as acquired:
-        yield acquired
-
-
-@contextlib.contextmanager
-def broker_client(producer=None) -> Iterator:
+def broker_client() -> Iterator:
     """A client of the broker's own Redis (the same URL, database and options as the messages), for what is kept
-    beside them (the queued markers of executions/queueing.py); on `producer`'s connection if given."""
-    with app.producer_or_acquire(producer) as acquired:
+    beside them (the queued markers of executions/queueing.py)."""
+    with app.producer_or_acquire() as acquired:
         yield _client_of(acquired.channel)
 
 
@@ -53,8 +46,8 @@ class Transaction:
         publish(task, args, queue=queue, producer=self.producer)
 
     def execute(self) -> None:
-        """Raises what Redis or the connection raised; then nothing was done (or, had the connection dropped
-        after EXEC went out, all of it)."""
+        """Raises what Redis or the connection raised. A command Redis refuses as it is queued (a full Redis: OOM)
+        or a connection lost before EXEC runs none of them; one lost after EXEC went out, all of them."""
         self.pipe.execute()
 
 
