@@ -18,6 +18,7 @@ from django.utils import timezone
 from executions.models import ApiKey, Execution, ExecutionStatus, TriggerType
 from executions.queueing import MARKER_PREFIX, NOT_QUEUED_REASON, enqueue, enqueue_many
 from executions.services import trigger_execution
+from executor_project import publishing
 from executor_project.celery import app
 from packages.models import EventType
 from tests.factories import make_package
@@ -91,6 +92,24 @@ def test_an_events_runs_stamped_at_their_insert_are_published_without_a_query(br
     assert broker.llen("default") == 2
     assert broker.exists(*(MARKER_PREFIX + str(execution.id) for execution in executions)) == 2
     assert [execution.queued for execution in executions] == [True, True]
+
+
+def test_an_events_run_stamped_but_never_published_is_published_by_the_next_reap(broker):
+    [execution] = pending(1)
+    age([execution], seconds=10)  # inserted with enqueued_at by an event; its process died before the publish
+
+    assert reap().republished == 1  # no marker, so no message: the MULTI/EXEC writes both or neither
+
+    assert broker.llen("default") == 1 and broker.exists(MARKER_PREFIX + str(execution.id))
+
+
+def test_the_broker_client_is_built_once_per_connection(broker):
+    with publishing.broker_client() as first:
+        pass
+    with publishing.broker_client() as second:  # the same pooled producer, so the same channel
+        pass
+
+    assert first is second
 
 
 def test_a_healthy_backlog_is_never_published_again(broker, settings):
