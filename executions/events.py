@@ -227,6 +227,9 @@ def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[tuple[int, 
         for package, _ in runs
     ]
     Execution.objects.bulk_create(executions)
+    for execution in executions:
+        # Until enqueue_many, after the commit, says otherwise: `enqueued_at` alone would read as queued.
+        execution.queued = False
     ExecutionStep.objects.bulk_create(
         ExecutionStep(execution=execution, position=position, script_id=script_id, file_name=file_name)
         for execution, (_, scripts) in zip(executions, runs, strict=True)

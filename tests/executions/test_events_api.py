@@ -107,7 +107,9 @@ def test_a_fanned_out_run_has_a_step_per_script_or_its_entrypoint_alone(post):
         "charlie_entry": [(1, "main.py", "main.py")],
     }
     assert body["status"] == "started"
-    # (then "; 3 of 3 recorded but not queued yet": this test's transaction never commits, so nothing is published)
+    # This test's transaction never commits, so nothing is published: the runs say so, though their rows carry
+    # enqueued_at from their INSERT (executions/queueing.py); the reason ends "; 3 of 3 recorded but not queued yet".
+    assert [run["queued"] for run in body["runs"]] == [False, False, False]
     assert body["statusReason"].startswith(
         "started alice_two_steps, bob_config_then_main, charlie_entry; "
         "not started: Package 'Dave Nothing To Run' has no scripts to run."
