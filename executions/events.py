@@ -27,15 +27,15 @@ runaway chains and fan-outs with a stored reason instead of starting anything.
 
 import logging
 import uuid
-from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.utils import timezone
 
 from packages.audit import AuditAction, record
-from packages.models import EventType, Package, Script
+from packages.models import EventType, Package
 from packages.trigger_events import TRIGGERED_RUN
 
 from .models import Execution, ExecutionStep, TriggerEvent, TriggerEventStatus, TriggerType
@@ -45,6 +45,7 @@ logger = logging.getLogger(__name__)
 # What creating a package's execution, its audit entry and its queue need (Package.lane reads the priority).
 TARGET_FIELDS = ("id", "name", "package_name", "project_id", "active", "allow_manual_triggering", "entrypoint",
                  "priority")  # fmt: skip
+Scripts = dict[int, list[tuple[int, str]]]  # each package's scripts as (script id, file name), in run order
 
 
 class EventRejected(Exception):
@@ -85,7 +86,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
     try:
         parent = parent or _parent_named_in(incoming.data, project_id)
         correlation_id = _correlation_id(incoming.data, parent)
-        targets = _targets(incoming, project_id)
+        targets, scripts = _targets(incoming, project_id)
     except EventRejected:
         # A repeated delivery gets its first outcome, even if the same event would be refused today.
         existing = _received(incoming, project_id)
@@ -93,7 +94,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
             return existing
         raise
     chain_depth = parent.chain_depth + 1 if parent else 0
-    plan = _plan(incoming.type, targets, _scripts_of(targets), chain_depth)
+    plan = _plan(incoming.type, targets, scripts, chain_depth)
     try:
         with transaction.atomic():
             # Inserted first: a repeated (source, id) fails on the unique constraint before anything else is
@@ -105,7 +106,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
             executions = _create_runs(event, plan.runs)
             if api_key is not None:
                 _audit(event, executions, api_key)
-            transaction.on_commit(lambda: enqueue_many(executions))
+            transaction.on_commit(lambda: enqueue_many(executions, stamped=True))
     except IntegrityError:
         # Received before, or a concurrent delivery of the same event won the unique (source, id): its outcome
         # stands.
@@ -209,7 +210,9 @@ def _store(incoming: IncomingEvent, api_key, parent: Execution | None, correlati
 
 def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[tuple[int, str]]]]) -> list[Execution]:
     """One pending execution per package with one pending step per script: one INSERT per table, however many
-    packages the event starts (inside the caller's transaction)."""
+    packages the event starts (inside the caller's transaction). They carry `enqueued_at` from the start: published
+    right after the commit, they need no UPDATE for it (executions/queueing.py)."""
+    now = timezone.now()
     executions = [
         Execution(
             package=package,
@@ -219,10 +222,14 @@ def _create_runs(event: TriggerEvent, runs: list[tuple[Package, list[tuple[int, 
             trigger_event=event,
             parent_execution_id=event.parent_execution_id,
             chain_depth=event.chain_depth,
+            enqueued_at=now,
         )
         for package, _ in runs
     ]
     Execution.objects.bulk_create(executions)
+    for execution in executions:
+        # Until enqueue_many, after the commit, says otherwise: `enqueued_at` alone would read as queued.
+        execution.queued = False
     ExecutionStep.objects.bulk_create(
         ExecutionStep(execution=execution, position=position, script_id=script_id, file_name=file_name)
         for execution, (_, scripts) in zip(executions, runs, strict=True)
@@ -241,54 +248,61 @@ def _audit(event: TriggerEvent, executions: list[Execution], api_key) -> None:
             record(AuditAction.RUN, execution, api_key=api_key, details={"event_id": event.event_id})
 
 
-def _targets(incoming: IncomingEvent, project_id: int | None) -> list[Package]:
-    """The packages the event names or that subscribe to it."""
+def _targets(incoming: IncomingEvent, project_id: int | None) -> tuple[list[Package], Scripts]:
+    """The packages the event names or that subscribe to it, and each one's scripts (see _with_scripts)."""
     data = incoming.data
     if incoming.type == TRIGGERED_RUN and ("package_id" in data or "package_name" in data):
-        return [_named_package(data, project_id)]
-    subscribers = _within(_packages().filter(active=True, trigger_event_types__name=incoming.type), project_id)
-    return list(subscribers.order_by("pk"))
+        return _named_package(data, project_id)
+    subscribers = _within(Package.objects.filter(active=True, trigger_event_types__name=incoming.type), project_id)
+    return _with_scripts(subscribers)
 
 
-def _packages():
-    """Packages with what starting them needs, and no more: an event may reach a hundred."""
-    return Package.objects.only(*TARGET_FIELDS)
-
-
-def _scripts_of(packages: list[Package]) -> dict[int, list[tuple[int, str]]]:
-    """Each package's scripts as (id, file name), in run order: one query for all of them."""
-    scripts = defaultdict(list)
-    rows = Script.objects.filter(package__in=packages).order_by("package_id", "position", "file_name")
-    for package_id, script_id, file_name in rows.values_list("package_id", "id", "file_name"):
-        scripts[package_id].append((script_id, file_name))
-    return scripts
+def _with_scripts(packages) -> tuple[list[Package], Scripts]:
+    """The packages (in pk order) with what starting them needs, and no more, and each one's scripts as (id, file
+    name) in run order. One query for both, portable to SQLite: a row per script with its package's columns (a row
+    of NULL script for a package without one), instead of a second query for the scripts; an event may reach a
+    hundred packages."""
+    fields = [f.attname for f in Package._meta.concrete_fields if f.attname in TARGET_FIELDS]  # from_db's order
+    rows = packages.order_by("pk", "scripts__position", "scripts__file_name").values_list(
+        *fields, "scripts__id", "scripts__file_name"
+    )
+    targets, scripts = {}, {}
+    for *values, script_id, file_name in rows:
+        package_id = values[fields.index("id")]
+        if package_id not in targets:
+            targets[package_id] = Package.from_db(rows.db, fields, values)  # as .only(*TARGET_FIELDS) does
+            scripts[package_id] = []
+        if script_id is not None:
+            scripts[package_id].append((script_id, file_name))
+    return list(targets.values()), scripts
 
 
 def _within(packages, project_id: int | None):
     return packages if project_id is None else packages.filter(project_id=project_id)
 
 
-def _named_package(data: dict, project_id: int | None) -> Package:
+def _named_package(data: dict, project_id: int | None) -> tuple[list[Package], Scripts]:
     """The package a direct trigger names. Both keys may be given (Show Trigger Event does); they must agree.
     A package outside the reach is answered exactly like a missing one: the sender learns nothing of it."""
     package_id, package_name = data.get("package_id"), data.get("package_name")
     if package_id is not None and not str(package_id).isdigit():
         raise EventRejected(f"data.package_id must be a package's number, not {package_id!r}.")
-    packages = _within(_packages(), project_id)
+    packages = _within(Package.objects.all(), project_id)
     if package_id is not None:
         packages = packages.filter(pk=int(package_id))
     if package_name is not None:
         packages = packages.filter(package_name=package_name)
-    package = packages.first()
-    if package is None:
+    found, scripts = _with_scripts(packages)
+    if not found:
         given = {"package_id": package_id, "package_name": package_name}
         named = " and ".join(f"{key} {value!r}" for key, value in given.items() if value is not None)
         raise EventRejected(f"No package with {named}.", status=404)
+    package = found[0]
     if not package.allow_manual_triggering:
         # A direct trigger is a Run from outside: the package's owners turned that off.
         raise EventRejected(f"Package {package.name!r} does not allow manual triggering (its Allow manual "
                             "triggering is off), so a triggered_run event cannot start it.", status=403)  # fmt: skip
-    return package
+    return [package], scripts
 
 
 def _parent_named_in(data: dict, project_id: int | None) -> Execution | None:

@@ -1,22 +1,24 @@
 """Publishing executions to the broker, and knowing afterwards which of them are really queued.
 
 Every publish of `executor.run_execution(id)` (by name, through executor_project/publishing.py: the web side never
-imports the worker) is preceded by a marker `executor:queued:<id>` in the broker's own Redis, which the worker that
-claims the execution deletes (workers/runner.py). The reaper (workers/republish.py) publishes again a pending
-execution whose marker is missing: a Redis that restarted without its data lost the markers with the queues, and a
-crash between the commit and the publish never set one. `enqueued_at` is set after a publish succeeded and cleared
-when one failed, so a pending execution without it is known not to be queued whatever marker an attempt left. A
-healthy backlog keeps its markers, so it is never published twice.
+imports the worker) sets a marker `executor:queued:<id>` in the broker's own Redis, in the same MULTI/EXEC as the
+message: a marker is there if and only if its message was published (and not claimed since: the worker that claims
+the execution deletes it, workers/runner.py). No claim can come before its marker, so no late marker hides an
+execution that went back to pending. The reaper (workers/republish.py) publishes again a pending execution whose
+marker is missing: a Redis that restarted without its data lost the markers with the queues, and a crash between
+the commit and the publish never set one. A healthy backlog keeps its markers, so it is never published twice.
 
-The marker goes first so that no claim can come before it (a late marker on a claimed execution would hide the
-execution should it go back to pending); a marker without a message is covered by the cleared `enqueued_at`.
+`enqueued_at` says when the execution was last handed to the broker, and is cleared when the broker refused it, so
+a pending execution without it is known not to be queued. An event's executions carry it from their INSERT
+(executions/events.py: `stamped`), which saves their UPDATE: should the process die before the publish, the missing
+marker tells the reaper.
 
 When the broker refuses a publish (down, or full at maxmemory with noeviction) it fails within about a second
-(CELERY_BROKER_TRANSPORT_OPTIONS, CELERY_TASK_PUBLISH_RETRY_POLICY) and the execution stays recorded as pending
-with `execution.queued = False`. Callers tell the truth and still succeed: the API answers 202 with
-`"status": "pending"`, `"queued": false` and NOT_QUEUED_REASON; the admin and `run_package` say "recorded, queued as
-soon as the broker is back". Not 503: the execution IS recorded and will run (the reaper publishes it once Redis
-takes writes again), whereas a client retrying a 503 would start the run twice.
+(CELERY_BROKER_TRANSPORT_OPTIONS) and the execution stays recorded as pending with `execution.queued = False`.
+Callers tell the truth and still succeed: the API answers 202 with `"status": "pending"`, `"queued": false` and
+NOT_QUEUED_REASON; the admin and `run_package` say "recorded, queued as soon as the broker is back". Not 503: the
+execution IS recorded and will run (the reaper publishes it once Redis takes writes again), whereas a client
+retrying a 503 would start the run twice.
 """
 
 import logging
@@ -41,24 +43,21 @@ def enqueue(execution: Execution) -> bool:
     return enqueue_many([execution]) == 1
 
 
-def enqueue_many(executions: list[Execution]) -> int:
-    """Publish the executions with one producer and one Redis round trip; returns how many were published.
+def enqueue_many(executions: list[Execution], *, stamped: bool = False) -> int:
+    """Publish the executions and their markers in one Redis transaction; returns how many were published.
 
-    All or none: a batch the broker refused is recorded as not queued (the reaper publishes it again later;
-    should part of it have gone through, a duplicate message is harmless since only one worker can claim).
+    All or none: a batch the broker refused is recorded as not queued (the reaper publishes it again later).
+    `stamped`: their rows were inserted with `enqueued_at` already set, so only a refusal is written.
     """
     if not executions:
         return 0
     ids = [str(execution.id) for execution in executions]
     try:
-        with publishing.producer() as producer:
-            _mark(producer, ids)
-            if len(executions) == 1:  # nothing to batch
-                publishing.publish(RUN_TASK, ids, queue=lane_for(executions[0]))
-            else:
-                with producer.batch():  # one pipeline for all the messages
-                    for execution in executions:
-                        publishing.publish(RUN_TASK, [str(execution.id)], queue=lane_for(execution), producer=producer)
+        with publishing.transaction() as batch:
+            for execution, execution_id in zip(executions, ids, strict=True):
+                batch.publish(RUN_TASK, [execution_id], queue=lane_for(execution))
+                batch.pipe.set(MARKER_PREFIX + execution_id, 1, ex=MARKER_TTL_SECONDS)
+            batch.execute()
     except Exception as exc:
         # One line, no traceback; redis' and kombu's error texts do not contain the URL or its password.
         logger.warning(
@@ -69,15 +68,12 @@ def enqueue_many(executions: list[Execution]) -> int:
         )
         _record(executions, queued=False)
         return 0
-    _record(executions, queued=True)
+    if stamped:
+        for execution in executions:
+            execution.queued = True
+    else:
+        _record(executions, queued=True)
     return len(executions)
-
-
-def _mark(producer, ids: list[str]) -> None:
-    with publishing.broker_client(producer) as client, client.pipeline(transaction=False) as pipe:
-        for execution_id in ids:
-            pipe.set(MARKER_PREFIX + execution_id, 1, ex=MARKER_TTL_SECONDS)
-        pipe.execute()
 
 
 def _record(executions: list[Execution], *, queued: bool) -> None:

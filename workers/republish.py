@@ -2,9 +2,12 @@
 
 Judged by what is in Redis, not by age (executions/queueing.py keeps a marker per queued execution):
 
-- never published: no `enqueued_at` (the broker refused the publish, or the process died before it);
-- marker missing: Redis restarted without its data (the queues went with the markers), or the execution went back
-  to pending after a claim (which deletes the marker) and its new message never went out;
+- never published: no `enqueued_at` (the broker refused the publish, or the process died before it, for the runs
+  that are stamped only once published);
+- marker missing: Redis restarted without its data (the queues went with the markers), the process died between
+  the commit and the publish of an event's runs (stamped at their INSERT), or the execution went back to pending
+  after a claim (which deletes the marker) and its new message never went out. Marker and message are written in
+  one MULTI/EXEC, so a marker is never left without its message;
 - reserved by a worker that never started it: the message sits in kombu's `unacked` hash until the visibility
   timeout (hours); one delivered more than EXECUTOR_REPUBLISH_AFTER_SECONDS ago, for an execution still pending
   and not published since, is published again and its reservation dropped (a live worker starts what it reserves

@@ -81,7 +81,9 @@ def test_an_event_takes_the_same_few_queries_however_many_packages_it_starts(pos
         # Savepoints are the test's transaction around the event's own (BEGIN / COMMIT otherwise, not counted).
         queries[fan_out] = [q["sql"] for q in captured if "SAVEPOINT" not in q["sql"]]
 
-    assert len(queries[8]) == len(queries[1]) <= 8, "\n".join(queries[8])
+    # The key, the packages with their scripts, the event, its executions, their steps, the audit entry: no UPDATE
+    # after the publish (the runs are stamped enqueued at their INSERT, executions/queueing.py).
+    assert len(queries[8]) == len(queries[1]) == 6, "\n".join(queries[8])
     assert not any("executions_apikey" in sql and sql.startswith("UPDATE") for sql in queries[1] + queries[8])
     assert ApiKey.objects.get().last_used_at is not None
     assert len(enqueued) == 1 + 8
@@ -105,7 +107,9 @@ def test_a_fanned_out_run_has_a_step_per_script_or_its_entrypoint_alone(post):
         "charlie_entry": [(1, "main.py", "main.py")],
     }
     assert body["status"] == "started"
-    # (then "; 3 of 3 recorded but not queued yet": this test's transaction never commits, so nothing is published)
+    # This test's transaction never commits, so nothing is published: the runs say so, though their rows carry
+    # enqueued_at from their INSERT (executions/queueing.py); the reason ends "; 3 of 3 recorded but not queued yet".
+    assert [run["queued"] for run in body["runs"]] == [False, False, False]
     assert body["statusReason"].startswith(
         "started alice_two_steps, bob_config_then_main, charlie_entry; "
         "not started: Package 'Dave Nothing To Run' has no scripts to run."

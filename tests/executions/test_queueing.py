@@ -18,6 +18,7 @@ from django.utils import timezone
 from executions.models import ApiKey, Execution, ExecutionStatus, TriggerType
 from executions.queueing import MARKER_PREFIX, NOT_QUEUED_REASON, enqueue, enqueue_many
 from executions.services import trigger_execution
+from executor_project import publishing
 from executor_project.celery import app
 from packages.models import EventType
 from tests.factories import make_package
@@ -79,6 +80,36 @@ def test_enqueue_many_publishes_every_execution_and_marks_it_queued(broker):
         assert 0 < broker.ttl(MARKER_PREFIX + str(execution.id)) <= 7 * 24 * 3600
         assert execution.queued is True
     assert Execution.objects.filter(enqueued_at__isnull=False).count() == 3
+
+
+def test_an_events_runs_stamped_at_their_insert_are_published_without_a_query(broker, django_assert_num_queries):
+    executions = pending(2)
+    age(executions, seconds=0)  # what executions/events.py inserts: enqueued_at set with the row
+
+    with django_assert_num_queries(0):  # the messages and their markers: one Redis transaction, no UPDATE
+        assert enqueue_many(executions, stamped=True) == 2
+
+    assert broker.llen("default") == 2
+    assert broker.exists(*(MARKER_PREFIX + str(execution.id) for execution in executions)) == 2
+    assert [execution.queued for execution in executions] == [True, True]
+
+
+def test_an_events_run_stamped_but_never_published_is_published_by_the_next_reap(broker):
+    [execution] = pending(1)
+    age([execution], seconds=10)  # inserted with enqueued_at by an event; its process died before the publish
+
+    assert reap().republished == 1  # no marker, so no message: the MULTI/EXEC writes both or neither
+
+    assert broker.llen("default") == 1 and broker.exists(MARKER_PREFIX + str(execution.id))
+
+
+def test_the_broker_client_is_built_once_per_connection(broker):
+    with publishing.broker_client() as first:
+        pass
+    with publishing.broker_client() as second:  # the same pooled producer, so the same channel
+        pass
+
+    assert first is second
 
 
 def test_a_healthy_backlog_is_never_published_again(broker, settings):
@@ -175,7 +206,8 @@ def test_a_full_broker_is_reported_and_the_run_published_once_there_is_room(full
     assert response.json()["statusReason"].endswith(
         "; 1 of 1 recorded but not queued yet (queued as soon as the broker is back)"
     )
-    assert (execution.status, execution.enqueued_at) == (ExecutionStatus.PENDING, None)
+    assert (execution.status, execution.enqueued_at) == (ExecutionStatus.PENDING, None)  # stamped, then cleared
+    assert not redis.Redis.from_url(full_broker).exists(MARKER_PREFIX + str(execution.id))  # all or nothing
     assert "could not publish to the broker" in caplog.text and PASSWORD not in caplog.text
     assert reap().republished == 0  # still full
 
