@@ -264,15 +264,15 @@ def _with_scripts(packages) -> tuple[list[Package], Scripts]:
     hundred packages."""
     fields = [f.attname for f in Package._meta.concrete_fields if f.attname in TARGET_FIELDS]  # from_db's order
     rows = packages.order_by("pk", "scripts__position", "scripts__file_name").values_list(
-        *fields, "scripts__id", "scripts__file_name"
+        *fields, "scripts__id", "scripts__file_name", "scripts__runs"
     )
     targets, scripts = {}, {}
-    for *values, script_id, file_name in rows:
+    for *values, script_id, file_name, runs in rows:
         package_id = values[fields.index("id")]
         if package_id not in targets:
             targets[package_id] = Package.from_db(rows.db, fields, values)  # as .only(*TARGET_FIELDS) does
             scripts[package_id] = []
-        if script_id is not None:
+        if script_id is not None and runs:  # files a manifest does not list are shipped, not run (Script.runs)
             scripts[package_id].append((script_id, file_name))
     return list(targets.values()), scripts
 

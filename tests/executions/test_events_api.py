@@ -16,6 +16,7 @@ from openapi_spec_validator import validate
 
 from executions.models import ApiKey, Execution, TriggerEvent, TriggerType
 from executions.services import trigger_execution
+from packages.importer import import_package_files
 from packages.models import EventType
 from packages.trigger_events import trigger_event_for
 from tests.event_bodies import BAD_INPUT, BRIDGE, cloud_event
@@ -87,6 +88,17 @@ def test_an_event_takes_the_same_few_queries_however_many_packages_it_starts(pos
     assert not any("executions_apikey" in sql and sql.startswith("UPDATE") for sql in queries[1] + queries[8])
     assert ApiKey.objects.get().last_used_at is not None
     assert len(enqueued) == 1 + 8
+
+
+def test_a_fanned_out_run_has_steps_only_for_the_scripts_its_manifest_lists(post):
+    files = {"manifest.json": b'{"execution_order": ["app.py"], "trigger_events": ["sales.order_created"]}',
+             "__init__.py": b"", "app.py": b"import helpers", "helpers.py": b""}  # fmt: skip
+    import_package_files("erin_listed", files)
+
+    body = post({"event_type": "sales.order_created", "event_source": "shop", "payload": {}}).json()
+
+    execution = Execution.objects.get(pk__in=body["executions"])
+    assert list(execution.steps.values_list("file_name", flat=True)) == ["app.py"]  # support files are shipped only
 
 
 def test_a_fanned_out_run_has_a_step_per_script_or_its_entrypoint_alone(post):
