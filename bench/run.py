@@ -156,13 +156,13 @@ class RssSampler(threading.Thread):
 
 
 def _server_pss(root) -> list[int]:
-    """PSS of each warm-step server below the worker: root's zygote processes, not the steps forked from them."""
+    """PSS of each warm-step server below the worker: bubblewrap's zygote children, not the processes they fork."""
     import psutil
 
     found = []
     for process in root.children(recursive=True):
         try:
-            if process.cmdline()[-1:] == [str(ZYGOTE)] and process.uids().real == 0 and process.name() != "bwrap":
+            if process.cmdline()[-1:] == [str(ZYGOTE)] and process.parent().name() == "bwrap":
                 found.append(process.memory_full_info().pss)
         except (psutil.Error, IndexError):
             continue

@@ -69,10 +69,10 @@ def first_output(execution: Execution) -> dict:
 
 
 def servers() -> list[psutil.Process]:
-    """This process's warm-step servers: the sandboxed zygotes (root; their steps run as the slot's uid)."""
+    """This process's warm-step servers: the sandboxed zygotes, bubblewrap's children (not their spare child)."""
     return [
         p for p in psutil.Process().children(recursive=True)
-        if p.cmdline()[-1:] == [str(warm.ZYGOTE)] and "bwrap" not in p.cmdline()[0] and p.uids().real == 0
+        if p.cmdline()[-1:] == [str(warm.ZYGOTE)] and p.parent().name() == "bwrap"
     ]  # fmt: skip
 
 

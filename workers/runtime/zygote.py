@@ -18,15 +18,24 @@ credentials, so the worker learns its host pid), reads the request (argv with th
 working directory), says "s" just before the script starts, and closes it. The server never sees a request.
 """
 
+# Everything a step's process uses is imported here, once, not in each step.
+import atexit
+import builtins
 import ctypes
 import gc
 import importlib
+import importlib.machinery
 import json
 import os
+import random
+import resource
 import signal
 import socket
 import struct
 import sys
+import threading
+import time
+import types
 
 PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
@@ -34,6 +43,8 @@ PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL = 47, 4
 IPC_RMID = 0
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 _libc = ctypes.CDLL(None, use_errno=True)
+with open("/proc/sys/kernel/cap_last_cap") as _file:
+    CAP_LAST_CAP = int(_file.read())
 STEP_UID = -1  # the slot's uid, which every step becomes (the server itself stays root, so no step can signal it)
 
 
@@ -47,12 +58,15 @@ def main() -> None:
     gc.collect()
     gc.freeze()  # children then share the imported objects' pages instead of copying them when the GC runs
     _send(control, op="ready")
+    spare = None
     while True:
+        spare = spare or _Spare(control)
         message, descriptors, _flags, _address = socket.recv_fds(control, 4096, 3)
         if not message:
             return  # the worker is gone
         if json.loads(message).get("op") == "fork" and len(descriptors) == 3:
-            _serve_one_step(control, descriptors)
+            _serve_one_step(control, spare, descriptors)
+            spare = None
         else:
             for fd in descriptors:
                 os.close(fd)
@@ -71,19 +85,58 @@ def _preload(modules: list[str]) -> None:
             print(f"zygote: could not preload {name}: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
 
 
-def _serve_one_step(control: socket.socket, descriptors: list[int]) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    pid = os.fork()
-    if pid == 0:
-        control.close()
-        _become_step(*descriptors)  # never returns
+class _Spare:
+    """The next step's process, forked once the previous step is cleaned up and waiting for its descriptors: the
+    fork is done before the step is asked for, not while it waits."""
+
+    def __init__(self, control: socket.socket) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.inner, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            control.close()
+            self.inner.close()
+            _wait_for_a_step(theirs)  # never returns
+        theirs.close()
+
+    def start(self, descriptors: list[int]) -> bool:
+        """Hand it the step's descriptors; False if it is gone (it then exits, or has)."""
+        try:
+            socket.send_fds(self.inner, [b"step"], descriptors)
+            return True
+        except OSError:
+            return False
+        finally:
+            self.inner.close()
+
+
+def _serve_one_step(control: socket.socket, spare: _Spare, descriptors: list[int]) -> None:
+    started = spare.start(descriptors)
     for fd in descriptors:
         os.close(fd)
-    _send(control, op="forked")
-    _pid, status = os.waitpid(pid, 0)
+    _send(control, op="forked" if started else "failed")
+    _pid, status = os.waitpid(spare.pid, 0)
     _clean_up()
-    _send(control, op="exited", status=status)
+    if started:
+        _send(control, op="exited", status=status)
+
+
+def _wait_for_a_step(inner: socket.socket) -> None:
+    """The spare: seed its own random state now, then wait for its step. It stays root until then (so that
+    between two steps nothing runs as the slot's uid: a leftover is always a step's)."""
+    code = 70
+    try:
+        random.seed()  # not the state every child inherits from the server
+        _message, descriptors, _flags, _address = socket.recv_fds(inner, 16, 3)
+        inner.close()
+        if len(descriptors) == 3:
+            _drop_privileges()
+            _become_step(*descriptors)  # never returns
+        code = 0  # the server is gone
+    except BaseException as exc:  # noqa: BLE001 - the child must end here whatever happened
+        print(f"zygote: a step's process could not get ready: {type(exc).__name__}: {exc}", file=sys.stderr)
+    _exit(code)
 
 
 def _clean_up() -> None:
@@ -168,7 +221,6 @@ def _become_step(stdout: int, stderr: int, channel_fd: int) -> None:
     """In the forked child: take the step's pipes and request, then run its script as __main__ and exit."""
     code = 70
     try:
-        _drop_privileges()
         os.setsid()  # its own process group: the worker's timeout kills the step with everything it started
         _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # the step may read its own /proc/self, as a cold one can
         null = os.open("/dev/null", os.O_RDONLY)
@@ -193,8 +245,7 @@ def _drop_privileges() -> None:
     (while CAP_SETPCAP is still there), no supplementary groups, real/effective/saved uid and gid the slot's
     (which clears the permitted and effective sets), inheritable and ambient sets emptied. no_new_privs and the
     seccomp filter are bubblewrap's, inherited. Checked afterwards: a step with any capability never starts."""
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
-    for capability in range(last + 1):
+    for capability in range(CAP_LAST_CAP + 1):
         if _libc.prctl(PR_CAPBSET_DROP, capability, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), f"could not drop capability {capability} from the bounding set")
     os.setgroups([])
@@ -227,12 +278,7 @@ def _read_exactly(channel: socket.socket, size: int) -> bytes:
 
 def _enter(request: dict) -> None:
     """What a cold start gives the script: its resource limits, environment (the package's variables never
-    override the executor's, as executor_fx does for a cold step), time zone, working directory, sys.path[0],
-    and a random state of its own rather than the one all children inherit from this process."""
-    import random
-    import resource
-    import time
-
+    override the executor's, as executor_fx does for a cold step), time zone, working directory and sys.path[0]."""
     for name, (soft, hard) in request["limits"].items():  # only ever lower than the server's own
         resource.setrlimit(getattr(resource, name), (soft, hard))
     os.environ.clear()
@@ -243,7 +289,6 @@ def _enter(request: dict) -> None:
     os.chdir(request["cwd"])
     if "tempfile" in sys.modules:
         sys.modules["tempfile"].tempdir = None  # found again from TMPDIR
-    random.seed()
     sys.argv = list(request["argv"])
     sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))
 
@@ -251,11 +296,6 @@ def _enter(request: dict) -> None:
 def _run_script(argv: list[str]) -> int:
     """As `python <script>` would: a new __main__ module, the exit code of SystemExit, the traceback through
     sys.excepthook without this function's frame; then non-daemon threads joined and atexit handlers run."""
-    import builtins
-    import importlib.machinery
-    import threading
-    import types
-
     path = os.path.abspath(argv[0])
     main_module = types.ModuleType("__main__")
     main_module.__dict__.update(
@@ -276,8 +316,6 @@ def _run_script(argv: list[str]) -> int:
         code = 1
     try:
         threading._shutdown()
-        import atexit
-
         atexit._run_exitfuncs()
     except SystemExit as exc:
         code = _exit_code(exc)
