@@ -54,19 +54,29 @@ def write_new(dir_fd: int, name: str, data: bytes, *, mode: int = 0o600, owner: 
         os.close(fd)
 
 
-def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
-    """The bytes of the regular file `name`, or None if there is none. UnsafeFile for a link, a FIFO, a device,
-    a directory or a file larger than `limit` bytes: the caller says so instead of using it."""
+def _open_regular(dir_fd: int, name: str) -> int | None:
+    """A descriptor of the regular file `name` (its caller closes it), or None if there is none. UnsafeFile for a
+    link, a FIFO (opened without blocking), a device or a directory."""
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:  # ELOOP: a symbolic link
         raise UnsafeFile(f"{name} is not a regular file ({exc.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UnsafeFile(f"{name} is not a regular file")
+    return fd
+
+
+def read_regular(dir_fd: int, name: str, limit: int) -> bytes | None:
+    """The bytes of the regular file `name`, or None if there is none. UnsafeFile for a link, a FIFO, a device,
+    a directory or a file larger than `limit` bytes: the caller says so instead of using it."""
+    fd = _open_regular(dir_fd, name)
+    if fd is None:
+        return None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(f"{name} is not a regular file")
         if info.st_size > limit:
             raise UnsafeFile(f"{name} is {info.st_size} bytes; the limit is {limit} bytes")
         chunks, size = [], 0
@@ -94,16 +104,11 @@ def read_regular_from(dir_fd: int, name: str, offset: int, limit: int) -> tuple[
     """The bytes of the regular file `name` from `offset` up to byte `limit` (never past it), and the file's size
     then; None if there is none. For a file the step appends to while the worker follows it: one over `limit`
     is read up to the limit, not refused. UnsafeFile for a link, a FIFO, a device or a directory."""
-    try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
-    except FileNotFoundError:
+    fd = _open_regular(dir_fd, name)
+    if fd is None:
         return None
-    except OSError as exc:  # ELOOP: a symbolic link
-        raise UnsafeFile(f"{name} is not a regular file ({exc.strerror})") from None
     try:
         info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise UnsafeFile(f"{name} is not a regular file")
         chunks, position = [], offset
         while position < limit and (chunk := os.pread(fd, min(1 << 20, limit - position), position)):
             chunks.append(chunk)

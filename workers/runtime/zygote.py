@@ -13,6 +13,7 @@ Protocol on the control socket (fd EXECUTOR_ZYGOTE_FD, SOCK_SEQPACKET, one JSON 
     -> {"op": "ready"} once the imports are done
     <- {"op": "fork"} with three descriptors: the step's stdout and stderr pipes and its private channel
     -> {"op": "forked"}, then {"op": "exited", "status": <wait status>} once the step and its leftovers are gone
+       ({"op": "failed"} instead when the process forked ahead for the step had died: nothing started)
 The child talks to the worker alone, on the private channel (SOCK_STREAM): it says "r" (the kernel adds its
 credentials, so the worker learns its host pid), reads the request (argv with the run's secrets, environment,
 working directory), says "s" just before the script starts, and closes it. The server never sees a request.
@@ -161,12 +162,19 @@ def _clean_up() -> None:
         os.seteuid(0)
 
 
+_DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK
+
+
 def _empty(directory: str) -> None:
     """Remove everything in `directory`, following no link, whatever modes a step left on its directories."""
     try:
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        fd = os.open(directory, _DIRECTORY)
     except OSError:
         return
+    _remove_entries(fd)
+
+
+def _remove_entries(fd: int) -> None:
     try:
         for name in os.listdir(fd):
             _remove(fd, name)
@@ -187,14 +195,10 @@ def _remove(parent: int, name: str) -> None:
     except (OSError, NotImplementedError):
         pass
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=parent)
+        fd = os.open(name, _DIRECTORY, dir_fd=parent)
     except OSError:
         return
-    try:
-        for entry in os.listdir(fd):
-            _remove(fd, entry)
-    finally:
-        os.close(fd)
+    _remove_entries(fd)
     try:
         os.rmdir(name, dir_fd=parent)
     except OSError:
