@@ -176,7 +176,10 @@ def _take_default_branch(repository: GitRepository, head: bytes | None, refs: di
     if head is None or not head.startswith(prefix) or head not in refs:
         branches = ", ".join(repository.branches) or "none"
         raise SyncError(f"the repository does not name a default branch (HEAD): choose a branch ({branches})")
-    repository.branch = head[len(prefix) :].decode(errors="replace")
+    branch = head[len(prefix) :].decode(errors="replace")
+    if len(branch) > GitRepository._meta.get_field("branch").max_length:  # the remote chooses it: bounded here
+        raise SyncError("the repository's default branch name is too long: choose a branch")
+    repository.branch = branch
     GitRepository.objects.filter(pk=repository.pk, branch="").update(branch=repository.branch)
     report.notes.append(f"branch {repository.branch}: the repository's default branch (its HEAD)")
 

@@ -382,6 +382,17 @@ def test_sync_repository_without_a_branch_follows_the_remotes_default_branch(rem
     assert sync_repository(repository).ok and repository.branch == "trunk"
 
 
+def test_a_default_branch_name_longer_than_a_branch_may_be_is_refused_not_stored(remote):
+    long_name = "b" * 201  # the remote chooses its HEAD's name; the field holds 200 characters
+    remote.branch(long_name)
+    remote.checkout(long_name)
+
+    with pytest.raises(CommandError, match="default branch name is too long"):
+        call_command("sync_repository", remote.url, "--project", "Sales")
+
+    assert not GitRepository.objects.filter(branch=long_name).exists()
+
+
 def test_over_https_the_default_branch_is_the_one_the_server_advertises(remote, tmp_path, monkeypatch, settings):
     settings.EXECUTOR_GIT_ALLOWED_HOSTS = ["127.0.0.1"]
     remote.branch("trunk")
