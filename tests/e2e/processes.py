@@ -161,9 +161,10 @@ def environment_for_tests(**extra: str) -> dict[str, str]:
 
 @contextlib.contextmanager
 def worker_process(log_path: Path, *, queues: str = LANES, name: str = "e2e", env: dict[str, str] | None = None,
-                   own_session: bool = False) -> Iterator[Worker]:  # fmt: skip
-    """A ready `celery worker` (2 slots) against the test database, stopped with SIGTERM (then SIGKILL) at the end."""
-    argv = worker_argv(queues, f"{name}-{uuid.uuid4().hex[:8]}@%h", *QUIET_CLUSTER)
+                   own_session: bool = False, concurrency: int = 2) -> Iterator[Worker]:  # fmt: skip
+    """A ready `celery worker` (2 slots unless told) against the test database, stopped with SIGTERM (then SIGKILL)
+    at the end."""
+    argv = worker_argv(queues, f"{name}-{uuid.uuid4().hex[:8]}@%h", *QUIET_CLUSTER, concurrency=concurrency)
     worker = Worker(name, argv, environment_for_tests(**(env or {})), log_path, queues, own_session)
     try:
         yield worker.start(timeout=60)
