@@ -49,8 +49,9 @@ def wide_worker(tmp_path):
         yield worker
 
 
-def test_a_chain_synced_from_git_runs_with_each_level_overlapping_the_one_before(settings, tmp_path, wide_worker,
-                                                                                 celery_worker, admin_client):  # fmt: skip
+def test_a_chain_synced_from_git_runs_with_each_level_overlapping_the_one_before(
+    settings, tmp_path, wide_worker, celery_worker, admin_client
+):
     settings.EXECUTOR_GIT_ALLOW_LOCAL = True
     remote = FxRepository(tmp_path / "fx-orders")
     remote.commit(chain_files())
