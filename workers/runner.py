@@ -12,7 +12,6 @@ output is skipped until the database is back.
 
 import dataclasses
 import logging
-import tempfile
 from pathlib import Path
 
 from django.conf import settings
@@ -34,6 +33,7 @@ from .lease import ExecutionWatch, Lease, LeaseLost, claim, new_token
 from .steps import RunContext, run_step
 from .workspace import Workspace, add_run_files, base_environment, create_workspace
 from .workspace_sweep import directory_prefix
+from .workspace_trash import workspace_root
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +106,9 @@ def _run_claimed(lease: Lease) -> None:
         lifecycle.started()
     if loaded.commit:
         lease.update_execution(source_commit=loaded.commit)
-    with tempfile.TemporaryDirectory(prefix=directory_prefix(lease), dir=warm.workspace_parent()) as tmp:
-        warm.share_with_server(Path(tmp))
-        workspace = create_workspace(Path(tmp), files)
+    with workspace_root(directory_prefix(lease), warm.workspace_parent()) as root:
+        warm.share_with_server(root)
+        workspace = create_workspace(root, files)
         add_run_files(workspace, loaded.run_files)
         env = _environment(workspace, execution, files)
         uid = step_uid() if sandbox_enabled() else None

@@ -10,10 +10,13 @@ The lease part is a digest of the lease token, not the token: the name is in the
 step has no business knowing the token that fences its worker's writes.
 
 A directory is live while an in-progress execution with that id holds a lease of that digest in this database; the
-claim is committed before the directory is made, and the directory is removed before the run leaves that state,
+claim is committed before the directory is made, and the directory is renamed away before the run leaves that state,
 so a live run's directory is never taken for a dead one, whichever worker sharing the directory runs it. The
 database part (a hash of where this installation's database is) keeps installations that share a temporary
 directory (test suites do) from judging each other's directories by a database that does not know them.
+
+A finished run's workspace is renamed to `executor-done-<pid>-<random>` and removed by a thread of that process
+(workers/workspace_trash.py); the sweep removes such a directory only once that process is gone.
 
 Directories named before names carried a lease (`executor-<8 hex>-<random>`) say too little: they are removed
 once they are older than EXECUTOR_MAX_EXECUTION_SECONDS and no in-progress execution's id starts with them.
@@ -29,6 +32,7 @@ import hashlib
 import logging
 import os
 import re
+import secrets
 import stat
 import tempfile
 import time
@@ -46,6 +50,7 @@ _RANDOM = r"[a-z0-9_]{8}"  # what tempfile appends
 _DIGEST = r"[0-9a-f]{16}"  # lease_digest()
 _LEASED = re.compile(rf"executor-(?P<execution>{_UUID})-(?P<database>[0-9a-f]{{8}})-(?P<lease>{_DIGEST})-{_RANDOM}")
 _LEGACY = re.compile(rf"executor-(?P<short_id>[0-9a-f]{{8}})-{_RANDOM}")
+_DISCARDED = re.compile(r"executor-done-(?P<pid>[0-9]+)-[0-9a-f]{16}")  # workers/workspace_trash.py
 _SLOT_AREA = re.compile(rf"executor-slot-(?P<pid>[0-9]+)-{_RANDOM}")  # workers/warm.py slot_area()
 _DIRECTORY = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -68,23 +73,51 @@ def work_dir() -> str:
     return settings.EXECUTOR_WORK_DIR or tempfile.gettempdir()
 
 
+def discarded_name() -> str:
+    """A name in the work directory for a finished run's workspace, until this process has removed it."""
+    return f"executor-done-{os.getpid()}-{secrets.token_hex(8)}"
+
+
 def sweep(directory: str | None = None) -> int:
     """Remove the workspaces in `directory` (default: the work directory) and in its slot areas (workers/warm.py)
     whose runs are over, and the slot areas left empty by processes that are gone; how many workspaces."""
     directory = directory or work_dir()
     removed = _sweep_workspaces(directory)
-    for name in _slot_areas(directory):
+    for name in _own_named(directory, _SLOT_AREA):
         removed += _sweep_workspaces(os.path.join(directory, name))
         _remove_if_abandoned(directory, name)
-    return removed
+    return removed + _sweep_discarded(directory)
 
 
-def _slot_areas(directory: str) -> list[str]:
+def _own_named(directory: str, pattern: re.Pattern) -> list[str]:
     try:
         names = os.listdir(directory)
     except OSError:
         return []
-    return [name for name in names if _SLOT_AREA.fullmatch(name) and _is_own_directory(directory, name)]
+    return [name for name in names if pattern.fullmatch(name) and _is_own_directory(directory, name)]
+
+
+def _sweep_discarded(directory: str) -> int:
+    """Finished runs' workspaces that the process which was removing them left behind when it ended."""
+    gone = [name for name in _own_named(directory, _DISCARDED) if not _process_exists(_DISCARDED.fullmatch(name))]
+    if not gone:
+        return 0
+    parent = os.open(directory, _DIRECTORY)
+    try:
+        return sum(_removed(parent, name) for name in gone)
+    finally:
+        os.close(parent)
+
+
+def _process_exists(name: re.Match) -> bool:
+    """Whether the process of the pid in the name exists (a new process with a reused pid counts as it)."""
+    try:
+        os.kill(int(name["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 def _is_own_directory(directory: str, name: str) -> bool:
@@ -97,12 +130,7 @@ def _is_own_directory(directory: str, name: str) -> bool:
 
 def _remove_if_abandoned(directory: str, name: str) -> None:
     """An empty slot area whose process is gone (a live one, or a new process with its pid, keeps it)."""
-    try:
-        os.kill(int(_SLOT_AREA.fullmatch(name)["pid"]), 0)
-        return
-    except ProcessLookupError:
-        pass
-    except PermissionError:
+    if _process_exists(_SLOT_AREA.fullmatch(name)):
         return
     try:
         os.rmdir(os.path.join(directory, name))

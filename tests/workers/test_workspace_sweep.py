@@ -14,8 +14,10 @@ from tests.factories import make_package
 from workers.lease import claim
 from workers.workspace import create_workspace
 from workers.workspace_sweep import database_tag, directory_prefix, sweep
+from workers.workspace_trash import workspace_root
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("no_broker")]
+NO_SUCH_PID = 4_194_305  # above the kernel's PID_MAX_LIMIT: no process ever has it
 STEP_UID = 35097  # the owner of a step's directories, as on a root worker (not a slot of this test run)
 
 
@@ -145,3 +147,34 @@ def test_a_work_directory_that_cannot_be_read_is_reported_not_raised(settings, t
 
     assert sweep() == 0
     assert "cannot sweep the work directory" in caplog.text
+
+
+def test_a_finished_run_s_workspace_is_set_aside_out_of_the_step_s_reach_and_removed_by_its_process(work_dir):
+    lease = claimed()
+    with workspace_root(directory_prefix(lease), str(work_dir)) as root:
+        workspace = create_workspace(root, {"a.py": b"print(1)"})
+        os.chown(workspace.package_dir, STEP_UID, STEP_UID)
+        (workspace.package_dir / "link").symlink_to(work_dir.parent)  # never followed
+        root.chmod(0o711)  # as for a warm step's server (workers/warm.py)
+
+    assert not root.exists()  # gone from the slot at once, under a name the next run cannot know
+    deadline = time.monotonic() + 10
+    while list(work_dir.iterdir()):
+        set_aside = list(work_dir.iterdir())
+        assert all(path.name.startswith(f"executor-done-{os.getpid()}-") for path in set_aside), set_aside
+        assert all(path.stat().st_mode & 0o777 == 0o700 for path in set_aside if path.exists())
+        assert time.monotonic() < deadline, set_aside
+        time.sleep(0.01)
+    assert work_dir.parent.exists()
+
+
+def test_workspaces_set_aside_by_a_process_that_is_gone_are_swept_and_those_of_a_live_one_are_not(work_dir):
+    left = work_dir / f"executor-done-{NO_SUCH_PID}-0123456789abcdef"
+    kept = work_dir / f"executor-done-{os.getpid()}-0123456789abcdef"
+    for directory in (left, kept):
+        (directory / "package").mkdir(parents=True)
+        (directory / "package" / "a.py").write_text("x")
+
+    assert sweep() == 1
+
+    assert list(work_dir.iterdir()) == [kept]
