@@ -16,7 +16,6 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
 from django.utils import timezone
 
 from executions import queueing, transitions
@@ -124,16 +123,13 @@ def _run_claimed(lease: Lease) -> None:
 
 
 def _code_snapshot(package) -> tuple[dict[str, bytes], str]:
-    """The package's files and the Git commit they came from, read in one snapshot: a sync landing meanwhile
-    (packages/git_sync.py) changes both or neither. The run then works on its own copy until it ends."""
-    own_transaction = not connection.in_atomic_block  # (tests run the runner inside theirs)
-    with transaction.atomic():
-        if own_transaction and connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-        commit = Package.objects.filter(pk=package.pk).values_list("source_commit", flat=True).get()
-        files = {script.file_name: bytes(script.content) for script in package.scripts.all()}
-    return files, commit
+    """The package's files and the Git commit they came from, read by one statement, which sees one snapshot of the
+    database: a sync landing meanwhile (packages/git_sync.py) changes both or neither. The run then works on its
+    own copy until it ends."""
+    rows = list(package.scripts.values_list("file_name", "content", "package__source_commit"))
+    if not rows:
+        return {}, Package.objects.filter(pk=package.pk).values_list("source_commit", flat=True).get()
+    return {file_name: bytes(content) for file_name, content, _ in rows}, rows[0][2]
 
 
 def _hand_over(lease: Lease, execution: Execution) -> None:
