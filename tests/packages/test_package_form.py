@@ -207,3 +207,21 @@ def test_the_change_page_previews_the_saved_schedule_and_carries_the_live_script
     page = admin_client.get(reverse("admin:packages_package_change", args=[package.pk])).content.decode()
     assert "At 09:00" in page and "Next runs (UTC)" in page
     assert reverse("admin:packages_package_schedule_preview") in page
+
+
+def test_a_new_version_of_a_script_is_kept_on_the_change_page_too(admin_client, seed_package):
+    url = reverse("admin:packages_package_change", args=[seed_package.pk])
+    first, second = seed_package.scripts.all()
+    rows = {"scripts-TOTAL_FORMS": "2", "scripts-INITIAL_FORMS": "2", "scripts-0-id": str(first.pk),
+            "scripts-0-upload": "", "scripts-1-id": str(second.pk)}  # fmt: skip
+    newer = SimpleUploadedFile("test_scr.py", b"print('v2')\n")
+
+    page = admin_client.post(url, package_form(schedule="bad", **rows, **{"scripts-1-upload": newer})).content.decode()
+    assert "kept: <strong>test_scr.py (12" in page
+    tokens = kept_tokens(page)
+    assert list(tokens) == ["scripts-1-staged"]
+
+    saved = admin_client.post(url, package_form(schedule="", **rows, **{"scripts-1-upload": ""}, **tokens))
+    assert saved.status_code == 302
+    second.refresh_from_db()
+    assert bytes(second.content) == b"print('v2')\n"
