@@ -287,6 +287,7 @@ class PackageForm(forms.ModelForm):
             "timezone": SuggestingInput(attrs={"autocomplete": "off", "size": 30}),
         }
         error_messages = {"timezone": {"invalid_choice": UNKNOWN_ZONE}}
+        help_texts = {"timezone": "The schedule's time zone: type a few letters of a city (e.g. Berl) and pick one."}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
