@@ -5,6 +5,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db.models import Max
+from django.utils.functional import cached_property
 
 from executor_project import bounded_json
 
@@ -62,6 +63,11 @@ class ScriptInlineForm(forms.ModelForm):
         super().__init__(*args, **kwargs)
         self.owner = owner  # whose kept files this form may use: the person posting it
         self.kept = None  # the StagedUpload this row's file came from, consumed by save()
+
+    @cached_property
+    def changed_data(self) -> list[str]:
+        """A row that carries a kept file has a new upload: what the audit log and the admin's history record."""
+        return list(dict.fromkeys("upload" if name == "staged" else name for name in super().changed_data))
 
     def clean_upload(self):
         upload = self.cleaned_data.get("upload") or self._kept_upload()

@@ -1,6 +1,7 @@
-"""The package form in a browser, at 1280x800 and 1920x1080: two files and a wrong cron are submitted, the error
-shows once and both files are kept; the cron is fixed while the preview follows the typing; a plain Save stores
-both scripts. pytest-django's live server serves the admin; no worker is needed (nothing runs)."""
+"""The package form in a browser at 1280x800 (and looked at again at 1920x1080 at each stage): two files and a
+wrong cron are submitted, the error shows once and both files are kept; the cron is fixed while the preview follows
+the typing; a plain Save stores both scripts. pytest-django's live server serves the admin; no worker is needed
+(nothing runs)."""
 
 import pytest
 from playwright.sync_api import expect
@@ -15,17 +16,17 @@ APP = b"import json, sys\nprint(json.loads(sys.argv[1])['package_name'])\n"
 BAD_CRON = "day of week: 7 is out of range"
 
 
-@pytest.mark.parametrize(
-    "viewport", [{"width": 1280, "height": 800}, {"width": 1920, "height": 1080}], ids=["1280", "1920"]
-)
+SMALL = {"width": 1280, "height": 800}
+WIDE = {"width": 1920, "height": 1080}
+
+
 def test_a_failed_save_keeps_the_files_and_the_cron_is_checked_as_you_type(
-    viewport, browser_page, live_server, admin_user, tmp_path
+    browser_page, live_server, admin_user, tmp_path
 ):
     app = tmp_path / "app.py"
     app.write_bytes(APP)
     page = logged_in(browser_page, live_server, admin_user)
-    page.set_viewport_size(viewport)
-    size = viewport["width"]
+    page.set_viewport_size(SMALL)
     page.goto(f"{live_server.url}/admin/packages/package/add/")
 
     page.get_by_label("Name:", exact=True).fill("Nightly report")
@@ -47,7 +48,7 @@ def test_a_failed_save_keeps_the_files_and_the_cron_is_checked_as_you_type(
     expect(kept.nth(0)).to_contain_text("kept: config.json (27\u00a0bytes), saved with the package")
     expect(kept.nth(1)).to_contain_text(f"kept: app.py ({len(APP)}\u00a0bytes), saved with the package")
     expect(page.get_by_label("Timezone:", exact=True)).to_have_value("Europe/Berlin")
-    screenshot(page, f"package-form-kept-{size}")
+    on_both_screens(page, "package-form-kept")
 
     # Typing: a wrong value shows its error in the preview (the stale one above goes), a right one the runs.
     schedule = page.get_by_label("Schedule:", exact=True)
@@ -63,7 +64,7 @@ def test_a_failed_save_keeps_the_files_and_the_cron_is_checked_as_you_type(
     page.get_by_label("Timezone:", exact=True).fill("Asia/Tokyo")
     expect(preview).to_contain_text("Next runs (Asia/Tokyo)")
     expect(preview.locator("tbody tr").first).to_contain_text("00:20 UTC")  # 09:20 JST
-    screenshot(page, f"package-form-preview-{size}")
+    on_both_screens(page, "package-form-preview")
 
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.locator("ul.messagelist li.success")).to_contain_text("was added successfully")
@@ -73,3 +74,14 @@ def test_a_failed_save_keeps_the_files_and_the_cron_is_checked_as_you_type(
         "config.json": (SEED_DIR / "config.json").read_bytes(),
         "app.py": APP,
     }
+
+
+def on_both_screens(page, name: str) -> None:
+    """Screenshots at 1280x800 and 1920x1080; at each, the kept files' notes and the preview are on screen."""
+    for viewport in (SMALL, WIDE):
+        page.set_viewport_size(viewport)
+        for box in [*page.locator(".executor-kept").all(), page.locator(".field-schedule_preview .readonly")]:
+            right = box.evaluate("element => element.getBoundingClientRect().right")
+            assert right <= viewport["width"], (name, viewport, right)
+        screenshot(page, f"{name}-{viewport['width']}")
+    page.set_viewport_size(SMALL)

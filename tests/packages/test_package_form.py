@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from packages import staged_uploads
-from packages.models import Package, Project, Secret, StagedUpload
+from packages.models import AuditEntry, Package, Project, Secret, StagedUpload
 from tests.factories import SEED_DIR, make_member, make_package, make_staff, package_form
 from workers.reaper import reap
 
@@ -58,6 +58,8 @@ def test_it_keeps_the_chosen_files_across_a_failed_save_and_saves_them_on_resubm
     }
     assert [s.position for s in package.scripts.all()] == [1, 2]
     assert StagedUpload.objects.count() == 0  # consumed by the save
+    scripts_added = AuditEntry.objects.filter(object_type="script", action="create")
+    assert [entry.details for entry in scripts_added] == [{"fields": ["upload"]}] * 2  # not the token's field
 
 
 def test_a_second_failure_keeps_the_same_files_and_a_new_choice_replaces_a_kept_one(admin_client):
@@ -129,9 +131,10 @@ def test_a_secrets_file_is_never_kept_and_the_form_says_to_choose_it_again(admin
     assert Secret.objects.count() == 0
 
 
-def test_the_reaper_sweeps_expired_kept_files(admin_user):
-    old, _ = staged_uploads.stage(admin_user, "old.py", b"")
-    fresh, _ = staged_uploads.stage(admin_user, "fresh.py", b"")
+def test_the_reaper_sweeps_expired_kept_files():
+    alice = make_staff("alice", password=None)
+    old, _ = staged_uploads.stage(alice, "old.py", b"")
+    fresh, _ = staged_uploads.stage(alice, "fresh.py", b"")
     StagedUpload.objects.filter(pk=old.pk).update(created_at=timezone.now() - timedelta(hours=24, minutes=1))
 
     reap()
@@ -139,10 +142,11 @@ def test_the_reaper_sweeps_expired_kept_files(admin_user):
     assert list(StagedUpload.objects.values_list("file_name", flat=True)) == ["fresh.py"]
 
 
-def test_one_person_keeps_a_bounded_number_of_files(admin_user, monkeypatch):
+def test_one_person_keeps_a_bounded_number_of_files(monkeypatch):
     monkeypatch.setattr(staged_uploads, "PER_OWNER", 2)
+    alice = make_staff("alice", password=None)
     for name in ("a.py", "b.py", "c.py"):
-        staged_uploads.stage(admin_user, name, b"")
+        staged_uploads.stage(alice, name, b"")
     assert sorted(StagedUpload.objects.values_list("file_name", flat=True)) == ["b.py", "c.py"]
 
 
@@ -157,7 +161,17 @@ def test_the_time_zone_is_typed_with_suggestions_and_an_unknown_one_is_named(adm
     assert str(Package.objects.get().timezone) == "Europe/Berlin"
 
 
-def test_the_preview_answers_what_is_typed(admin_client):
+BAD_INPUT = [
+    ({"schedule": "20 * * * 7", "timezone": "UTC"}, "schedule", "day of week: 7 is out of range 0-6"),
+    ({"schedule": "20 * *", "timezone": "UTC"}, "schedule", "5 fields"),
+    ({"schedule": "x" * 5000, "timezone": "UTC"}, "schedule", "too long"),
+    ({"schedule": "0 9 * * *", "timezone": "Mars/Olympus_Mons"}, "timezone", "Unknown time zone"),
+    ({"schedule": "0 9 * * *"}, "timezone", "required"),
+    ({"schedule": "0 9 * * *", "timezone": "\x00<script>"}, "timezone", "Unknown time zone"),
+]
+
+
+def test_the_preview_answers_what_is_typed_and_names_the_field_of_bad_input(admin_client):
     answer = admin_client.get(PREVIEW, {"schedule": "0 9 * * 0", "timezone": "Europe/Berlin"})
 
     assert answer.status_code == 200
@@ -170,19 +184,7 @@ def test_the_preview_answers_what_is_typed(admin_client):
 
     assert admin_client.get(PREVIEW, {"schedule": "", "timezone": "UTC"}).json()["html"] == "Not scheduled."
 
-
-BAD_INPUT = [
-    ({"schedule": "20 * * * 7", "timezone": "UTC"}, "schedule", "day of week: 7 is out of range 0-6"),
-    ({"schedule": "20 * *", "timezone": "UTC"}, "schedule", "5 fields"),
-    ({"schedule": "x" * 5000, "timezone": "UTC"}, "schedule", "too long"),
-    ({"schedule": "0 9 * * *", "timezone": "Mars/Olympus_Mons"}, "timezone", "Unknown time zone"),
-    ({"schedule": "0 9 * * *"}, "timezone", "required"),
-    ({"schedule": "0 9 * * *", "timezone": "\x00<script>"}, "timezone", "Unknown time zone"),
-]
-
-
-def test_the_preview_names_the_field_of_bad_input(admin_client):
-    for query, field, error in BAD_INPUT:
+    for query, field, error in BAD_INPUT:  # each answered 400 with the field at fault named
         answer = admin_client.get(PREVIEW, query)
         assert answer.status_code == 400, query
         assert answer.json()["field"] == field and error in answer.json()["error"], (query, answer.json())
