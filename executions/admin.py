@@ -15,6 +15,7 @@ from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
 
 from executor_project.badges import status_badge
+from executor_project.widgets import SuggestingInput
 from packages import access
 from packages.access import Action
 from packages.access_admin import MissingIsNotFound, ProjectScopedAdmin
@@ -100,22 +101,6 @@ class PackageFilter(ScopedRelatedFilter):
 class ManagedProjectFilter(ScopedRelatedFilter):
     path = "pk"
     action = Action.MANAGE
-
-
-class SuggestingInput(forms.TextInput):
-    """A text box that offers its field's choices as you type (an HTML datalist): a time zone is found by typing
-    "Berl", not by scrolling a select of 600 zones. The field still accepts only one of its choices."""
-
-    template_name = "admin/executions/widgets/suggesting_input.html"
-
-    def get_context(self, name, value, attrs):
-        context = super().get_context(name, value, attrs)
-        context["widget"]["attrs"]["list"] = f"{context['widget']['attrs'].get('id', name)}_choices"
-        context["widget"]["suggestions"] = [choice for choice, _ in getattr(self, "choices", []) if choice]
-        return context
-
-    def format_value(self, value):
-        return str(value) if value else ""  # a ZoneInfo shows as its key, "Europe/Berlin"
 
 
 class ExecutionForm(forms.ModelForm):

@@ -165,6 +165,9 @@ EXECUTOR_MAX_SCRIPT_BYTES = env_int("EXECUTOR_MAX_SCRIPT_BYTES", 5 * 1024 * 1024
 # Run-form uploads and secrets.json files: a larger one is refused before it is read (checked on Content-Length,
 # then again while the body streams in).
 EXECUTOR_MAX_UPLOAD_BYTES = env_int("EXECUTOR_MAX_UPLOAD_BYTES", 10 * 1024 * 1024, minimum=1024)
+# A package form that fails validation keeps the script files chosen in it (packages/staged_uploads.py) for
+# this long, so a resubmit within it saves them without choosing them again; the reaper deletes older ones.
+EXECUTOR_STAGED_UPLOAD_HOURS = env_int("EXECUTOR_STAGED_UPLOAD_HOURS", 24, minimum=1)
 # Form fields other than files, and request bodies read whole (the webhook's).
 DATA_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES
 FILE_UPLOAD_MAX_MEMORY_SIZE = EXECUTOR_MAX_SCRIPT_BYTES

@@ -5,8 +5,9 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, Q
-from django.http import HttpResponse, HttpResponseRedirect
+from django.http import HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -25,6 +26,7 @@ from executions.models import ExecutionStatus, TriggerType
 from executions.queueing import admin_message
 from executions.run_pages import run_form_page
 from executions.services import TriggerRefused, trigger_execution
+from executor_project.widgets import SuggestingInput
 
 from . import access
 from . import state as package_state
@@ -46,7 +48,7 @@ from .models import (
     Tag,
     store_package_secrets,
 )
-from .schedule_preview import schedule_preview_html
+from .schedule_preview import UNKNOWN_ZONE, preview_answer, schedule_preview_html
 from .secret_forms import (
     PackageSecretForm,
     PlatformSecretForm,
@@ -224,7 +226,7 @@ class ScriptInline(ProjectScopedInline, admin.TabularInline):
     form = ScriptInlineForm
     formset = ScriptInlineFormSet
     extra = 1
-    fields = ["position", "file_name", "kind_display", "runs_display", "size_display", "download", "upload"]
+    fields = ["position", "file_name", "kind_display", "runs_display", "size_display", "download", "upload", "staged"]
     readonly_fields = ["file_name", "kind_display", "runs_display", "size_display", "download"]
     ordering = ["position", "file_name"]
 
@@ -268,7 +270,8 @@ class PackageForm(forms.ModelForm):
     secrets_file = forms.FileField(
         required=False,
         label="Import secrets.json",
-        help_text="A JSON object of names to values; stored encrypted as package secrets, the file is not kept.",
+        help_text="A JSON object of names to values; stored encrypted as package secrets, the file is not kept: "
+        "if the form fails to save, choose it again (unlike scripts, it is never kept between attempts).",
     )
 
     class Meta:
@@ -278,7 +281,13 @@ class PackageForm(forms.ModelForm):
             "trigger_event_types", "allow_manual_triggering", "active", "priority", "step_timeout_seconds",
             "network_access", "warm_steps", "continue_on_failure", "retries_after_worker_loss", "entrypoint",
         ]  # fmt: skip
-        widgets = {"missed_runs": forms.RadioSelect}
+        # A time zone is typed with suggestions ("Berl"), not picked from a 600-option select.
+        widgets = {
+            "missed_runs": forms.RadioSelect,
+            "timezone": SuggestingInput(attrs={"autocomplete": "off", "size": 30}),
+        }
+        error_messages = {"timezone": {"invalid_choice": UNKNOWN_ZONE}}
+        help_texts = {"timezone": "The schedule's time zone: type a few letters of a city (e.g. Berl) and pick one."}
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -453,9 +462,29 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
             kwargs["required"] = True  # a package of no project is the platform's: only superusers make one
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    def get_formset_kwargs(self, request, obj, inline, prefix):
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, ScriptInline):  # a row may use the files its poster's failed save kept, no others
+            kwargs["form_kwargs"] = {**kwargs.get("form_kwargs", {}), "owner": request.user}
+        return kwargs
+
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         context["may_run"] = obj is not None and access.can(request.user, Action.RUN, obj)
+        if request.method == "POST":  # a POST is rendered only when the save failed
+            self._keep_what_was_chosen(context)
         return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def _keep_what_was_chosen(self, context) -> None:
+        """After a failed save, nothing chosen is lost silently: every valid script file is kept for the resubmit
+        (packages/staged_uploads.py); a secrets.json cannot be (it would be a secret in clear at rest), and its
+        field says so."""
+        for inline_formset in context["inline_admin_formsets"]:
+            if isinstance(inline_formset.formset, ScriptInlineFormSet):
+                inline_formset.formset.keep_uploads()
+        form = context["adminform"].form
+        if form.files.get("secrets_file") and "secrets_file" not in form.errors:
+            form.add_error("secrets_file", "Not kept: choose secrets.json again before saving (secrets are never "
+                                           "stored unencrypted, so a failed save cannot keep the file).")  # fmt: skip
 
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
@@ -466,6 +495,11 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
     def get_urls(self):
         return [
             path("<int:package_id>/run/", self.admin_site.admin_view(self.run_view), name="packages_package_run"),
+            path(
+                "schedule-preview/",
+                self.admin_site.admin_view(self.schedule_preview_view),
+                name="packages_package_schedule_preview",
+            ),
             path(
                 "scripts/<int:script_id>/download/",
                 self.admin_site.admin_view(self.download_view),
@@ -498,6 +532,16 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
         messages.add_message(request, *admin_message(execution, f"Execution {execution.short_id} of {package.name}"))
         url = reverse("admin:executions_execution_changelist")
         return HttpResponseRedirect(f"{url}?package__id__exact={package.pk}")
+
+    def schedule_preview_view(self, request):
+        """GET ?schedule=&timezone=: the form's "In words, next runs" for what is typed, before it is saved
+        (schedule_preview.preview_answer), for the form's script. For whoever may add or change a package."""
+        if not (self.has_add_permission(request) or self.has_change_permission(request)):
+            raise PermissionDenied
+        if request.method != "GET":
+            return JsonResponse({"error": "Use GET."}, status=405, headers={"Allow": "GET"})
+        status, body = preview_answer(request.GET.get("schedule", ""), request.GET.get("timezone", ""), timezone.now())
+        return JsonResponse(body, status=status)
 
     def download_view(self, request, script_id: int):
         scripts = access.scoped(Script.objects.all(), request.user, Action.VIEW, path="package__project")

@@ -4,6 +4,7 @@ Script content lives in the database, not on a shared disk, so any worker on any
 with nothing but a database connection.
 """
 
+import uuid
 from pathlib import PurePosixPath
 
 from django.conf import settings
@@ -322,6 +323,26 @@ class Script(models.Model):
         """Whether a run has a step for this file (Package.scripts_that_run, for one file)."""
         entrypoint = self.package.entrypoint
         return self.runs and (not entrypoint or self.file_name == entrypoint)
+
+
+class StagedUpload(models.Model):
+    """A script file chosen in a package form that failed validation, kept so the person need not choose it
+    again (packages/staged_uploads.py). Owned by whoever uploaded it, reachable only through a signed token in
+    their re-rendered form, consumed by the save that stores it, and swept by the reaper once it expires. Never a
+    secrets.json: secrets are not stored in clear, so that file is chosen again."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="+")
+    file_name = models.CharField(max_length=200, validators=[file_name_validator])
+    content = models.BinaryField()
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return self.file_name
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
 
 
 class EnvironmentVariable(models.Model):

@@ -32,6 +32,7 @@ from django.utils import timezone
 from executions import catch_up, later_runs, transitions
 from executions.models import Execution, ExecutionStatus
 from executions.services import enqueue
+from packages import staged_uploads
 
 from . import republish, workspace_sweep
 from .models import ReaperClock
@@ -55,6 +56,7 @@ def reap(now: datetime | None = None) -> ReapReport:
     republished = republish.republish_lost(now)
     caught_up = catch_up.catch_up_missed(now)
     later_runs.delete_fired()  # one-off later-run tasks beat has fired (by beat's clock, not `now`)
+    staged_uploads.sweep(now)  # script files kept by failed package forms, past EXECUTOR_STAGED_UPLOAD_HOURS
     return ReapReport(failed=failed, retried=retried, republished=republished, caught_up=caught_up)
 
 
