@@ -21,11 +21,12 @@ import logging
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
 from executor_project import publishing
+from packages.models import Package
 
 from .models import Delivery, Execution, ExecutionStatus, NotificationRule
 from .notification_models import DeliveryStatus, NotifyEvent
@@ -40,10 +41,10 @@ SWEEP_BATCH = 200  # deliveries published per sweep: a backlog drains over a few
 def record_finished(execution_id) -> list[int]:
     """Record the deliveries an execution's end calls for; call it in the transaction that ended it. Their
     messages are published when that transaction commits. Returns the new deliveries' ids."""
-    execution = Execution.objects.select_related("package").get(pk=execution_id)
-    rules = list(rules_for(execution.package))
+    rules = rules_for(execution_id)
     if not rules:
-        return []
+        return []  # most ends: one query, and nothing else
+    execution = Execution.objects.get(pk=execution_id)
     event = event_for(execution.status, _previous_outcome(execution) if _completed(execution) else None)
     now = timezone.now()
     wanted = [Delivery(rule=rule, execution=execution, event=event, next_attempt_at=now) for rule in rules
@@ -59,12 +60,22 @@ def record_finished(execution_id) -> list[int]:
     return ids
 
 
-def rules_for(package):
-    """The active rules of the package and of its project."""
-    scope = Q(package=package)
-    if package.project_id is not None:
-        scope |= Q(project_id=package.project_id)
-    return NotificationRule.objects.filter(scope, active=True)
+def rules_for(execution_id) -> list[NotificationRule]:
+    """The active rules of the execution's package and of its project. It runs at the end of every execution, rules
+    or not, so it is one query written out: the ORM took longer to compile its two subqueries (~1 ms of CPU) than
+    PostgreSQL to answer them (two primary-key lookups and a scan of the few rules)."""
+    key = Execution._meta.pk.get_db_prep_value(execution_id, connection)  # SQLite keeps UUIDs as hex
+    return list(NotificationRule.objects.raw(_RULES_SQL, [key, key]))
+
+
+_RULES, _EXECUTIONS, _PACKAGES = (model._meta.db_table for model in (NotificationRule, Execution, Package))
+_RULES_SQL = f"""
+SELECT rule.* FROM {_RULES} rule
+WHERE rule.active AND (
+    rule.package_id = (SELECT package_id FROM {_EXECUTIONS} WHERE id = %s)
+    OR rule.project_id = (SELECT package.project_id FROM {_PACKAGES} package
+                          JOIN {_EXECUTIONS} execution ON execution.package_id = package.id WHERE execution.id = %s)
+)"""
 
 
 def event_for(status: str, previous: str | None) -> str:
