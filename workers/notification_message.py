@@ -156,7 +156,9 @@ def teams_payload(message: Message) -> dict:
         {"type": "FactSet", "facts": facts},
     ]  # fmt: skip
     if message.stderr_tail:
-        body.append({"type": "TextBlock", "text": message.stderr_tail, "wrap": True, "fontType": "Monospace"})
+        # A TextRun is plain text, where a TextBlock would render the script's output as Markdown (links included).
+        run = {"type": "TextRun", "text": message.stderr_tail, "fontType": "Monospace"}
+        body.append({"type": "RichTextBlock", "inlines": [run]})
     card = {
         "$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard", "version": "1.4",
         "body": body, "actions": [{"type": "Action.OpenUrl", "title": "Open the execution", "url": message.url}],

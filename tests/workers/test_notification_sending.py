@@ -98,7 +98,9 @@ def test_the_teams_payload_is_a_message_with_one_adaptive_card(failed_delivery):
     assert card["actions"] == [{"type": "Action.OpenUrl", "title": "Open the execution", "url": message.url}]
     facts = {fact["title"]: fact["value"] for fact in card["body"][1]["facts"]}
     assert facts["Package"] == "Orders (orders)" and facts["Project"] == "Sales" and facts["Status"] == "failed"
-    assert card["body"][2]["fontType"] == "Monospace" and SECRET not in str(payload)
+    (stderr,) = card["body"][2]["inlines"]  # plain text: a TextBlock would render the output's Markdown
+    assert card["body"][2]["type"] == "RichTextBlock" and stderr["type"] == "TextRun"
+    assert stderr["text"].endswith(f"login failed with {masking.MASK} <!channel>") and SECRET not in str(payload)
 
 
 def test_an_email_reaches_a_real_smtp_server(failed_delivery, settings):
