@@ -1,9 +1,11 @@
 """Which notifications an execution's end records (executions/notifications.py), recorded with the end itself, and
 what a broker outage does to them; the webhook URL policy (executions/webhook_urls.py)."""
 
+import io
 from datetime import timedelta
 
 import pytest
+from django.core.management import call_command
 from django.utils import timezone
 
 from executions import notifications, transitions
@@ -12,6 +14,7 @@ from executions.notification_models import DeliveryStatus, NotifyEvent
 from executions.notifications import SEND_TASK, event_for
 from executions.services import trigger_execution
 from executions.webhook_urls import UnsafeWebhookUrl, check, parse
+from packages.encryption import generate_key
 from packages.models import Project
 from tests.factories import make_package
 
@@ -211,3 +214,19 @@ def test_a_listed_host_may_be_internal_and_plain_http(settings):
     parsed, addresses = check("http://127.0.0.1:8125/hook?token=abc")
 
     assert (parsed.origin, parsed.target, addresses) == ("http://127.0.0.1:8125", "/hook?token=abc", ["127.0.0.1"])
+
+
+def test_rotate_webhook_urls_re_encrypts_them_under_the_new_key(orders, settings):
+    old_key, new_key = generate_key(), generate_key()
+    settings.EXECUTOR_FERNET_KEYS = [old_key]
+    rule = NotificationRule(name="chat", package=orders, channel="webhook")
+    rule.set_webhook_url("https://hooks.example.com/services/T0/xoxb-1")
+    rule.save()
+    email_rule("mail", package=orders)  # no URL: left alone
+
+    settings.EXECUTOR_FERNET_KEYS = [new_key, old_key]
+    call_command("rotate_webhook_urls", stdout=io.StringIO())
+
+    settings.EXECUTOR_FERNET_KEYS = [new_key]
+    rule.refresh_from_db()
+    assert rule.webhook_url() == "https://hooks.example.com/services/T0/xoxb-1"
