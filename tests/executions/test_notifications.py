@@ -1,10 +1,14 @@
 """Which notifications an execution's end records (executions/notifications.py), recorded with the end itself, and
 what a broker outage does to them; the webhook URL policy (executions/webhook_urls.py)."""
 
+import base64
 import io
+import json
+import time
 from datetime import timedelta
 
 import pytest
+import redis
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -16,7 +20,9 @@ from executions.services import trigger_execution
 from executions.webhook_urls import UnsafeWebhookUrl, check, parse
 from packages.encryption import generate_key
 from packages.models import Project
+from tests.e2e.processes import free_port
 from tests.factories import make_package
+from tests.redis_server import broker_of_this_process
 
 pytestmark = pytest.mark.django_db
 
@@ -139,28 +145,35 @@ def test_a_finish_recorded_twice_still_makes_one_delivery(orders, enqueued):
 
 
 def test_a_broker_outage_at_the_end_fails_nothing_and_the_sweep_sends_it_later(
-    orders, monkeypatch, settings, django_capture_on_commit_callbacks, caplog
+    orders, settings, django_capture_on_commit_callbacks, caplog
 ):
+    """Redis is down (nothing listens on its port) when the run ends; the sweep publishes to the real test Redis."""
     email_rule("failures", package=orders)
 
-    def refused(*args, **kwargs):
-        raise ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+    execution = trigger_execution(orders, trigger_type=TriggerType.MANUAL)
+    transitions.claim(execution.pk, "w1", "token")
+    with broker_of_this_process(f"redis://127.0.0.1:{free_port()}/0"):
+        started = time.monotonic()
+        with django_capture_on_commit_callbacks(execute=True):
+            assert transitions.finish(execution.pk, "token", FAILED, "failed: step 1 (main.py) failed") == 1
+        took = time.monotonic() - started
 
-    monkeypatch.setattr("executor_project.publishing.publish", refused)
-    with django_capture_on_commit_callbacks(execute=True):
-        execution = end(orders, FAILED)
-
+    execution.refresh_from_db()
     assert execution.status == FAILED  # the run's end is recorded
+    assert took < 3  # the refused publish costs the end of the run about a second, not a hang
     delivery = Delivery.objects.get(execution=execution)
     assert delivery.status == DeliveryStatus.PENDING  # and so is its notification, not lost
+    assert "could not publish notifications to the broker" in caplog.text
     assert "the sweep sends them later" in caplog.text
 
-    published = []
-    monkeypatch.setattr("executor_project.publishing.publish", lambda task, args, queue: published.append(args[0]))
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    broker.delete(notifications.LANE)
     assert notifications.sweep(timezone.now()) == 0  # not overdue yet: its own message may still be on its way
     later = timezone.now() + timedelta(seconds=settings.EXECUTOR_NOTIFICATION_SWEEP_SECONDS + 1)
     assert notifications.sweep(later) == 1
-    assert published == [delivery.pk]
+    (message,) = broker.lrange(notifications.LANE, 0, -1)
+    assert json.loads(base64.b64decode(json.loads(message)["body"]))[0] == [delivery.pk]
+    broker.delete(notifications.LANE)
 
 
 def test_a_bug_in_the_notifications_never_keeps_a_run_from_ending(orders, monkeypatch, enqueued, caplog):
