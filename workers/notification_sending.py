@@ -21,6 +21,7 @@ from django.core.mail import EmailMessage, get_connection
 from executions import deliveries
 from executions.models import Delivery
 from executions.notification_models import NotifyChannel
+from executor_project import database
 from packages.encryption import EncryptionError
 
 from . import masking
@@ -45,6 +46,8 @@ def send(delivery_id: int) -> float | None:
     try:
         message = compose(delivery)
         _deliver(delivery, message)
+    except database.UNREACHABLE:
+        raise  # not the attempt's fault: its lock runs out and the sweep sends it once the database is back
     except Exception as exc:
         if not isinstance(exc, SendFailed):
             logger.exception("notification %s: internal error", delivery_id)
