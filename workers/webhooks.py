@@ -10,6 +10,7 @@ Error messages name the host at most, never the URL: its path or query is usuall
 """
 
 import json
+import logging
 
 import urllib3
 from django.conf import settings
@@ -17,6 +18,17 @@ from django.conf import settings
 from executions.webhook_urls import UnsafeWebhookUrl, WebhookUrl, check
 
 USER_AGENT = "Executor-notifications/1"
+
+
+class _WithoutRequestLines(logging.Filter):
+    """urllib3 logs every request line at DEBUG, path and query included, which for a webhook is its token: with
+    LOG_LEVEL=DEBUG that would put it in the worker's log. Its DEBUG lines are dropped (in this process only)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+logging.getLogger("urllib3.connectionpool").addFilter(_WithoutRequestLines())
 
 
 class WebhookFailed(Exception):

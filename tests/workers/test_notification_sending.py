@@ -2,6 +2,8 @@
 webhooks.py): the three webhook shapes, masking, and real deliveries to a local SMTP server and HTTP receiver, run
 in this process (tests/e2e/test_notifications.py sends them from a real worker)."""
 
+import logging
+
 import pytest
 from django.urls import reverse
 from django.utils import timezone
@@ -132,6 +134,18 @@ def test_a_webhook_reaches_a_real_http_receiver_once(failed_delivery, settings):
     assert post.headers["X-Executor-Delivery"] == str(failed_delivery.pk)
     assert post.body["text"].startswith("FAILED: orders (Sales)")
     assert Delivery.objects.get(pk=failed_delivery.pk).status == DeliveryStatus.SENT
+
+
+def test_the_webhooks_url_stays_out_of_the_log_even_at_debug_level(failed_delivery, settings, caplog):
+    settings.EXECUTOR_NOTIFICATION_ALLOWED_HOSTS = ["127.0.0.1"]
+    caplog.set_level(logging.DEBUG)
+    with http_receiver() as receiver:
+        receiver.status = 500
+        webhook_rule(failed_delivery, receiver.url("/hooks/xoxb-4417"))
+        send(failed_delivery.pk)
+
+    assert receiver.posts and "127.0.0.1 answered HTTP 500" in caplog.text
+    assert "xoxb-4417" not in caplog.text
 
 
 def test_a_failed_attempt_is_retried_with_backoff_and_then_marked_failed_without_its_url(failed_delivery, settings):
