@@ -3,6 +3,7 @@ webhooks.py): the three webhook shapes, masking, and real deliveries to a local 
 in this process (tests/e2e/test_notifications.py sends them from a real worker)."""
 
 import logging
+from datetime import timedelta
 
 import pytest
 from django.urls import reverse
@@ -11,6 +12,7 @@ from django.utils import timezone
 from executions import transitions
 from executions.models import Delivery, ExecutionStatus, ExecutionStep, NotificationRule, StepStatus, TriggerType
 from executions.notification_models import DeliveryStatus
+from executions.notifications import SEND_TASK
 from executions.services import trigger_execution
 from packages.models import Project
 from tests.factories import add_secret, make_package
@@ -18,6 +20,7 @@ from tests.notification_receivers import http_receiver, smtp_server
 from workers import masking
 from workers.notification_message import compose, execution_url, generic_payload, slack_payload, teams_payload
 from workers.notification_sending import send
+from workers.tasks import send_notification, sweep_notifications
 
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("enqueued")]
 
@@ -222,3 +225,16 @@ def test_execution_url_matches_the_admin_route(settings):
     assert execution_url("abc") == "https://executor.example" + reverse(
         "admin:executions_execution_change", args=["abc"]
     )
+
+
+def test_the_sweep_task_publishes_overdue_deliveries_and_a_malformed_message_is_dropped(failed_delivery, enqueued,
+                                                                                        caplog):  # fmt: skip
+    overdue = timezone.now() - timedelta(hours=1)
+    Delivery.objects.filter(pk=failed_delivery.pk).update(next_attempt_at=overdue)
+    enqueued.clear()
+
+    sweep_notifications()
+    send_notification("1; DROP TABLE")
+
+    assert [(m.args, m.queue) for m in enqueued.of(SEND_TASK)] == [([failed_delivery.pk], "maintenance")]
+    assert "dropping send_notification message with a malformed id" in caplog.text
