@@ -697,3 +697,6 @@ class ApiKeyAdmin(MissingIsNotFound, admin.ModelAdmin):
                               messages.WARNING)  # fmt: skip
         if not revoked and not skipped:
             self.message_user(request, "Those API keys were already revoked.", messages.INFO)
+
+
+from . import notification_admin  # noqa: F401, E402  (registers NotificationRuleAdmin, DeliveryAdmin)

@@ -13,6 +13,9 @@ from timezone_field import TimeZoneField
 
 from packages.models import Package, Script, validate_cron
 
+# Notification rules and deliveries live in a module of their own; imported here so Django registers them.
+from .notification_models import Delivery, NotificationRule  # noqa: F401
+
 
 class TriggerType(models.TextChoices):
     MANUAL = "manual", "Manual"

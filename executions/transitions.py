@@ -15,6 +15,8 @@ An execution (ExecutionStatus), and who moves it:
 
 `flag_cancel` (a person) changes no status: it marks a running execution, and its worker stops the running step
 and finishes the run as cancelled. completed, failed, cancelled and skipped are terminal: no transition starts there.
+Each transition into completed, failed or cancelled records, in its transaction, the notifications that end
+calls for (`_ended`).
 
 A step (StepStatus) is written by the worker holding its execution's lease, in the order of the step loop
 (workers/runner.py):
@@ -34,6 +36,7 @@ step. The reaper's and the heartbeat's transitions match the lost lease's token 
 finished, or a worker that beat again, meanwhile wins.
 """
 
+import logging
 import uuid
 from datetime import datetime
 
@@ -42,10 +45,13 @@ from django.db.models import F, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from executor_project import database
 from packages.models import Package
 
+from . import notifications
 from .models import Execution, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
 
+logger = logging.getLogger(__name__)
 # A worker's lease token after the reaper failed its execution: no worker's token, so its late writes match nothing.
 REAPED = "reaped"
 FINISHED_STATUSES = frozenset({ExecutionStatus.COMPLETED, ExecutionStatus.FAILED, ExecutionStatus.CANCELLED})
@@ -73,7 +79,10 @@ def finish(execution_id, token: str, status: ExecutionStatus, reason: str, now: 
     if status not in FINISHED_STATUSES:
         raise ValueError(f"an execution does not finish as {status!r}")
     now = now or timezone.now()
-    return _leased(execution_id, token).update(status=status, status_reason=reason, finished_at=now, heartbeat_at=now)
+    with transaction.atomic():
+        finished = _leased(execution_id, token).update(status=status, status_reason=reason, finished_at=now,
+                                                       heartbeat_at=now)  # fmt: skip
+        return _ended(execution_id, finished)
 
 
 def fail_unfinished(execution_id, token: str, reason: str, now: datetime | None = None) -> int:
@@ -86,9 +95,10 @@ def fail_unfinished(execution_id, token: str, reason: str, now: datetime | None 
         steps.filter(status=StepStatus.PENDING).update(
             status=StepStatus.SKIPPED, status_reason="skipped: the execution failed (see its reason)"
         )
-        return _leased(execution_id, token).update(
+        failed = _leased(execution_id, token).update(
             status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now, heartbeat_at=now
         )
+        return _ended(execution_id, failed)
 
 
 def hand_back(execution_id, token: str, reason: str) -> int:
@@ -121,6 +131,7 @@ def fail_lost(execution_id, token: str, reason: str, now: datetime | None = None
             steps.filter(status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed"
             )
+        _ended(execution_id, lost)
     return lost
 
 
@@ -152,6 +163,7 @@ def cancel_pending(execution_id, user, reason: str, now: datetime | None = None)
             ExecutionStep.objects.filter(execution_id=execution_id, status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, status_reason="skipped: execution cancelled"
             )
+        _ended(execution_id, cancelled)
     return cancelled
 
 
@@ -180,6 +192,22 @@ def record_skipped(package: Package, idempotency_key: str, reason: str, now: dat
     except IntegrityError:
         return False
     return True
+
+
+def _ended(execution_id, updated: int) -> int:
+    """After a transition to a final status, in its transaction: the notifications its end calls for are recorded
+    with it (executions/notifications.py), so they are kept or rolled back together. `updated`: its row count."""
+    if not updated:
+        return updated
+    try:
+        with transaction.atomic():  # a savepoint: what fails here rolls back the notifications only
+            notifications.record_finished(execution_id)
+    except database.UNREACHABLE:
+        raise  # the whole transition failed with it, and is retried as a whole
+    except Exception:
+        # A notification must never keep a run from ending: the end is recorded, the error logged.
+        logger.exception("execution %s: its notifications could not be recorded", execution_id)
+    return updated
 
 
 def _leased(execution_id, token: str):

@@ -239,6 +239,35 @@ EXECUTOR_EVENT_MAX_CHAIN_DEPTH = env_int("EXECUTOR_EVENT_MAX_CHAIN_DEPTH", 20, m
 # An event that would start more executions than this starts none (a subscription mistake, not a workload).
 EXECUTOR_EVENT_MAX_FAN_OUT = env_int("EXECUTOR_EVENT_MAX_FAN_OUT", 100, minimum=1)
 
+# --- Notifications (executions/notifications.py, workers/notification_sending.py) --------------------------------
+# The site's address as people reach it, for the execution links in notifications (e.g. https://executor.example).
+EXECUTOR_BASE_URL = env_str("EXECUTOR_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+# Email goes through Django's SMTP backend; these are Django's own settings, read from variables of the same name.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.smtp.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1, maximum=65535)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)  # STARTTLS, usually on port 587
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)  # implicit TLS, usually on port 465
+if EMAIL_USE_TLS and EMAIL_USE_SSL:
+    raise ImproperlyConfigured("EMAIL_USE_TLS and EMAIL_USE_SSL are exclusive: choose one")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "executor@localhost")
+# One SMTP conversation or webhook request may take this long; then the attempt failed (and is retried).
+EXECUTOR_NOTIFICATION_TIMEOUT_SECONDS = env_int("EXECUTOR_NOTIFICATION_TIMEOUT_SECONDS", 10, minimum=1, maximum=120)
+EMAIL_TIMEOUT = EXECUTOR_NOTIFICATION_TIMEOUT_SECONDS
+# Attempts per delivery before it is marked failed; the wait before attempt n+1 is RETRY_SECONDS x 2^(n-1).
+EXECUTOR_NOTIFICATION_MAX_ATTEMPTS = env_int("EXECUTOR_NOTIFICATION_MAX_ATTEMPTS", 5, minimum=1, maximum=20)
+EXECUTOR_NOTIFICATION_RETRY_SECONDS = env_int("EXECUTOR_NOTIFICATION_RETRY_SECONDS", 30, minimum=1)
+# The sweep sends deliveries whose message was lost (the broker was away when the execution finished) this often.
+EXECUTOR_NOTIFICATION_SWEEP_SECONDS = env_int("EXECUTOR_NOTIFICATION_SWEEP_SECONDS", 60, minimum=5)
+# How many of the failed step's last stderr lines a message quotes.
+EXECUTOR_NOTIFICATION_STDERR_LINES = env_int("EXECUTOR_NOTIFICATION_STDERR_LINES", 20, minimum=0, maximum=200)
+# Webhooks are posted by workers, so a URL must not make them reach their own network (cloud metadata at
+# 169.254.169.254, loopback services, private ranges): such addresses are refused unless the host (name or address,
+# as written in the URL) is listed here. Plain http:// is allowed only to listed hosts too.
+EXECUTOR_NOTIFICATION_ALLOWED_HOSTS = env_list("EXECUTOR_NOTIFICATION_ALLOWED_HOSTS", [])
+
 # --- Missed schedule times (executions/catch_up.py, run by the reaper) -------------------------------------------
 # A fire time with no run GRACE seconds after it is missed (its tick was lost, or beat was down): it is caught up or
 # recorded per the package's policy. Only a package's latest missed time counts, if within the look-back (0 = off).
@@ -321,5 +350,10 @@ CELERY_BEAT_SCHEDULE = {
         "schedule": float(EXECUTOR_REAPER_SECONDS),
         # A reap that waited longer than a period is superseded by the next one: drop it.
         "options": {"queue": "maintenance", "expires": EXECUTOR_REAPER_SECONDS},
-    }
+    },
+    "executor.sweep_notifications": {
+        "task": "executor.sweep_notifications",
+        "schedule": float(EXECUTOR_NOTIFICATION_SWEEP_SECONDS),
+        "options": {"queue": "maintenance", "expires": EXECUTOR_NOTIFICATION_SWEEP_SECONDS},
+    },
 }

@@ -131,7 +131,7 @@ def check_address(host: str, address: str) -> None:
     if host_is_allowed(host):
         return
     ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone index is not part of the address
-    reason = _non_public(ip)
+    reason = non_public_reason(ip)
     if reason:
         shown = host if _same_address(host, ip) else f"host {host} resolves to {address}, which"
         raise UnsafeGitUrl(
@@ -147,7 +147,7 @@ def _same_address(host: str, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) 
         return False
 
 
-def _non_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+def non_public_reason(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
     """What kind of not-public address `ip` is ("a loopback"), or None for a public unicast address."""
     if ip.version == 6:
         # IPv4 addresses inside IPv6 ones reach the IPv4 address: judge that one.
@@ -156,7 +156,7 @@ def _non_public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None
         if ip in _NAT64:
             embedded.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         for inner in filter(None, embedded):
-            reason = _non_public(inner)
+            reason = non_public_reason(inner)
             if reason:
                 return reason
     for attribute, label in (("is_unspecified", "an unspecified"), ("is_loopback", "a loopback"),

@@ -17,7 +17,7 @@ import redis
 from django.conf import settings
 from django.db import connection
 
-from executions import later_runs, queueing, saved_runs
+from executions import later_runs, notifications, queueing, saved_runs
 from packages import git_webhook, schedules
 from packages.models import GitRepository, Project
 from tests.factories import make_package
@@ -110,7 +110,7 @@ def test_the_web_side_publishes_a_run_and_a_sync_without_loading_the_worker(tmp_
 
 
 def test_a_worker_finds_every_task_the_code_publishes_or_schedules_by_name():
-    published = {queueing.RUN_TASK, git_webhook.SYNC_TASK, git_webhook.SYNC_ADOPTING_TASK}
+    published = {queueing.RUN_TASK, git_webhook.SYNC_TASK, git_webhook.SYNC_ADOPTING_TASK, notifications.SEND_TASK}
     scheduled = {schedules.TICK_TASK, saved_runs.SAVED_RUN_TASK, later_runs.LATER_RUN_TASK}
     periodic = {entry["task"] for entry in settings.CELERY_BEAT_SCHEDULE.values()}
 

@@ -13,10 +13,11 @@ from celery import shared_task
 from celery.signals import task_prerun, worker_init, worker_process_init, worker_ready, worker_shutting_down
 from django.db import close_old_connections
 
+from executions import notifications
 from executor_project import database
 from executor_project.redelivery import hand_back
 
-from . import heartbeat, reaper, runner, shutdown, workspace_sweep
+from . import heartbeat, notification_sending, reaper, runner, shutdown, workspace_sweep
 from .checks import check_script_runtime
 from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 
@@ -61,6 +62,39 @@ def reap() -> None:
             "reaper: worker lost for %s failed and %s retried executions; %s pending ones published again",
             report.failed, report.retried, report.republished,
         )  # fmt: skip
+
+
+@shared_task(name="executor.send_notification", bind=True, ignore_result=True)
+def send_notification(self, delivery_id: int) -> None:
+    """Published when an execution ends (executions/notifications.py): one attempt at one delivery; a failed one
+    with attempts left comes back here after its backoff."""
+    if not isinstance(delivery_id, int):
+        logger.error("dropping send_notification message with a malformed id %r", delivery_id)
+        return
+    try:
+        delay = notification_sending.send(delivery_id)
+    except database.UNREACHABLE as exc:  # the delivery stays pending: the sweep sends it once the database is back
+        database.reset_connection()
+        logger.warning("notification %s: the database is unreachable (%s)", delivery_id, database.describe(exc))
+        return
+    if delay is not None:
+        try:
+            self.apply_async(args=[delivery_id], countdown=delay, queue=notifications.LANE)
+        except Exception as exc:  # the sweep publishes it again
+            logger.warning("notification %s: could not schedule its next attempt (%s)", delivery_id, type(exc).__name__)
+
+
+@shared_task(name="executor.sweep_notifications", ignore_result=True)
+def sweep_notifications() -> None:
+    """Periodic (CELERY_BEAT_SCHEDULE): publish again the deliveries whose message was never published or was lost."""
+    try:
+        published = notifications.sweep()
+    except database.UNREACHABLE as exc:
+        database.reset_connection()
+        logger.warning("notification sweep: the database is unreachable (%s)", database.describe(exc))
+        return
+    if published:
+        logger.info("notification sweep: %s overdue deliveries published again", published)
 
 
 @worker_ready.connect

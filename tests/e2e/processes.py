@@ -23,8 +23,6 @@ from django.db import connection
 
 BASE_DIR = Path(__file__).resolve().parents[2]
 LANES = "priority,default,slow,scheduled,maintenance"
-# Test repositories are file:// URLs, which production refuses (packages/git_urls.py).
-TEST_WORKER_ENV = {"EXECUTOR_GIT_ALLOW_LOCAL": "true"}
 # Workers of one test run need not find each other: starting without it is faster.
 QUIET_CLUSTER = ("--without-mingle", "--without-gossip")
 GONE = (psutil.NoSuchProcess, ProcessLookupError)  # psutil.ZombieProcess is a NoSuchProcess
@@ -34,6 +32,21 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+# The port of the SMTP server tests/e2e/test_notifications.py starts: the package's worker is started before it.
+NOTIFICATION_SMTP_PORT = free_port()
+TEST_WORKER_ENV = {
+    # Test repositories are file:// URLs, which production refuses (packages/git_urls.py).
+    "EXECUTOR_GIT_ALLOW_LOCAL": "true",
+    # Notifications go to receivers on this machine (refused in production unless listed), and retry within seconds.
+    "EMAIL_HOST": "127.0.0.1",
+    "EMAIL_PORT": str(NOTIFICATION_SMTP_PORT),
+    "EXECUTOR_NOTIFICATION_ALLOWED_HOSTS": "127.0.0.1",
+    "EXECUTOR_NOTIFICATION_RETRY_SECONDS": "1",
+    "EXECUTOR_NOTIFICATION_MAX_ATTEMPTS": "3",
+    "EXECUTOR_BASE_URL": "https://executor.test",
+}
 
 
 def tail(text: str, lines: int = 60) -> str:

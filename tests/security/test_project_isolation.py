@@ -23,9 +23,11 @@ from django.urls import NoReverseMatch, reverse
 
 from executions.models import (
     ApiKey,
+    Delivery,
     Execution,
     ExecutionStatus,
     ExecutionStep,
+    NotificationRule,
     StepStatus,
     TriggerEvent,
     TriggerEventStatus,
@@ -96,7 +98,12 @@ def build_side(name: str, *, marker: str, event_type: EventType, tmp_path, paren
     repository = GitRepository.objects.create(project=project, url=f"file://{tmp_path}/repo-{name}{marker}")
     api_key, _ = ApiKey.issue(f"{name} key {marker}", project=project)
     audit = record(AuditAction.RUN, done, actor=f"{name} person {marker}")
-    return Side(project, package, done, step, pending, saved, event, repository, api_key, audit)
+    rule = NotificationRule.objects.create(name=f"{name} rule {marker}", project=project,
+                                           email_to=f"{name.lower()}{marker}@example.com")  # fmt: skip
+    delivery = Delivery.objects.create(rule=rule, execution=done, event="failure", status="failed",
+                                       last_error=f"error {marker}", next_attempt_at=done.created_at)  # fmt: skip
+    return Side(project, package, done, step, pending, saved, event, repository, api_key, audit,
+                extra=[rule, delivery])  # fmt: skip
 
 
 @pytest.fixture
