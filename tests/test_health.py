@@ -11,6 +11,7 @@ from django.test import Client
 
 from executor_project import liveness
 from tests.executions.test_api_errors import closed_port, database_unreachable
+from tests.security.test_deploy_check import documented_production_env, probe
 
 PASSWORD = "s3cret-redis-password"
 
@@ -92,3 +93,12 @@ def test_the_quick_start_s_socket_url_is_spelt_for_redis_py():
     assert liveness.redis_py_url("redis+socket:///data/redis.sock") == "unix:///data/redis.sock"
     assert liveness.redis_py_url("redis+socket:///data/redis.sock?virtual_host=3") == "unix:///data/redis.sock?db=3"
     assert liveness.redis_py_url("redis://:pw@host:6379/2") == "redis://:pw@host:6379/2"
+
+
+def test_production_answers_readyz_over_plain_http_for_the_container_health_check(tmp_path):
+    """EXECUTOR_HTTPS redirects plain HTTP to https, except the health checks, called from inside the container."""
+    answers = probe(documented_production_env(tmp_path), [("/readyz", {}), ("/admin/", {})])
+
+    status, location, _ = answers["/readyz {}"]
+    assert status in (200, 503) and location == ""  # 503: the test has no executor database
+    assert answers["/admin/ {}"][:2] == [301, "https://127.0.0.1:8000/admin/"]  # the rule is on
