@@ -110,6 +110,8 @@ class Reporter:
         except Exception:
             logger.exception("heartbeat: could not record %s's liveness", self.name)
             return
+        if self.failing:
+            logger.warning("heartbeat: %s's liveness is recorded in Redis again", self.name)
         self.failing = False
 
     def report(self) -> None:
