@@ -8,7 +8,7 @@ Why a hash and not a key per process with a TTL: the dashboard lists every proce
 of a keyspace that also holds one marker per queued execution (executions/queueing.py), and a process that died
 stays listed, with the time of its last beat, instead of vanishing: "stale for 5 minutes" is what an operator needs
 to see. A worker that stops softly deletes its own entry; entries nobody refreshed for FORGET_SECONDS are dropped by
-the writers, and the hash as a whole expires FORGET_SECONDS after the last write.
+every worker (at its start, then hourly), and the hash as a whole expires FORGET_SECONDS after the last write.
 
 Times are wall-clock (time.time()): entries are compared across processes and hosts, whose clocks NTP keeps
 within far less than the limits used here (EXECUTOR_HEALTH_STALE_SECONDS).

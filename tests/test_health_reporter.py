@@ -3,6 +3,7 @@ heartbeat thread calls. The consumer is a stand-in holding what Celery's consume
 concurrency, prefetch and lanes) and Celery's requests in hand are plain lists: these tests are about the judgement
 of "consumes"; tests/e2e/test_health.py proves it on real workers."""
 
+import json
 import logging
 import time
 from types import SimpleNamespace
@@ -124,3 +125,12 @@ def test_a_solo_worker_has_one_slot(in_hand, test_redis):
     reporter.report()
 
     assert liveness.read_all()[NAME]["slots"] == 1
+
+
+def test_entries_silent_for_a_day_are_dropped_by_a_worker(reporter, test_redis):
+    for name, age in (("worker@gone-host", liveness.FORGET_SECONDS + 60), ("beat@quiet-host", 600)):
+        test_redis.hset(liveness.KEY, name, json.dumps({"kind": "worker", "name": name, "at": time.time() - age}))
+
+    reporter.report()
+
+    assert sorted(liveness.read_all()) == ["beat@quiet-host", NAME]  # a stale one stays: it shows a dead process

@@ -33,6 +33,7 @@ from executor_project import liveness
 
 logger = logging.getLogger(__name__)
 LOOP_STAMP_SECONDS = 1.0
+PRUNE_EVERY_SECONDS = 3600  # how often a worker drops the entries of processes silent for a day
 RUN_EXECUTION = "executor.run_execution"
 
 
@@ -87,6 +88,7 @@ class Reporter:
         self.started_at = time.time()
         self.last_report_at: float | None = None
         self.starving_since: float | None = None
+        self.next_prune = 0.0
         self.failing = False
         self.stopped = False
 
@@ -140,6 +142,9 @@ class Reporter:
         }
         liveness.record(self.name, facts)
         self.last_report_at = now
+        if now >= self.next_prune:
+            self.next_prune = now + PRUNE_EVERY_SECONDS
+            liveness.drop_forgotten(liveness.read_all(), now)
 
     def judge_starving(self, now: float, waiting: int, has_room: bool) -> None:
         """Messages waited beside a free slot and none was taken since the last report: starving since then,
