@@ -134,15 +134,11 @@ def test_a_garbled_entry_is_ignored_not_a_crash():
 # --- web: GET /readyz of a real server --------------------------------------------------------------------------
 
 
-def test_a_ready_web_process_is_healthy(live_server):
+def test_a_ready_web_process_is_healthy_and_one_whose_redis_is_down_is_not(live_server, settings):
     url = f"{live_server.url}/readyz"
-
     assert check("web", "--url", url) == (0, f"web: ready ({url})\n", "")
 
-
-def test_a_web_process_whose_redis_is_down_is_unhealthy_naming_it(live_server, settings):
     settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{closed_port()}/0"  # the server's thread reads it too
-    url = f"{live_server.url}/readyz"
 
     assert check("web", "--url", url) == (1, "", f"web: 503 from {url} (redis unreachable)\n")
 

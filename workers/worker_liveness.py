@@ -29,12 +29,12 @@ import redis
 from celery.signals import task_received, worker_shutdown
 from celery.worker import state as worker_state
 
+from executions.queueing import RUN_TASK
 from executor_project import liveness
 
 logger = logging.getLogger(__name__)
 LOOP_STAMP_SECONDS = 1.0
 PRUNE_EVERY_SECONDS = 3600  # how often a worker drops the entries of processes silent for a day
-RUN_EXECUTION = "executor.run_execution"
 
 
 class ConsumerSide:
@@ -124,7 +124,7 @@ class Reporter:
         capacity = int(getattr(self.consumer.qos, "value", 0) or 0)  # 0: no prefetch limit
         self.judge_starving(now, sum(waiting.values()), has_room=capacity == 0 or in_hand < capacity)
         active = tuple(worker_state.active_requests)  # one C-level copy: the main thread adds and removes
-        running = sum(1 for request in active if request.name == RUN_EXECUTION)
+        running = sum(1 for request in active if request.name == RUN_TASK)
         facts = {
             "kind": "worker",
             "pid": os.getpid(),
