@@ -1,6 +1,9 @@
 import os
 
 from celery import Celery
+from celery.signals import beat_init
+
+from .liveness import record_beat_ticks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "executor_project.settings")
 # Celery's Django fixup runs Django's system checks when a worker starts. They import the URL conf and with it the
@@ -13,3 +16,6 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # Each app's tasks.py (workers/, executions/, packages/), imported when a worker or beat starts, not before: the web
 # side publishes by name (executor_project/publishing.py) and never loads a worker's machinery.
 app.autodiscover_tasks()
+# Beat records its ticks in Redis: its liveness, read by `manage.py check_health beat` and the dashboard. Only
+# beat sends beat_init.
+beat_init.connect(record_beat_ticks)

@@ -36,9 +36,9 @@ if EXECUTOR_HTTPS:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
-    # docker-compose's health check calls http://127.0.0.1:8000/healthz inside the container, past the proxy:
+    # docker-compose's health check calls http://127.0.0.1:8000/readyz inside the container, past the proxy:
     # redirected to https it would fail. Patterns match the path without its leading slash (urls.py: "healthz").
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     # HSTS for a year by default (0 turns it off, and check --deploy then says so).
     SECURE_HSTS_SECONDS = env_int("EXECUTOR_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
     # Opt-in: includeSubDomains binds every host under this one to HTTPS for the HSTS lifetime, and preload asks
@@ -343,6 +343,14 @@ EXECUTOR_SHUTDOWN_GRACE_SECONDS = env_int("EXECUTOR_SHUTDOWN_GRACE_SECONDS", 30,
 # case it cannot see at once: a message a worker reserved this long ago and never started (the worker died; a live
 # one starts what it reserves at once, or holds it up to EXECUTOR_DATABASE_WAIT_SECONDS while the database is away).
 EXECUTOR_REPUBLISH_AFTER_SECONDS = env_int("EXECUTOR_REPUBLISH_AFTER_SECONDS", 60, minimum=30)
+# --- Health of the processes (executor_project/liveness.py, `manage.py check_health`, the dashboard) --------------
+# A worker or beat silent this long is unhealthy: a worker's heartbeat (every EXECUTOR_HEARTBEAT_SECONDS), its
+# consumer's event loop, its starving beside waiting messages; beat's tick (at least every 5 s). At least 3 beats.
+EXECUTOR_HEALTH_STALE_SECONDS = env_int("EXECUTOR_HEALTH_STALE_SECONDS", 30, minimum=10)
+if EXECUTOR_HEALTH_STALE_SECONDS < 3 * EXECUTOR_HEARTBEAT_SECONDS:
+    raise ImproperlyConfigured("EXECUTOR_HEALTH_STALE_SECONDS must be at least 3 x EXECUTOR_HEARTBEAT_SECONDS")
+# The admin dashboard warns about a lane whose oldest pending execution has waited longer than this.
+EXECUTOR_LANE_WAIT_WARNING_SECONDS = env_int("EXECUTOR_LANE_WAIT_WARNING_SECONDS", 300, minimum=1)
 # DatabaseScheduler copies this into django-celery-beat's tables at start-up.
 CELERY_BEAT_SCHEDULE = {
     "executor.reap": {

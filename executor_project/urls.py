@@ -5,7 +5,7 @@ from django.views.generic import RedirectView
 from packages.git_webhook import push_webhook
 
 from .api import api
-from .health import healthz
+from .health import healthz, readyz
 
 admin.site.site_header = "Executor"
 admin.site.site_title = "Executor"
@@ -14,6 +14,7 @@ admin.site.index_title = "Script automation"
 urlpatterns = [
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
     path("admin/", admin.site.urls),
     path("fx/", api.urls),
     path("git/webhook/<int:repository_id>", push_webhook, name="git_webhook"),

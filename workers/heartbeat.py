@@ -19,6 +19,10 @@ Every EXECUTOR_REAPER_SECONDS the thread also looks for executions whose whole w
 the executor.reap task does too, but it needs beat and a free slot on the maintenance lane, and a busy worker has
 none; any live worker's main process always has this thread.
 
+Each beat also writes the worker's liveness entry in Redis (workers/worker_liveness.py: its lanes, slots, running
+steps, and the proof that its consumer takes messages), read by `manage.py check_health worker` and the admin
+dashboard; it is written even while the database is unreachable, and a Redis error never stops a beat.
+
 The thread has its own database connection. While the database is unreachable it logs once, tries again every
 second, and beats at once when the database is back; it never dies of an error.
 """
@@ -39,7 +43,7 @@ from django.utils import timezone
 from executions.models import Execution, ExecutionStatus
 from executor_project import database
 
-from . import lease, reaper
+from . import lease, reaper, worker_liveness
 
 logger = logging.getLogger(__name__)
 RUN_EXECUTION = "executor.run_execution"
@@ -95,7 +99,7 @@ def start(consumer) -> None:
     global _started
     if _started is None:
         _check_pool_often(consumer)
-        _started = Heartbeat(consumer.hostname)
+        _started = Heartbeat(consumer.hostname, reporter=worker_liveness.watch(consumer))
         _started.start()
 
 
@@ -124,9 +128,10 @@ def _canonical(execution_id) -> str:
 
 
 class Heartbeat(threading.Thread):
-    def __init__(self, worker_name: str) -> None:
+    def __init__(self, worker_name: str, reporter: "worker_liveness.Reporter | None" = None) -> None:
         super().__init__(name="executor-heartbeat", daemon=True)
         self.worker_name = worker_name
+        self.reporter = reporter
         self.suspects: dict[str, str] = {}  # claimed but not in hand at the last beat: id -> lease token
         self.unreachable_since: float | None = None
         self.halted = threading.Event()  # a worker never halts it (the process's end does); tests do
@@ -137,6 +142,8 @@ class Heartbeat(threading.Thread):
         while not self.halted.is_set():
             _wake.clear()  # before the beat: a loss noted during it wakes the next one at once
             self.beat_safely()
+            if self.reporter is not None:
+                self.reporter.report_safely()
             _wake.wait(settings.EXECUTOR_HEARTBEAT_SECONDS if self.unreachable_since is None else RETRY_SECONDS)
         connection.close()
 
