@@ -1,6 +1,9 @@
 import os
 
 from celery import Celery
+from celery.signals import after_setup_logger, after_setup_task_logger
+
+from . import log_format
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "executor_project.settings")
 # Celery's Django fixup runs Django's system checks when a worker starts. They import the URL conf and with it the
@@ -13,3 +16,12 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 # Each app's tasks.py (workers/, executions/, packages/), imported when a worker or beat starts, not before: the web
 # side publishes by name (executor_project/publishing.py) and never loads a worker's machinery.
 app.autodiscover_tasks()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def json_logs(logger=None, **kwargs) -> None:
+    """LOG_FORMAT=json for the worker's and beat's lines too (executor_project/log_format.py says why here)."""
+    from django.conf import settings
+
+    log_format.apply_to(logger, settings.LOG_FORMAT)

@@ -32,6 +32,7 @@ from django.utils import timezone
 from executions import catch_up, later_runs, transitions
 from executions.models import Execution, ExecutionStatus
 from executions.services import enqueue
+from executor_project import metrics
 
 from . import republish, workspace_sweep
 from .models import ReaperClock
@@ -114,8 +115,10 @@ def resolve_lost(execution: Execution, what_happened: str, now: datetime, **stil
             return None
         transaction.on_commit(lambda: enqueue(execution))  # at once, unless a caller's transaction is open
         logger.warning("execution %s: %s; running it again (%s)", execution.id, lost, attempt)
+        metrics.record(metrics.REAPER_ACTIONS.labels(action=RETRIED).inc)
         return RETRIED
     if not transitions.fail_lost(execution.pk, execution.lease_owner, f"failed: {lost}", now, **still):
         return None
     logger.error("execution %s: failed: %s", execution.id, lost)
+    metrics.record(metrics.REAPER_ACTIONS.labels(action=FAILED).inc)
     return FAILED
