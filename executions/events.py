@@ -39,6 +39,7 @@ from packages.audit import AuditAction, record
 from packages.models import EventType, Package
 from packages.trigger_events import TRIGGERED_RUN
 
+from . import state_log
 from .models import Execution, ExecutionStep, TriggerEvent, TriggerEventStatus, TriggerType
 from .queueing import enqueue_many
 
@@ -109,7 +110,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
             executions = _create_runs(event, plan.runs)
             if api_key is not None:
                 _audit(event, executions, api_key)
-            transaction.on_commit(lambda: enqueue_many(executions, stamped=True))
+            transaction.on_commit(lambda: _committed(executions))
     except IntegrityError:
         # Received before, or a concurrent delivery of the same event won the unique (source, id): its outcome
         # stands.
@@ -121,6 +122,11 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
     return _counted(Dispatch(event, executions, duplicate=False), sender)
 
 
+def _committed(executions: list[Execution]) -> None:
+    state_log.created(executions)
+    enqueue_many(executions, stamped=True)
+
+
 def _counted(outcome: Dispatch, sender: str) -> Dispatch:
     count_received("duplicate" if outcome.duplicate else outcome.event.status, sender)
     return outcome
@@ -128,7 +134,7 @@ def _counted(outcome: Dispatch, sender: str) -> Dispatch:
 
 def count_received(outcome: str, sender: str) -> None:
     """executor_events_received_total (executor_project/metrics.py); the API counts the bodies it refuses itself."""
-    metrics.record(metrics.EVENTS_RECEIVED.labels(outcome=outcome, sender=sender).inc)
+    metrics.inc(metrics.EVENTS_RECEIVED, outcome=outcome, sender=sender)
 
 
 def _reach(api_key, parent: Execution | None) -> int | None:

@@ -1,15 +1,18 @@
-"""What happens after an execution's status changed (executions/transitions.py calls `changed` after every
-transition that happened): one log line, and the metrics of executor_project/metrics.py.
+"""What follows a change of an execution's status: one log line, and the metrics of executor_project/metrics.py.
 
-The log line names the execution, its package and project and its correlation id (FX `_fxcid`), so a log pipeline
-can join it with the admin and with the lines of the runs of the same chain; with LOG_FORMAT=json they are fields of
-their own (executor_project/log_format.py):
+Told by the only places that change a status: executions/transitions.py after every transition that happened
+(`changed`), and the trigger paths after recording new pending executions (`created`: executions/services.py, an
+event's in executions/events.py). The line names the execution, its package and project and its correlation id
+(FX `_fxcid`), so a log pipeline can join it with the admin and with the lines of the other runs of its chain; with
+LOG_FORMAT=json each is a field of its own (executor_project/log_format.py):
 
     execution 3f2a... pending -> in_progress (claim) package=nightly project=finance cid=9b1c... trigger=scheduled
 
-Run after the transition's transaction commits (at once when none is open), so a rolled-back transition says
-nothing, and a lookup that fails cannot break the transaction. It costs one query by primary key per transition;
-whatever fails here is logged and swallowed: the transition happened, its log line must not undo or fail it.
+Everything here runs after the change's transaction commits (`changed` registers itself with on_commit, `created`
+is called from the trigger paths' after-commit callbacks): a rolled-back change says nothing, and a lookup that
+fails cannot break the transaction. A change costs one query by primary key (a creation: one for its projects'
+names, none without a project); whatever fails here is logged and swallowed, since the change happened and its log
+line must not fail the code that made it.
 """
 
 import logging
@@ -18,67 +21,90 @@ from datetime import datetime
 from django.db import transaction
 
 from executor_project import metrics
+from packages.models import Project
 
 from .models import Execution
 
 logger = logging.getLogger(__name__)
 
 FINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
+# Some of an execution's state changes need a person's or an operator's attention.
+_WARNING = frozenset({"fail_lost", "retry_lost", "fail_unfinished"})
 _FIELDS = ("package__package_name", "package__project__name", "trigger_type", "correlation_id", "created_at",
            "started_at", "worker_name", "retries")  # fmt: skip
 
 
+def created(executions: list[Execution]) -> None:
+    """New pending executions (their objects in hand, with their packages), told from the trigger paths' own
+    after-commit callbacks, before they publish the executions (so a creation's line comes before its claim's)."""
+    if executions:
+        _safely(_record_created, executions)
+
+
 def changed(execution_id, transition: str, old: str, new: str, reason: str = "", *,
             claimed_at: datetime | None = None) -> None:  # fmt: skip
-    """Log and count `transition` of the execution from `old` to `new` once its transaction commits.
-    `claimed_at`: the claim's time, to tell a first claim (its start latency counted) from a hand-over's."""
-    transaction.on_commit(lambda: _record(execution_id, transition, old, new, reason, claimed_at), robust=True)
+    """`transition` moved the execution from `old` to `new`. `claimed_at`: a claim's time, which tells a first
+    claim (a start, with its latency from the trigger) from a claim after a hand-over or a retry."""
+    transaction.on_commit(
+        lambda: _safely(_record_changed, execution_id, transition, old, new, reason, claimed_at), robust=True
+    )
 
 
-def _record(execution_id, transition: str, old: str, new: str, reason: str, claimed_at: datetime | None) -> None:
+def _safely(record, *args) -> None:
     try:
-        _log_and_count(execution_id, transition, old, new, reason, claimed_at)
+        record(*args)
     except Exception:
-        logger.warning("execution %s: could not log its change to %s", execution_id, new, exc_info=True)
+        logger.warning("could not log an execution's state change (%s)", record.__name__, exc_info=True)
 
 
-def _log_and_count(execution_id, transition: str, old: str, new: str, reason: str,
-                   claimed_at: datetime | None) -> None:  # fmt: skip
+def _record_created(executions: list[Execution]) -> None:
+    project_ids = {execution.package.project_id for execution in executions} - {None}
+    projects = dict(Project.objects.filter(pk__in=project_ids).values_list("pk", "name")) if project_ids else {}
+    for execution in executions:
+        package = execution.package
+        fields = _fields(execution.id, package.package_name, projects.get(package.project_id, ""),
+                         execution.correlation_id, execution.trigger_type, "create", "", "pending", "")  # fmt: skip
+        metrics.inc(metrics.EXECUTIONS_CREATED, **_labels(fields))
+        _log(logging.INFO, fields)
+
+
+def _record_changed(execution_id, transition: str, old: str, new: str, reason: str,
+                    claimed_at: datetime | None) -> None:  # fmt: skip
     try:
         row = Execution.objects.filter(pk=execution_id).values(*_FIELDS).first() or {}
-    except Exception as exc:  # the database blinked right after the transition: say what is known
-        logger.warning("execution %s: %s -> %s (%s); its details could not be read (%s)", execution_id, old, new,
-                       transition, type(exc).__name__)  # fmt: skip
+    except Exception as exc:  # the database blinked right after the change: the line says what is known
+        logger.warning("execution %s: could not read its package and project (%s)", execution_id, type(exc).__name__)
         row = {}
-    fields = {
-        "execution_id": str(execution_id),
-        "package": row.get("package__package_name") or "",
-        "project": row.get("package__project__name") or "",
-        "cid": row.get("correlation_id") or "",
-        "trigger_type": row.get("trigger_type") or "",
-        "transition": transition,
-        "from_status": old,
-        "to_status": new,
-        "reason": reason,
-    }
-    first_claim = transition == "claim" and claimed_at is not None and row.get("started_at") == claimed_at
-    _count(fields, row, first_claim)
-    level = logging.WARNING if transition in ("fail_lost", "retry_lost", "fail_unfinished") else logging.INFO
+    fields = _fields(execution_id, row.get("package__package_name"), row.get("package__project__name"),
+                     row.get("correlation_id"), row.get("trigger_type"), transition, old, new, reason)  # fmt: skip
+    metrics.inc(metrics.TRANSITIONS, transition=transition)
+    if transition == "claim" and row and row["started_at"] == claimed_at:
+        latency = max((row["started_at"] - row["created_at"]).total_seconds(), 0.0)
+        metrics.inc(metrics.EXECUTIONS_STARTED, **_labels(fields))
+        metrics.observe(metrics.START_LATENCY, latency, trigger_type=fields["trigger_type"])
+    if new in FINAL:
+        metrics.inc(metrics.EXECUTIONS_FINISHED, **_labels(fields), status=new)
+    level = logging.WARNING if transition in _WARNING else logging.INFO
+    _log(level, fields, worker=row.get("worker_name") or "", retries=row.get("retries") or 0)
+
+
+def _fields(execution_id, package, project, cid, trigger_type, transition, old, new, reason) -> dict[str, str]:
+    # str(): statuses and trigger types are TextChoices; as plain strings they print and serialise as their values.
+    return {"execution_id": str(execution_id), "package": package or "", "project": project or "", "cid": cid or "",
+            "trigger_type": str(trigger_type or ""), "transition": transition, "from_status": str(old),
+            "to_status": str(new), "reason": reason}  # fmt: skip
+
+
+def _labels(fields: dict[str, str]) -> dict[str, str]:
+    return {"package": fields["package"], "project": fields["project"], "trigger_type": fields["trigger_type"]}
+
+
+def _log(level: int, fields: dict[str, str], **more) -> None:
     logger.log(
         level,
         "execution %s %s -> %s (%s) package=%s project=%s cid=%s trigger=%s%s",
-        fields["execution_id"], old, new, transition, fields["package"], fields["project"] or "-", fields["cid"],
-        fields["trigger_type"], f" reason={reason!r}" if reason else "",
-        extra={**fields, "worker": row.get("worker_name") or "", "retries": row.get("retries", 0)},
+        fields["execution_id"], fields["from_status"] or "(new)", fields["to_status"], fields["transition"],
+        fields["package"], fields["project"] or "-", fields["cid"], fields["trigger_type"],
+        f" reason={fields['reason']!r}" if fields["reason"] else "",
+        extra={**fields, **more},
     )  # fmt: skip
-
-
-def _count(fields: dict, row: dict, first_claim: bool) -> None:
-    labels = {"package": fields["package"], "project": fields["project"], "trigger_type": fields["trigger_type"]}
-    metrics.record(metrics.TRANSITIONS.labels(transition=fields["transition"]).inc)
-    if first_claim:
-        metrics.record(metrics.EXECUTIONS_STARTED.labels(**labels).inc)
-        latency = (row["started_at"] - row["created_at"]).total_seconds()
-        metrics.record(metrics.START_LATENCY.labels(trigger_type=fields["trigger_type"]).observe, max(latency, 0.0))
-    if fields["to_status"] in FINAL:
-        metrics.record(metrics.EXECUTIONS_FINISHED.labels(**labels, status=fields["to_status"]).inc)

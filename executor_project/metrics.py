@@ -14,8 +14,8 @@ Label cardinality stays bounded: no execution ids. `package` is a package's tech
 name, so their series grow with the number of packages (and their renames), like the admin's lists; every other
 label has a fixed set of values, listed in the README (Operating Executor, Metrics).
 
-Other apps record through `record(metric.labels(...).inc)`-style one-liners or the helpers below; the gauges that are
-sampled on a scrape (queue depths, executions by status) are filled in by samplers the apps register here
+Other apps record through `inc(METRIC, **labels)`, `observe(METRIC, value, **labels)` or `record(callable)`. The
+gauges sampled on a scrape (queue depths, executions by status) are filled in by samplers the apps register here
 (`register_sampler`, e.g. executions/apps.py), since this module may not import them (pyproject's import contracts).
 """
 
@@ -28,16 +28,8 @@ import time
 from collections.abc import Callable
 
 from django.conf import settings
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-    values,
-)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess, values
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +108,29 @@ def record(action: Callable[..., object], *args) -> None:
         logger.warning("metrics: could not record %r", action, exc_info=True)
 
 
+def inc(metric, amount: float = 1, **labels: str) -> None:
+    """`metric.labels(**labels).inc(amount)` (no labels: `metric.inc(amount)`) that never raises."""
+    record(lambda: (metric.labels(**labels) if labels else metric).inc(amount))
+
+
+def observe(metric, value: float, **labels: str) -> None:
+    """`metric.labels(**labels).observe(value)` that never raises."""
+    record(lambda: (metric.labels(**labels) if labels else metric).observe(value))
+
+
 # Seconds: from a blink to an hour-long step (EXECUTOR_STEP_TIMEOUT_SECONDS defaults to 600).
 DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST  # Prometheus' text format
+# The classic text format every Prometheus reads (our names need none of 1.0.0's UTF-8 escaping).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 REGISTRY = CollectorRegistry()  # this process's values: /metrics uses it only without a multi-process directory
 
 # --- Executions (executions/state_log.py records these on every transition) --------------------------------------
+EXECUTIONS_CREATED = Counter(
+    "executor_executions_created", "Executions recorded (pending), by what triggered them.",
+    ["package", "project", "trigger_type"], registry=REGISTRY,
+)  # fmt: skip
 EXECUTIONS_STARTED = Counter(
     "executor_executions_started", "Executions a worker claimed for the first time (a hand-over or retry is not "
     "counted again).", ["package", "project", "trigger_type"], registry=REGISTRY,
@@ -208,7 +215,7 @@ def sample(now: float | None = None) -> None:
             try:
                 sampler()
             except Exception as exc:
-                record(SAMPLE_ERRORS.labels(sampler=name).inc)
+                inc(SAMPLE_ERRORS, sampler=name)
                 logger.warning("metrics: sampling %s failed (%s: %s)", name, type(exc).__name__, exc)
 
 

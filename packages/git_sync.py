@@ -265,7 +265,7 @@ def _record(repository: GitRepository, report: SyncReport) -> None:
     if report.commit and not report.error:
         fields["current_commit"] = report.commit
     GitRepository.objects.filter(pk=repository.pk).update(**fields)
-    metrics.record(metrics.GIT_SYNCS.labels(status=status).inc)
+    metrics.inc(metrics.GIT_SYNCS, status=status)
     for name, value in fields.items():
         setattr(repository, name, value)
 

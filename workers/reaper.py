@@ -115,10 +115,10 @@ def resolve_lost(execution: Execution, what_happened: str, now: datetime, **stil
             return None
         transaction.on_commit(lambda: enqueue(execution))  # at once, unless a caller's transaction is open
         logger.warning("execution %s: %s; running it again (%s)", execution.id, lost, attempt)
-        metrics.record(metrics.REAPER_ACTIONS.labels(action=RETRIED).inc)
+        metrics.inc(metrics.REAPER_ACTIONS, action=RETRIED)
         return RETRIED
     if not transitions.fail_lost(execution.pk, execution.lease_owner, f"failed: {lost}", now, **still):
         return None
     logger.error("execution %s: failed: %s", execution.id, lost)
-    metrics.record(metrics.REAPER_ACTIONS.labels(action=FAILED).inc)
+    metrics.inc(metrics.REAPER_ACTIONS, action=FAILED)
     return FAILED

@@ -57,7 +57,7 @@ def republish_lost(now: datetime) -> int:
         return 0
     published = _publish(lost)
     if published:
-        metrics.record(metrics.REAPER_ACTIONS.labels(action="republished").inc, len(published))
+        metrics.inc(metrics.REAPER_ACTIONS, len(published), action="republished")
     _drop_reservations([tag for pk, tags in reservations.items() if pk in published for tag in tags])
     return len(published)
 

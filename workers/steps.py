@@ -93,9 +93,9 @@ def run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStat
 def _observe(step: ExecutionStep, status: StepStatus, duration_ms: int | None, *, sandbox_failed: bool = False) -> None:
     """The step's duration by handler and outcome, and whether its sandbox could not start (metrics)."""
     handler = kind_for_file_name(step.file_name)
-    metrics.record(metrics.STEP_DURATION.labels(handler=handler, status=status).observe, (duration_ms or 0) / 1000)
+    metrics.observe(metrics.STEP_DURATION, (duration_ms or 0) / 1000, handler=handler, status=status)
     if sandbox_failed:
-        metrics.record(metrics.SANDBOX_START_FAILURES.labels(kind="cold").inc)
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="cold")
 
 
 def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: Handler,
@@ -142,7 +142,7 @@ def _process(context: RunContext, step: ExecutionStep, handler: Handler, run: St
     except OSError as exc:  # the interpreter is missing or not executable
         raise _NotRun(f"failed: could not start the script ({exc.strerror})") from exc
     except SandboxUnavailable as exc:
-        metrics.record(metrics.SANDBOX_START_FAILURES.labels(kind="self_test").inc)
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="self_test")
         raise _NotRun(f"failed: {exc}") from exc
     except StepSetupError as exc:
         raise _NotRun(f"failed: {exc}") from exc

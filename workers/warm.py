@@ -171,7 +171,7 @@ class Server:
         if self.broken:
             return
         logger.warning("warm-step server %s replaced: %s", self.process.pid, reason)
-        metrics.record(metrics.SANDBOX_START_FAILURES.labels(kind="warm").inc)
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="warm")
         self.broken = True
         _failed_at[self.key] = time.monotonic()
         self.stop()
@@ -246,7 +246,7 @@ def _server_for(key: tuple, supervision) -> Server | None:
         server = _servers[key] = Server(key, dict(key[1]))
     except OSError as exc:
         logger.warning("could not start a warm-step server: %s", exc)
-        metrics.record(metrics.SANDBOX_START_FAILURES.labels(kind="warm").inc)
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="warm")
         _failed_at[key] = time.monotonic()
         return None
     return server if _ready_soon(server, supervision) else None
