@@ -190,12 +190,13 @@ def main() -> int:
 
 def _fresh_metrics_dir(env: dict[str, str], data_dir: Path) -> None:
     """Web, worker and beat write their metrics into one directory, which /metrics adds up (executor_project/
-    metrics.py); emptied at start, since every process of the previous run is gone (their counters start again at
-    0, which Prometheus reads as a restart)."""
-    directory = env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "metrics"))
-    if directory:
-        shutil.rmtree(directory, ignore_errors=True)
-        Path(directory).mkdir(parents=True, exist_ok=True)
+    metrics.py): the data directory's `metrics/`, emptied at start, since every process of the previous run is gone
+    (counters start again at 0, which Prometheus reads as a restart). A PROMETHEUS_MULTIPROC_DIR of the operator's
+    is used as it is: other processes may be writing there."""
+    default = str(data_dir / "metrics")
+    if env.setdefault("PROMETHEUS_MULTIPROC_DIR", default) == default:
+        shutil.rmtree(default, ignore_errors=True)
+        Path(default).mkdir(parents=True, exist_ok=True)
 
 
 def _prepare(env: dict[str, str]) -> None:
