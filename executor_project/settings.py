@@ -37,8 +37,9 @@ if EXECUTOR_HTTPS:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
     # docker-compose's health check calls http://127.0.0.1:8000/healthz inside the container, past the proxy:
-    # redirected to https it would fail. Patterns match the path without its leading slash (urls.py: "healthz").
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]
+    # redirected to https it would fail; so would a Prometheus scraping /metrics on the internal network. Patterns
+    # match the path without its leading slash (urls.py: "healthz").
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
     # HSTS for a year by default (0 turns it off, and check --deploy then says so).
     SECURE_HSTS_SECONDS = env_int("EXECUTOR_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
     # Opt-in: includeSubDomains binds every host under this one to HTTPS for the HSTS lifetime, and preload asks
