@@ -10,9 +10,9 @@ LOG_FORMAT=json each is a field of its own (executor_project/log_format.py):
 
 Everything here runs after the change's transaction commits (`changed` registers itself with on_commit, `created`
 is called from the trigger paths' after-commit callbacks): a rolled-back change says nothing, and a lookup that
-fails cannot break the transaction. A change costs one query by primary key (a creation: one for its projects'
-names, none without a project); whatever fails here is logged and swallowed, since the change happened and its log
-line must not fail the code that made it.
+fails cannot break the transaction. A change costs one query by primary key (none for the end of a run claimed by
+the same process; a creation: one for its projects' names, none without a project); whatever fails here is logged
+and swallowed, since the change happened and its log line must not fail the code that made it.
 """
 
 import logging
@@ -31,7 +31,11 @@ FINAL = frozenset({"completed", "failed", "cancelled", "skipped"})
 # Some of an execution's state changes need a person's or an operator's attention.
 _WARNING = frozenset({"fail_lost", "retry_lost", "fail_unfinished"})
 _FIELDS = ("package__package_name", "package__project__name", "trigger_type", "correlation_id", "created_at",
-           "started_at", "worker_name", "retries")  # fmt: skip
+           "started_at", "worker_name")  # fmt: skip
+# What a claim read, by execution id, for the same process's next change of that execution (the worker that claimed a
+# run finishes it): one query per run instead of one per change. Bounded; a run's entry goes when it ends.
+_CLAIMED: dict[str, dict] = {}
+_CLAIMED_MAX = 256
 
 
 def created(executions: list[Execution]) -> None:
@@ -70,11 +74,9 @@ def _record_created(executions: list[Execution]) -> None:
 
 def _record_changed(execution_id, transition: str, old: str, new: str, reason: str,
                     claimed_at: datetime | None) -> None:  # fmt: skip
-    try:
-        row = Execution.objects.filter(pk=execution_id).values(*_FIELDS).first() or {}
-    except Exception as exc:  # the database blinked right after the change: the line says what is known
-        logger.warning("execution %s: could not read its package and project (%s)", execution_id, type(exc).__name__)
-        row = {}
+    row = _read(str(execution_id), fresh=transition == "claim")
+    if new in FINAL:
+        _CLAIMED.pop(str(execution_id), None)
     fields = _fields(execution_id, row.get("package__package_name"), row.get("package__project__name"),
                      row.get("correlation_id"), row.get("trigger_type"), transition, old, new, reason)  # fmt: skip
     metrics.inc(metrics.TRANSITIONS, transition=transition)
@@ -85,7 +87,24 @@ def _record_changed(execution_id, transition: str, old: str, new: str, reason: s
     if new in FINAL:
         metrics.inc(metrics.EXECUTIONS_FINISHED, **_labels(fields), status=new)
     level = logging.WARNING if transition in _WARNING else logging.INFO
-    _log(level, fields, worker=row.get("worker_name") or "", retries=row.get("retries") or 0)
+    _log(level, fields, worker=row.get("worker_name") or "")
+
+
+def _read(execution_id: str, *, fresh: bool) -> dict:
+    """The execution's package, project and correlation id (and a claim's times and worker): {} if unreadable."""
+    row = None if fresh else _CLAIMED.get(execution_id)
+    if row is not None:
+        return row
+    try:
+        row = Execution.objects.filter(pk=execution_id).values(*_FIELDS).first() or {}
+    except Exception as exc:  # the database blinked right after the change: the line says what is known
+        logger.warning("execution %s: could not read its package and project (%s)", execution_id, type(exc).__name__)
+        return {}
+    if fresh and row:
+        while len(_CLAIMED) >= _CLAIMED_MAX:
+            _CLAIMED.pop(next(iter(_CLAIMED)))
+        _CLAIMED[execution_id] = row
+    return row
 
 
 def _fields(execution_id, package, project, cid, trigger_type, transition, old, new, reason) -> dict[str, str]:

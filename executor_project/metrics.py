@@ -125,6 +125,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300
 # The classic text format every Prometheus reads (our names need none of 1.0.0's UTF-8 escaping).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 REGISTRY = CollectorRegistry()  # this process's values: /metrics uses it only without a multi-process directory
+# Every metric has labels, on purpose: a value (and its file) is made when a process first records it, so a process
+# that records nothing (a `manage.py` command, a health check run every few seconds) leaves no file behind.
 
 # --- Executions (executions/state_log.py records these on every transition) --------------------------------------
 EXECUTIONS_CREATED = Counter(
@@ -166,9 +168,9 @@ EVENTS_RECEIVED = Counter(
     "rejected) and sender (api, execution, platform).", ["outcome", "sender"], registry=REGISTRY,
 )  # fmt: skip
 BEAT_LAST_TICK = Gauge(
-    "executor_beat_last_tick_timestamp_seconds", "When a worker last received a message beat sends on its own "
-    "(the periodic reaper, a schedule's tick): beat is alive and its messages get through.",
-    multiprocess_mode="max", registry=REGISTRY,
+    "executor_beat_last_tick_timestamp_seconds", "When a worker last received a message beat sends on its own, by "
+    "message (reap: the periodic reaper; schedule: a schedule's tick): beat is alive and its messages get through.",
+    ["message"], multiprocess_mode="max", registry=REGISTRY,
 )  # fmt: skip
 GIT_SYNCS = Counter("executor_git_syncs", "Git repository syncs, by result.", ["status"], registry=REGISTRY)
 # --- Sampled on a scrape (at most once per EXECUTOR_METRICS_SAMPLE_SECONDS per process) ---------------------------
@@ -186,8 +188,8 @@ SAMPLE_ERRORS = Counter(
 )  # fmt: skip
 
 
-def tick_from_beat() -> None:
-    record(BEAT_LAST_TICK.set_to_current_time)
+def tick_from_beat(message: str) -> None:
+    record(lambda: BEAT_LAST_TICK.labels(message=message).set_to_current_time())
 
 
 # --- Samplers -------------------------------------------------------------------------------------------------

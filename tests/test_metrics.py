@@ -40,14 +40,14 @@ def fresh_samples(settings):
 # --- The endpoint -------------------------------------------------------------------------------------------------
 
 
-def test_it_answers_in_prometheus_text_format_without_a_token_when_none_is_set(client, settings):
+def test_it_answers_in_prometheus_text_format_without_a_token_when_none_is_set(client, settings, fresh_samples):
     settings.EXECUTOR_METRICS_TOKEN = ""
 
     response = client.get("/metrics")
 
     assert response.status_code == 200
     assert response["Content-Type"].startswith("text/plain; version=0.0.4")
-    assert "# TYPE executor_beat_last_tick_timestamp_seconds gauge" in response.content.decode()
+    assert "# TYPE executor_queue_depth gauge" in response.content.decode()
 
 
 @pytest.mark.parametrize(
@@ -66,13 +66,13 @@ def test_with_a_token_set_anything_but_that_bearer_token_is_401(client, settings
 
 
 @pytest.mark.parametrize("authorization", ["Bearer s3cret-token", "bearer s3cret-token"])
-def test_with_a_token_set_the_bearer_token_opens_it(client, settings, authorization):
+def test_with_a_token_set_the_bearer_token_opens_it(client, settings, fresh_samples, authorization):
     settings.EXECUTOR_METRICS_TOKEN = "s3cret-token"
 
     response = client.get("/metrics", headers={"Authorization": authorization})
 
     assert response.status_code == 200
-    assert b"executor_beat_last_tick_timestamp_seconds" in response.content
+    assert b"executor_queue_depth" in response.content
 
 
 def test_a_non_ascii_authorization_header_is_401_not_500(client, settings):
@@ -272,9 +272,9 @@ def test_an_event_the_api_refuses_is_counted_as_rejected(scrape, client, enqueue
 def test_beats_tick_sets_the_last_tick_time(scrape):
     started = time.time()
 
-    metrics.tick_from_beat()
+    metrics.tick_from_beat("schedule")
 
-    assert scrape().value("executor_beat_last_tick_timestamp_seconds") >= started
+    assert scrape().value("executor_beat_last_tick_timestamp_seconds", message="schedule") >= started
 
 
 # --- The multi-process directory ----------------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def run_execution(self, execution_id: str) -> None:
 @shared_task(name="executor.reap", ignore_result=True)
 def reap() -> None:
     """Periodic (CELERY_BEAT_SCHEDULE): resolve executions whose worker died, republish lost messages."""
-    metrics.tick_from_beat()  # only beat sends this task: it is beat's pulse (README: Metrics)
+    metrics.tick_from_beat("reap")  # only beat sends this task: it is beat's pulse (README: Metrics)
     try:
         report = reaper.reap()
     except database.UNREACHABLE as exc:  # the next period tries again; no traceback every few seconds

@@ -75,7 +75,7 @@ def _assert_metrics_moved(base_url: str) -> None:
             scrape.value("executor_executions_finished_total", **labels, status="completed") == 1,
             scrape.value("executor_step_duration_seconds_count", handler="python", status="completed") == 1,
             scrape.has("executor_queue_depth", lane="default"),
-            scrape.value("executor_beat_last_tick_timestamp_seconds") > 0,
+            scrape.value("executor_beat_last_tick_timestamp_seconds", message="reap") > 0,
         ]
         if all(moved):
             return
