@@ -299,3 +299,57 @@ def _a_dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+# --- Dependencies away: the scrape still answers ------------------------------------------------------------------
+
+
+def test_with_redis_unreachable_a_scrape_answers_and_counts_the_failed_sample(scrape, fresh_samples, monkeypatch):
+    import contextlib
+
+    import redis
+
+    from tests.e2e.processes import free_port
+
+    @contextlib.contextmanager
+    def unreachable_broker():
+        yield redis.Redis(port=free_port(), socket_connect_timeout=1)
+
+    errors = ("executor_metrics_sample_errors_total", {"sampler": "queues"})
+    before = scrape()
+    monkeypatch.setattr("executor_project.publishing.broker_client", unreachable_broker)
+
+    after = scrape()  # the fixture asserts the 200
+
+    assert after.value(errors[0], **errors[1]) == before.value(errors[0], **errors[1]) + 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_postgresql_unreachable_a_scrape_answers_and_counts_the_failed_sample(scrape, fresh_samples):
+    from django.db import connection
+
+    from tests.e2e.processes import free_port
+
+    errors = ("executor_metrics_sample_errors_total", {"sampler": "executions"})
+    before = scrape()
+    port = connection.settings_dict["PORT"]
+    connection.close()
+    connection.settings_dict["PORT"] = free_port()  # nothing listens there: connections are refused
+    try:
+        after = scrape()
+    finally:
+        connection.close()
+        connection.settings_dict["PORT"] = port
+
+    assert after.value(errors[0], **errors[1]) == before.value(errors[0], **errors[1]) + 1
+
+
+def test_a_session_or_an_api_key_does_not_replace_the_token(admin_client, settings):
+    from executions.models import ApiKey
+
+    settings.EXECUTOR_METRICS_TOKEN = "s3cret-token"
+    key = ApiKey.issue("tests")[1]
+
+    assert admin_client.get("/metrics").status_code == 401
+    assert admin_client.get("/metrics", headers={"X-API-KEY": key}).status_code == 401
+    assert admin_client.get("/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 401
