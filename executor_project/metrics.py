@@ -99,13 +99,21 @@ def _alive(pid: int) -> bool:
 # --- Recording --------------------------------------------------------------------------------------------------
 
 
+_COMPLAINT_SECONDS = 60.0  # a full disk would fail every write: one warning a minute is enough
+_complained_at = float("-inf")
+
+
 def record(action: Callable[..., object], *args) -> None:
     """Call `action(*args)` (e.g. `metric.labels(...).inc`), swallowing any error: a metric must never fail the
     code it observes (a full disk under the metrics directory, a label mistake)."""
+    global _complained_at
     try:
         action(*args)
     except Exception:
-        logger.warning("metrics: could not record %r", action, exc_info=True)
+        if time.monotonic() - _complained_at >= _COMPLAINT_SECONDS:
+            _complained_at = time.monotonic()
+            logger.warning("metrics: could not record %r (more such failures stay quiet for %d s)", action,
+                           _COMPLAINT_SECONDS, exc_info=True)  # fmt: skip
 
 
 def inc(metric, amount: float = 1, **labels: str) -> None:
