@@ -311,12 +311,15 @@ def test_with_redis_unreachable_a_scrape_answers_and_counts_the_failed_sample(sc
     import contextlib
 
     import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
 
     from tests.e2e.processes import free_port
 
     @contextlib.contextmanager
     def unreachable_broker():
-        yield redis.Redis(port=free_port(), socket_connect_timeout=1)
+        # No retries: redis-py's default backoff would only make the test slower.
+        yield redis.Redis(port=free_port(), socket_connect_timeout=1, retry=Retry(NoBackoff(), 0))
 
     errors = ("executor_metrics_sample_errors_total", {"sampler": "queues"})
     before = scrape()
@@ -356,3 +359,48 @@ def test_a_session_or_an_api_key_does_not_replace_the_token(admin_client, settin
     assert admin_client.get("/metrics").status_code == 401
     assert admin_client.get("/metrics", headers={"X-API-KEY": key}).status_code == 401
     assert admin_client.get("/metrics", headers={"Authorization": f"Bearer {key}"}).status_code == 401
+
+
+# --- Recovery and Git ---------------------------------------------------------------------------------------------
+
+
+def test_a_lost_worker_and_a_lost_message_count_as_reaper_actions(scrape, enqueued):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from executions.models import Execution
+    from workers import republish
+    from workers.lease import claim
+    from workers.reaper import resolve_lost
+
+    actions = "executor_reaper_actions_total"
+    lost = trigger_execution(make_package("wendy_lost", {"a.py": ""}), trigger_type=TriggerType.MANUAL)
+    claim(str(lost.id), "worker@dead-host")
+    lost.refresh_from_db()
+    unpublished = trigger_execution(make_package("xavier_unpublished", {"a.py": ""}), trigger_type=TriggerType.MANUAL)
+    a_minute_ago = timezone.now() - timedelta(minutes=1)
+    Execution.objects.filter(pk=unpublished.pk).update(enqueued_at=None, created_at=a_minute_ago)
+    before = scrape()
+
+    assert resolve_lost(lost, "its worker stopped heartbeating", timezone.now()) == "failed"
+    assert republish.republish_lost(timezone.now()) == 1
+    after = scrape()
+
+    assert after.value(actions, action="failed") == before.value(actions, action="failed") + 1
+    assert after.value(actions, action="republished") == before.value(actions, action="republished") + 1
+
+
+def test_a_git_sync_is_counted_by_its_result(scrape, settings):
+    from packages.git_sync import sync_repository
+    from packages.models import GitRepository, GitSyncStatus
+
+    settings.EXECUTOR_GIT_ALLOW_LOCAL = False  # a file:// URL is then refused: the sync fails
+    repository = GitRepository.objects.create(project=Project.objects.create(name="Sales"), url="file:///srv/repo")
+    before = scrape()
+
+    sync_repository(repository)
+
+    assert repository.status == GitSyncStatus.FAILED
+    syncs = ("executor_git_syncs_total", {"status": "failed"})
+    assert scrape().value(syncs[0], **syncs[1]) == before.value(syncs[0], **syncs[1]) + 1
