@@ -69,6 +69,7 @@ def _record_created(executions: list[Execution]) -> None:
         fields = _fields(execution.id, package.package_name, projects.get(package.project_id, ""),
                          execution.correlation_id, execution.trigger_type, "create", "", "pending", "")  # fmt: skip
         metrics.inc(metrics.EXECUTIONS_CREATED, **_labels(fields))
+        metrics.inc(metrics.TRANSITIONS, transition="create")
         _log(logging.INFO, fields)
 
 

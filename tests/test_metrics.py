@@ -205,9 +205,9 @@ def test_a_run_counts_as_started_with_its_latency_then_as_finished(scrape, no_br
     package = make_package("quinn_nightly", {"a.py": ""}, project=project)
     labels = {"package": "quinn_nightly", "project": "Finance", "trigger_type": "manual"}
     before = scrape()
-    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
 
     with django_capture_on_commit_callbacks(execute=True):
+        execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
         transitions.claim(execution.id, "worker@test", "token")
         transitions.hand_back(execution.id, "token", "shutting down")
         transitions.claim(execution.id, "worker@other", "token2")  # a hand-over is not a second start
@@ -220,6 +220,8 @@ def test_a_run_counts_as_started_with_its_latency_then_as_finished(scrape, no_br
     assert grew("executor_executions_started_total", **labels) == 1
     assert grew("executor_execution_start_latency_seconds_count", trigger_type="manual") == 1
     assert grew("executor_executions_finished_total", **labels, status="completed") == 1
+    assert grew("executor_executions_created_total", **labels) == 1
+    assert grew("executor_execution_transitions_total", transition="create") == 1
     assert grew("executor_execution_transitions_total", transition="claim") == 2
     assert grew("executor_execution_transitions_total", transition="hand_back") == 1
 
