@@ -38,10 +38,15 @@ RUN apt-get update \
 RUN groupadd --system --gid 10001 executor \
     && useradd --system --uid 10001 --gid executor --create-home --home-dir /home/executor \
        --shell /usr/sbin/nologin executor
+# Prometheus metrics (executor_project/metrics.py): every process of a container writes its values here and the
+# web's /metrics adds them up. Owned by the executor's user, so a volume mounted here (shared by web, worker and
+# beat to see all their metrics in one scrape) starts with that owner.
+RUN mkdir -p /var/lib/executor/metrics && chown 10001:10001 /var/lib/executor/metrics
 ENV PATH=/app/.venv/bin:$PATH \
     HOME=/home/executor \
     PYTHONUNBUFFERED=1 \
-    PYTHONDONTWRITEBYTECODE=1
+    PYTHONDONTWRITEBYTECODE=1 \
+    PROMETHEUS_MULTIPROC_DIR=/var/lib/executor/metrics
 WORKDIR /app
 COPY --from=build /app/.venv /app/.venv
 COPY --from=build /app/.runtime /app/.runtime
@@ -50,8 +55,10 @@ COPY . .
 # all collectstatic needs. DEBUG=false is essential: it selects WhiteNoise's manifest storage, the one the
 # containers run with (DEBUG is off whenever DATABASE_URL is set); collected in DEBUG mode there would be no
 # staticfiles.json and every page using {% static %} would fail.
-# EXECUTOR_FERNET_KEYS: a placeholder, so the quick-start settings do not generate a key into the image.
-RUN DEBUG=false EXECUTOR_FERNET_KEYS=build-time-placeholder python manage.py collectstatic --noinput
+# EXECUTOR_FERNET_KEYS: a placeholder, so the quick-start settings do not generate a key into the image; an empty
+# PROMETHEUS_MULTIPROC_DIR, so no metrics file of this build is left in it.
+RUN DEBUG=false EXECUTOR_FERNET_KEYS=build-time-placeholder PROMETHEUS_MULTIPROC_DIR= \
+    python manage.py collectstatic --noinput
 # Numeric, so orchestrators can verify the image does not run as root (runAsNonRoot).
 USER 10001:10001
 EXPOSE 8000

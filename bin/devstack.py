@@ -21,6 +21,7 @@ processes and Redis included, and SIGKILL to all of them 5 s later: the grace pe
 """
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -161,6 +162,7 @@ def main() -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     # Collected per data directory: two stacks on one checkout (tests do that) never write the same files.
     env.setdefault("STATIC_ROOT", str(data_dir / "static"))
+    _fresh_metrics_dir(env, data_dir)
     host, port = env.get("EXECUTOR_HOST", "127.0.0.1"), env.get("EXECUTOR_PORT", "8000")
     supervisor = Supervisor(env, BASE_DIR)
     supervisor.handle_signals()
@@ -184,6 +186,17 @@ def main() -> int:
     if ended is not None:
         return ended or 1
     return SIGNAL_EXIT_CODES.get(supervisor.signal_number, 0)
+
+
+def _fresh_metrics_dir(env: dict[str, str], data_dir: Path) -> None:
+    """Web, worker and beat write their metrics into one directory, which /metrics adds up (executor_project/
+    metrics.py): the data directory's `metrics/`, emptied at start, since every process of the previous run is gone
+    (counters start again at 0, which Prometheus reads as a restart). A PROMETHEUS_MULTIPROC_DIR of the operator's
+    is used as it is: other processes may be writing there."""
+    default = str(data_dir / "metrics")
+    if env.setdefault("PROMETHEUS_MULTIPROC_DIR", default) == default:
+        shutil.rmtree(default, ignore_errors=True)
+        Path(default).mkdir(parents=True, exist_ok=True)
 
 
 def _prepare(env: dict[str, str]) -> None:

@@ -16,7 +16,7 @@ from executor_project.api_auth import Error, key_with, within_reach
 from executor_project.uploads import BadLength, declared_length
 
 from . import event_input
-from .events import EventRejected, dispatch
+from .events import EventRejected, count_received, dispatch
 from .models import ApiKey, ApiScope, Execution, ExecutionStep
 from .queueing import run_state
 from .summary import execution_as_dict
@@ -117,9 +117,15 @@ def post_event(request):
     Each of `runs` is `pending`; with `queued: false` and a reason when the broker refused its message: it is
     recorded and runs once the broker is back (202, not 503: a retried 503 would start it twice)."""
     api_key = key_with(request, ApiScope.EVENTS_SEND)
-    body = _event_body(request)
     try:
-        outcome = dispatch(event_input.parse(request.headers, body), api_key=api_key)
+        incoming = event_input.parse(request.headers, _event_body(request))
+    except (HttpError, EventRejected) as exc:  # refused before dispatch, which counts the others
+        count_received("rejected", "api")
+        if isinstance(exc, HttpError):
+            raise
+        raise HttpError(exc.status, str(exc)) from None
+    try:
+        outcome = dispatch(incoming, api_key=api_key)
     except EventRejected as exc:
         raise HttpError(exc.status, str(exc)) from None
     event = outcome.event

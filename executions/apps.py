@@ -7,8 +7,14 @@ class ExecutionsConfig(AppConfig):
     verbose_name = "Executions"
 
     def ready(self) -> None:
-        from . import saved_runs
+        from executor_project import metrics
+
+        from . import metrics_samples, saved_runs
         from .models import Execution, SavedExecution
+
+        # The gauges a scrape of /metrics samples (executor_project/metrics.py cannot import this app).
+        metrics.register_sampler("queues", metrics_samples.queue_depths)
+        metrics.register_sampler("executions", metrics_samples.executions_by_status)
 
         # A saved run's beat task follows the execution (executions/saved_runs.py). Django sends a proxy model's
         # signals with the proxy as sender: the Saved executions page saves and deletes SavedExecution objects.

@@ -34,10 +34,12 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from executor_project import metrics
 from packages.audit import AuditAction, record
 from packages.models import EventType, Package
 from packages.trigger_events import TRIGGERED_RUN
 
+from . import state_log
 from .models import Execution, ExecutionStep, TriggerEvent, TriggerEventStatus, TriggerType
 from .queueing import enqueue_many
 
@@ -83,6 +85,7 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
     package within reach or one that does not allow manual triggering, for malformed chain keys, and for a
     (source, id) received before from outside the reach. A repeated (source, id) returns the first delivery."""
     project_id = _reach(api_key, parent)
+    sender = "api" if api_key is not None else "execution" if parent is not None else "platform"
     try:
         parent = parent or _parent_named_in(incoming.data, project_id)
         correlation_id = _correlation_id(incoming.data, parent)
@@ -91,7 +94,8 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
         # A repeated delivery gets its first outcome, even if the same event would be refused today.
         existing = _received(incoming, project_id)
         if existing:
-            return existing
+            return _counted(existing, sender)
+        count_received("rejected", sender)
         raise
     chain_depth = parent.chain_depth + 1 if parent else 0
     plan = _plan(incoming.type, targets, scripts, chain_depth)
@@ -106,16 +110,31 @@ def dispatch(incoming: IncomingEvent, *, api_key=None, parent: Execution | None 
             executions = _create_runs(event, plan.runs)
             if api_key is not None:
                 _audit(event, executions, api_key)
-            transaction.on_commit(lambda: enqueue_many(executions, stamped=True))
+            transaction.on_commit(lambda: _committed(executions))
     except IntegrityError:
         # Received before, or a concurrent delivery of the same event won the unique (source, id): its outcome
         # stands.
         existing = _received(incoming, project_id)
         if existing is None:
             raise
-        return existing
+        return _counted(existing, sender)
     logger.info("event %s (%s): %s", event.event_id, event.type, event.status_reason)
-    return Dispatch(event, executions, duplicate=False)
+    return _counted(Dispatch(event, executions, duplicate=False), sender)
+
+
+def _committed(executions: list[Execution]) -> None:
+    state_log.created(executions)
+    enqueue_many(executions, stamped=True)
+
+
+def _counted(outcome: Dispatch, sender: str) -> Dispatch:
+    count_received("duplicate" if outcome.duplicate else outcome.event.status, sender)
+    return outcome
+
+
+def count_received(outcome: str, sender: str) -> None:
+    """executor_events_received_total (executor_project/metrics.py); the API counts the bodies it refuses itself."""
+    metrics.inc(metrics.EVENTS_RECEIVED, outcome=outcome, sender=sender)
 
 
 def _reach(api_key, parent: Execution | None) -> int | None:

@@ -36,6 +36,9 @@ MARKER_PREFIX = "executor:queued:"
 # Longer than any sane backlog wait; past it, an execution still queued is published once more (harmless).
 MARKER_TTL_SECONDS = 7 * 24 * 3600
 NOT_QUEUED_REASON = "recorded; queued as soon as the broker is back"
+# Every queue a worker consumes (`celery worker -Q`): the runs' lanes (Package.lane, `scheduled`: lane_for) and
+# `maintenance` (the reaper, Git syncs). /metrics reports each one's depth (executions/metrics_samples.py).
+LANES = ("priority", "default", "slow", "scheduled", "maintenance")
 
 
 def enqueue(execution: Execution) -> bool:

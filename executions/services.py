@@ -13,6 +13,7 @@ from django.db import IntegrityError, transaction
 from packages.audit import AuditAction, record
 from packages.models import Package
 
+from . import state_log
 from .models import Execution, ExecutionFile, ExecutionStep, TriggerType
 from .queueing import enqueue, enqueue_many, lane_for  # noqa: F401 (the run paths' entry points, used from here)
 
@@ -79,9 +80,13 @@ def trigger_execution(
         if idempotency_key:
             return Execution.objects.get(idempotency_key=idempotency_key)
         raise
-    transaction.on_commit(lambda: enqueue(execution))
-    logger.info("execution %s of %s created (%s)", execution.id, package.package_name, trigger_type)
+    transaction.on_commit(lambda: _committed(execution))
     return execution
+
+
+def _committed(execution: Execution) -> None:
+    state_log.created([execution])
+    enqueue(execution)
 
 
 def _audit_run(execution: Execution, user, api_key) -> None:

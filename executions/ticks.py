@@ -16,6 +16,7 @@ from typing import Generic, TypeVar
 
 from django.utils import timezone
 
+from executor_project import metrics
 from packages.models import Package
 from packages.schedules import tick_key
 
@@ -42,6 +43,7 @@ class TickKind(Generic[Owner]):
 def fire(kind: TickKind[Owner], **message) -> Execution | None:
     """Start the run one tick stands for (or find the one an earlier tick for the same fire time started)."""
     what = f"tick for {kind.name} {message[kind.id_field]}"
+    metrics.tick_from_beat("schedule")
     owner = kind.find(**message)
     if owner is None:
         logger.info("%s, %s: ignored", what, kind.gone)

@@ -34,6 +34,9 @@ its lease (reaped after a network split, taken over after a retry) changes nothi
 0 into LeaseLost. Step writes are fenced by that token, not by the step's status: only the lease holder writes a
 step. The reaper's and the heartbeat's transitions match the lost lease's token and `in_progress`, so a run that
 finished, or a worker that beat again, meanwhile wins.
+
+Every execution transition that happened is told to executions/state_log.py (a log line with the execution's id,
+package, project and correlation id; the executions' metrics) once its transaction commits.
 """
 
 import logging
@@ -48,7 +51,7 @@ from django.utils import timezone
 from executor_project import database
 from packages.models import Package
 
-from . import notifications
+from . import notifications, state_log
 from .models import Execution, ExecutionStatus, ExecutionStep, StepStatus, TriggerType
 
 logger = logging.getLogger(__name__)
@@ -64,7 +67,7 @@ STEP_OUTCOMES = frozenset({StepStatus.COMPLETED, StepStatus.FAILED, StepStatus.C
 def claim(execution_id, worker_name: str, token: str, now: datetime | None = None) -> int:
     """pending -> in_progress under `token`, for `worker_name`."""
     now = now or timezone.now()
-    return Execution.objects.filter(pk=execution_id, status=ExecutionStatus.PENDING).update(
+    claimed = Execution.objects.filter(pk=execution_id, status=ExecutionStatus.PENDING).update(
         status=ExecutionStatus.IN_PROGRESS,
         worker_name=worker_name[:200],
         lease_owner=token,
@@ -72,6 +75,9 @@ def claim(execution_id, worker_name: str, token: str, now: datetime | None = Non
         started_at=Coalesce(F("started_at"), Value(now)),  # kept when another worker handed the run over
         heartbeat_at=now,
     )
+    if claimed:
+        state_log.changed(execution_id, "claim", ExecutionStatus.PENDING, ExecutionStatus.IN_PROGRESS, claimed_at=now)
+    return claimed
 
 
 def finish(execution_id, token: str, status: ExecutionStatus, reason: str, now: datetime | None = None) -> int:
@@ -82,6 +88,8 @@ def finish(execution_id, token: str, status: ExecutionStatus, reason: str, now: 
     with transaction.atomic():
         finished = _leased(execution_id, token).update(status=status, status_reason=reason, finished_at=now,
                                                        heartbeat_at=now)  # fmt: skip
+        if finished:
+            state_log.changed(execution_id, "finish", ExecutionStatus.IN_PROGRESS, status, reason)
         return _ended(execution_id, finished)
 
 
@@ -98,15 +106,21 @@ def fail_unfinished(execution_id, token: str, reason: str, now: datetime | None 
         failed = _leased(execution_id, token).update(
             status=ExecutionStatus.FAILED, status_reason=reason, finished_at=now, heartbeat_at=now
         )
+        if failed:
+            state_log.changed(execution_id, "fail_unfinished", ExecutionStatus.IN_PROGRESS, ExecutionStatus.FAILED,
+                              reason)  # fmt: skip
         return _ended(execution_id, failed)
 
 
 def hand_back(execution_id, token: str, reason: str) -> int:
     """in_progress -> pending, its worker shutting down. Clearing the lease fences that worker off; the next one to
     claim the run continues with its pending steps."""
-    return _leased(execution_id, token).update(
+    handed = _leased(execution_id, token).update(
         status=ExecutionStatus.PENDING, status_reason=reason, lease_owner="", worker_name="", heartbeat_at=None
     )
+    if handed:
+        state_log.changed(execution_id, "hand_back", ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING, reason)
+    return handed
 
 
 def count_retry(execution_id, token: str, now: datetime | None = None) -> int:
@@ -131,6 +145,8 @@ def fail_lost(execution_id, token: str, reason: str, now: datetime | None = None
             steps.filter(status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, status_reason="skipped: earlier step failed"
             )
+        if lost:
+            state_log.changed(execution_id, "fail_lost", ExecutionStatus.IN_PROGRESS, ExecutionStatus.FAILED, reason)
         _ended(execution_id, lost)
     return lost
 
@@ -147,6 +163,8 @@ def retry_lost(execution_id, token: str, reason: str, step_reason: str, **still)
             ExecutionStep.objects.filter(execution_id=execution_id, status=StepStatus.RUNNING).update(
                 status=StepStatus.PENDING, status_reason=step_reason
             )
+    if lost:
+        state_log.changed(execution_id, "retry_lost", ExecutionStatus.IN_PROGRESS, ExecutionStatus.PENDING, reason)
     return lost
 
 
@@ -163,6 +181,9 @@ def cancel_pending(execution_id, user, reason: str, now: datetime | None = None)
             ExecutionStep.objects.filter(execution_id=execution_id, status=StepStatus.PENDING).update(
                 status=StepStatus.SKIPPED, status_reason="skipped: execution cancelled"
             )
+        if cancelled:
+            state_log.changed(execution_id, "cancel_pending", ExecutionStatus.PENDING, ExecutionStatus.CANCELLED,
+                              reason)  # fmt: skip
         _ended(execution_id, cancelled)
     return cancelled
 
@@ -180,7 +201,7 @@ def record_skipped(package: Package, idempotency_key: str, reason: str, now: dat
     that fire time's execution exists already (its tick arrived meanwhile)."""
     try:
         with transaction.atomic():
-            Execution.objects.create(
+            execution = Execution.objects.create(
                 package=package,
                 trigger_type=TriggerType.SCHEDULED,
                 status=ExecutionStatus.SKIPPED,
@@ -191,6 +212,7 @@ def record_skipped(package: Package, idempotency_key: str, reason: str, now: dat
             )
     except IntegrityError:
         return False
+    state_log.changed(execution.pk, "record_skipped", "", ExecutionStatus.SKIPPED, reason)
     return True
 
 

@@ -1,8 +1,9 @@
 import os
 
 from celery import Celery
-from celery.signals import beat_init
+from celery.signals import after_setup_logger, after_setup_task_logger, beat_init
 
+from . import log_format
 from .liveness import record_beat_ticks
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "executor_project.settings")
@@ -19,3 +20,12 @@ app.autodiscover_tasks()
 # Beat records its ticks in Redis: its liveness, read by `manage.py check_health beat` and the dashboard. Only
 # beat sends beat_init.
 beat_init.connect(record_beat_ticks)
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def json_logs(logger=None, **kwargs) -> None:
+    """LOG_FORMAT=json for the worker's and beat's lines too (executor_project/log_format.py says why here)."""
+    from django.conf import settings
+
+    log_format.apply_to(logger, settings.LOG_FORMAT)

@@ -37,8 +37,9 @@ if EXECUTOR_HTTPS:
     SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = True
     SECURE_SSL_REDIRECT = True
     # docker-compose's health check calls http://127.0.0.1:8000/readyz inside the container, past the proxy:
-    # redirected to https it would fail. Patterns match the path without its leading slash (urls.py: "healthz").
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    # redirected to https it would fail; so would a Prometheus scraping /metrics on the internal network. Patterns
+    # match the path without its leading slash (urls.py: "healthz").
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
     # HSTS for a year by default (0 turns it off, and check --deploy then says so).
     SECURE_HSTS_SECONDS = env_int("EXECUTOR_HSTS_SECONDS", 365 * 24 * 3600, minimum=0)
     # Opt-in: includeSubDomains binds every host under this one to HTTPS for the HSTS lifetime, and preload asks
@@ -178,13 +179,34 @@ FILE_UPLOAD_HANDLERS = [
     "django.core.files.uploadhandler.TemporaryFileUploadHandler",
 ]
 
+# LOG_FORMAT=json: one JSON object per line (executor_project/log_format.py), with the execution's id, package,
+# project and correlation id on every state change (executions/state_log.py), for a log pipeline to join with the
+# admin; plain (the default): text for people.
+LOG_FORMAT = env_str("LOG_FORMAT", "plain")
+if LOG_FORMAT not in {"plain", "json"}:
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {"()": "executor_project.log_format.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
 }
+
+# --- Metrics (executor_project/metrics.py, served at /metrics) ---------------------------------------------------
+# Every process writes its metrics into this directory and /metrics adds them up (prometheus_client's multi-process
+# mode): web, worker and beat must share it (`make run` uses <data dir>/metrics and empties it at start; the image
+# sets /tmp/executor-metrics). Empty: each process's metrics are its own (only the web's own reach /metrics).
+EXECUTOR_METRICS_DIR = env_str("PROMETHEUS_MULTIPROC_DIR", str(DATA_DIR / "metrics"))
+# Set: /metrics requires `Authorization: Bearer <token>` (401 otherwise). Unset: open, like /healthz (keep it off
+# the public network then).
+EXECUTOR_METRICS_TOKEN = env_str("EXECUTOR_METRICS_TOKEN", "")
+# Queue depths and the counts of pending and running executions are read at most this often per web process
+# (an LLEN per lane, one indexed COUNT), however often /metrics is scraped.
+EXECUTOR_METRICS_SAMPLE_SECONDS = env_int("EXECUTOR_METRICS_SAMPLE_SECONDS", 10, minimum=0)
 
 # --- Secrets ---------------------------------------------------------------------------------------------
 # Fernet keys for secrets at rest, newest first, comma-separated. Rotation: put a new key first, run

@@ -54,6 +54,8 @@ from dulwich.object_store import BaseObjectStore
 from dulwich.objects import Blob, Commit, Tree
 from dulwich.repo import Repo
 
+from executor_project import metrics
+
 from . import git_urls
 from .encryption import decrypt
 from .git_report import TOP_LEVEL, SyncReport
@@ -263,6 +265,7 @@ def _record(repository: GitRepository, report: SyncReport) -> None:
     if report.commit and not report.error:
         fields["current_commit"] = report.commit
     GitRepository.objects.filter(pk=repository.pk).update(**fields)
+    metrics.inc(metrics.GIT_SYNCS, status=status)
     for name, value in fields.items():
         setattr(repository, name, value)
 

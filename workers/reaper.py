@@ -32,6 +32,7 @@ from django.utils import timezone
 from executions import catch_up, later_runs, transitions
 from executions.models import Execution, ExecutionStatus
 from executions.services import enqueue
+from executor_project import metrics
 from packages import staged_uploads
 
 from . import republish, workspace_sweep
@@ -116,8 +117,10 @@ def resolve_lost(execution: Execution, what_happened: str, now: datetime, **stil
             return None
         transaction.on_commit(lambda: enqueue(execution))  # at once, unless a caller's transaction is open
         logger.warning("execution %s: %s; running it again (%s)", execution.id, lost, attempt)
+        metrics.inc(metrics.REAPER_ACTIONS, action=RETRIED)
         return RETRIED
     if not transitions.fail_lost(execution.pk, execution.lease_owner, f"failed: {lost}", now, **still):
         return None
     logger.error("execution %s: failed: %s", execution.id, lost)
+    metrics.inc(metrics.REAPER_ACTIONS, action=FAILED)
     return FAILED

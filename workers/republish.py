@@ -28,6 +28,7 @@ from django.db.models import Q
 
 from executions.models import Execution, ExecutionStatus
 from executions.queueing import enqueue_many, queued_ids
+from executor_project import metrics
 from executor_project.publishing import broker_client
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,8 @@ def republish_lost(now: datetime) -> int:
         logger.warning("could not check the broker for lost messages (%s: %s)", type(exc).__name__, exc)
         return 0
     published = _publish(lost)
+    if published:
+        metrics.inc(metrics.REAPER_ACTIONS, len(published), action="republished")
     _drop_reservations([tag for pk, tags in reservations.items() if pk in published for tag in tags])
     return len(published)
 

@@ -19,7 +19,7 @@ from django.utils import timezone
 from executions import transitions
 from executions.lifecycle import Lifecycle
 from executions.models import Execution, ExecutionStep, StepStatus
-from executor_project import database
+from executor_project import database, metrics
 from packages.models import kind_for_file_name, secrets_for
 
 from . import fx_bridge, masking
@@ -86,7 +86,16 @@ def run_step(lease: Lease, context: RunContext, step: ExecutionStep) -> StepStat
     output = _final_output(context, result)
     lease.apply(transitions.finish_step, step.id, status, reason, exit_code=result.exit_code, **output,
                 finished_at=timezone.now(), duration_ms=result.duration_ms)  # fmt: skip
+    _observe(step, status, result.duration_ms, sandbox_failed=bool(result.sandbox_error))
     return status
+
+
+def _observe(step: ExecutionStep, status: StepStatus, duration_ms: int | None, *, sandbox_failed: bool = False) -> None:
+    """The step's duration by handler and outcome, and whether its sandbox could not start (metrics)."""
+    handler = kind_for_file_name(step.file_name)
+    metrics.observe(metrics.STEP_DURATION, (duration_ms or 0) / 1000, handler=handler, status=status)
+    if sandbox_failed:
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="cold")
 
 
 def _step_run(lease: Lease, context: RunContext, step: ExecutionStep, handler: Handler,
@@ -132,7 +141,10 @@ def _process(context: RunContext, step: ExecutionStep, handler: Handler, run: St
         raise
     except OSError as exc:  # the interpreter is missing or not executable
         raise _NotRun(f"failed: could not start the script ({exc.strerror})") from exc
-    except (StepSetupError, SandboxUnavailable) as exc:
+    except SandboxUnavailable as exc:
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="self_test")
+        raise _NotRun(f"failed: {exc}") from exc
+    except StepSetupError as exc:
         raise _NotRun(f"failed: {exc}") from exc
     except Exception as exc:  # the worker's fault, not the script's: this step fails, the later ones are skipped
         logger.exception("execution %s: internal error running step %s", context.execution.id, step.position)
@@ -210,6 +222,7 @@ def _interrupted_by_shutdown(
     reason = f"failed: interrupted, its worker shut down and the step was still running after {grace} s"
     lease.apply(transitions.finish_step, step.id, StepStatus.FAILED, reason, **_final_output(context, result),
                 finished_at=timezone.now(), duration_ms=result.duration_ms)  # fmt: skip
+    _observe(step, StepStatus.FAILED, result.duration_ms)
     return StepStatus.FAILED
 
 
@@ -241,6 +254,7 @@ def _record_failure(lease: Lease, step: ExecutionStep, started, reason: str) -> 
     duration_ms = round((finished - started).total_seconds() * 1000)
     lease.apply(transitions.finish_step, step.id, StepStatus.FAILED, reason, finished_at=finished,
                 duration_ms=duration_ms)  # fmt: skip
+    _observe(step, StepStatus.FAILED, duration_ms)
     return StepStatus.FAILED
 
 

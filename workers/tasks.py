@@ -14,7 +14,7 @@ from celery.signals import task_prerun, worker_init, worker_process_init, worker
 from django.db import close_old_connections
 
 from executions import notifications
-from executor_project import database
+from executor_project import database, metrics
 from executor_project.redelivery import hand_back
 
 from . import heartbeat, notification_sending, reaper, runner, shutdown, workspace_sweep
@@ -51,6 +51,7 @@ def run_execution(self, execution_id: str) -> None:
 @shared_task(name="executor.reap", ignore_result=True)
 def reap() -> None:
     """Periodic (CELERY_BEAT_SCHEDULE): resolve executions whose worker died, republish lost messages."""
+    metrics.tick_from_beat("reap")  # only beat sends this task: it is beat's pulse (README: Metrics)
     try:
         report = reaper.reap()
     except database.UNREACHABLE as exc:  # the next period tries again; no traceback every few seconds

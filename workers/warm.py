@@ -38,6 +38,8 @@ from pathlib import Path
 
 from django.conf import settings
 
+from executor_project import metrics
+
 from .isolation import RUNTIME_DIR, sandbox_enabled
 from .sandbox import (
     HOST_ENV,
@@ -169,6 +171,7 @@ class Server:
         if self.broken:
             return
         logger.warning("warm-step server %s replaced: %s", self.process.pid, reason)
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="warm")
         self.broken = True
         _failed_at[self.key] = time.monotonic()
         self.stop()
@@ -243,6 +246,7 @@ def _server_for(key: tuple, supervision) -> Server | None:
         server = _servers[key] = Server(key, dict(key[1]))
     except OSError as exc:
         logger.warning("could not start a warm-step server: %s", exc)
+        metrics.inc(metrics.SANDBOX_START_FAILURES, kind="warm")
         _failed_at[key] = time.monotonic()
         return None
     return server if _ready_soon(server, supervision) else None

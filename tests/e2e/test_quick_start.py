@@ -10,6 +10,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 import urllib.request
 
@@ -18,6 +19,7 @@ import pytest
 from tests.e2e.admin_pages import login_page_and_stylesheets
 from tests.e2e.processes import BASE_DIR, children, command_line, devstack_process, free_port, left_running
 from tests.factories import SEED_DIR
+from tests.metrics_scrape import Scrape
 
 pytestmark = pytest.mark.e2e
 PASSWORD = "alice-quick-start-pw"
@@ -25,7 +27,8 @@ PASSWORD = "alice-quick-start-pw"
 
 @pytest.fixture
 def quick_start(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG"}}
+    own = {"DATABASE_URL", "REDIS_URL", "SECRET_KEY", "DEBUG", "PROMETHEUS_MULTIPROC_DIR"}  # the stack's, not ours
+    env = {k: v for k, v in os.environ.items() if k not in own}
     port = free_port()
     env.update(EXECUTOR_DATA_DIR=str(tmp_path / "data"), EXECUTOR_PORT=str(port), EXECUTOR_ADMIN_PASSWORD=PASSWORD)
     with devstack_process(env, tmp_path / "devstack.log") as stack:
@@ -50,6 +53,7 @@ def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start
     assert result.returncode == 0, result.stdout + result.stderr + log_path.read_text()
     assert '"status": "completed"' in result.stdout
     assert "somekey -> some value 2" in result.stdout
+    _assert_metrics_moved(base_url)
 
     stack = children(proc.pid, recursive=True)
     names = " ".join(command_line(p) for p in stack)
@@ -59,6 +63,24 @@ def test_make_run_serves_the_admin_runs_packages_and_stops_on_ctrl_c(quick_start
     proc.wait(timeout=60)
     alive = left_running(stack, timeout=15)
     assert alive == [], f"still running after Ctrl-C: {[command_line(p) for p in alive]}"
+
+
+def _assert_metrics_moved(base_url: str) -> None:
+    """Prometheus' view of the run: what gunicorn, the worker's pool process and beat wrote, in one scrape."""
+    labels = {"package": "seed_package", "project": "", "trigger_type": "manual"}
+    deadline = time.monotonic() + 15
+    while True:
+        scrape = Scrape.parse(urllib.request.urlopen(f"{base_url}/metrics", timeout=10).read().decode())
+        moved = [
+            scrape.value("executor_executions_finished_total", **labels, status="completed") == 1,
+            scrape.value("executor_step_duration_seconds_count", handler="python", status="completed") == 1,
+            scrape.has("executor_queue_depth", lane="default"),
+            scrape.value("executor_beat_last_tick_timestamp_seconds", message="reap") > 0,
+        ]
+        if all(moved):
+            return
+        assert time.monotonic() < deadline, (moved, scrape)
+        time.sleep(0.5)
 
 
 def _login(base_url: str, username: str, password: str) -> str:
