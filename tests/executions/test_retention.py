@@ -233,7 +233,7 @@ def test_the_command_prints_counts_per_package_and_reason(world, capsys):
     assert "executions 8, executions.ExecutionFile 1, executions.ExecutionStep 16, trigger events 3" in dry
     assert Execution.objects.filter(pk__in=_ids(world["goes"])).count() == len(world["goes"])
     call_command("prune_executions", "--batch-size", "3")
-    assert "In all deleted: executions 8," in capsys.readouterr().out
+    assert "In all, deleted: executions 8," in capsys.readouterr().out
     assert not Execution.objects.filter(pk__in=_ids(world["goes"])).exists()
 
 

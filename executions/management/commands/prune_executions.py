@@ -28,12 +28,12 @@ class Command(BaseCommand):
         if pause_ms < 0:
             raise CommandError("--pause-ms must not be negative")
         report = retention.prune(dry_run=dry_run, batch_size=batch_size, pause_ms=pause_ms, time_budget=max_seconds)
-        verb = "would delete" if dry_run else "deleted"
+        verb = "would be deleted" if dry_run else "deleted"
         heading = f"Executions {verb}, per package and reason:"
         self.stdout.write(f"Dry run: nothing deleted. {heading}" if dry_run else heading)
         for (package_name, reason), count in sorted(report.executions.items()):
             if count:
                 self.stdout.write(f"  {package_name}: {reason}: {count}")
-        self.stdout.write(f"In all {verb}: " + ", ".join(f"{what} {count}" for what, count in report.totals().items()))
+        self.stdout.write(f"In all, {verb}: " + ", ".join(f"{what} {count}" for what, count in report.totals().items()))
         ending = "" if report.finished else " (stopped at --max-seconds; run it again to go on)"
         self.stdout.write(f"{report.batches} batches in {report.seconds:.1f} s{ending}")
