@@ -3,9 +3,9 @@
 Builds `executor_bench_retention` as `make bench-admin` builds its database (N executions, default 1,000,000, of 50
 packages over 90 days, 3 steps each for the newest 100,000) plus one step with output for every older execution,
 so that the pruned runs take their steps with them. Retention is set to 9 days (failed ones too), so 90 % of the
-executions are due. It prints the plan of one batch's query (EXPLAIN), times the admin pages of bench/admin_lists.py
-before, then again and again while `manage.py prune_executions` (another process, the default batch size and
-pause) deletes, and after; and the pruning's own time.
+executions are due. It prints the plan of one batch's query (EXPLAIN), times the admin pages of
+bench/admin_lists.py round after round for two minutes, then again and again while `manage.py prune_executions`
+(another process, the default batch size and pause) deletes; and the pruning's own time.
 """
 
 import os
@@ -40,16 +40,28 @@ def main(count: int) -> None:
     print(f"{count:,} executions created in {time.perf_counter() - started:.0f} s; {_sizes()}")
     _index_build_time()
     _explain()
-    before = admin_lists.time_pages()
+    before = _rounds_for(BASELINE_SECONDS)
     during, pruned = _pages_while_pruning()
-    after = admin_lists.time_pages()
     print(pruned)
-    print(f"{'page (median ms)':32s} {'before':>7s} {'during':>7s} {'(max)':>7s} {'after':>7s}   rounds: {len(during)}")
-    for label, (milliseconds, _) in before.items():
-        rounds = [timings[label][0] for timings in during]
-        print(f"{label:32s} {milliseconds:7.0f} {statistics.median(rounds):7.0f} {max(rounds):7.0f} "
-              f"{after[label][0]:7.0f}")  # fmt: skip
+    print(f"page: median (max) of each round's median, ms; {len(before)} rounds before, {len(during)} during")
+    print(f"{'':32s} {'before':>7s} {'(max)':>7s} {'during':>7s} {'(max)':>7s}")
+    for label in admin_lists.time_pages(requests=1):
+        without, with_pruning = ([timings[label][0] for timings in rounds] for rounds in (before, during))
+        print(f"{label:32s} {statistics.median(without):7.0f} {max(without):7.0f} "
+              f"{statistics.median(with_pruning):7.0f} {max(with_pruning):7.0f}")  # fmt: skip
     print(f"after: {_sizes()}")
+
+
+# Rounds of page timings before pruning, for a baseline taken under the same load from other processes as the
+# rounds during it (on a shared machine one round is not a baseline).
+BASELINE_SECONDS = 120
+
+
+def _rounds_for(seconds: float) -> list[dict]:
+    rounds, started = [], time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        rounds.append(admin_lists.time_pages(requests=3))
+    return rounds
 
 
 def _older_steps() -> None:
