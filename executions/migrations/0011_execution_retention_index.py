@@ -7,7 +7,7 @@ class Migration(migrations.Migration):
     """The index retention reads (executions/retention.py): a package's executions of one status, oldest first.
 
     A plain CREATE INDEX (not CONCURRENTLY, which SQLite and a migration's transaction do not allow) blocks writes
-    to the table while it builds: about 4 s on a million executions (README, Benchmark)."""
+    to the table while it builds: 5.5 s on a million executions (README, Benchmark)."""
 
     dependencies = [
         ("executions", "0010_api_key_projects"),
