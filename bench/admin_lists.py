@@ -15,8 +15,10 @@ sys.path.insert(0, str(BASE_DIR))
 
 from bench.databases import SERVER, on_server, recreate_database, use_bench_environment  # noqa: E402
 
+DATABASE = "executor_bench_admin"
 
-def configure(database: str = "executor_bench_admin", **extra: str) -> None:
+
+def configure(database: str = DATABASE, **extra: str) -> None:
     """This process's settings (bench/retention.py times the same pages on a database of its own)."""
     use_bench_environment(
         on_server(database),
@@ -38,8 +40,8 @@ PAGES = [
 ]
 
 
-def main(count: int) -> None:
-    recreate_database(SERVER, "executor_bench_admin")
+def main(count: int, database: str = DATABASE) -> None:
+    recreate_database(SERVER, database)
     import django
 
     django.setup()
