@@ -20,7 +20,9 @@ How, so that nobody notices on a big ledger: for each package and status, candid
 index (package, status, created_at), with keyset pagination (each page starts after the last row of the previous
 one, never walking again over rows just deleted); each batch is deleted in its own short transaction (its rows
 locked with SKIP LOCKED and checked again, so a row someone saves at that moment waits for the next run), then a
-short pause. A dry run reads the same pages and counts what each batch would delete, so its report matches the
+short pause. Old trigger events are read the same way on the index of received_at; that pass reads again, every
+run, the old events still kept (their runs are kept): few, unless failed or saved runs started by events are many.
+A dry run reads the same pages and counts what each batch would delete, so its report matches the
 real run's.
 """
 
