@@ -259,15 +259,3 @@ def test_unfinished_and_saved_runs_stay_whatever_the_rules(settings):
     retention.prune()
 
     assert set(Execution.objects.values_list("pk", flat=True)) == {execution.pk for execution in kept}
-
-
-def test_a_batch_is_read_on_the_retention_index(world):
-    from django.db import connection
-
-    with connection.cursor() as cursor:  # the test's transaction: tables this small would be read whole otherwise
-        cursor.execute("SET LOCAL enable_seqscan = off")
-    plan = retention.plan()
-    selection = next(s for s in plan.selections if s.status == ExecutionStatus.COMPLETED)
-    page = retention.candidates(selection, plan.kept_ids).order_by("created_at", "pk").values_list("pk")[:1000]
-
-    assert "execution_retention" in page.explain()
