@@ -6,7 +6,7 @@ PYTHON ?= python3.11
 VENV := .venv
 RUNTIME := .runtime
 
-.PHONY: install run test faults lint format bench bench-admin bench-events clean
+.PHONY: install run test faults lint format bench bench-admin bench-events bench-retention clean
 
 install: $(VENV)/.installed $(RUNTIME)/.installed
 
@@ -44,6 +44,9 @@ bench: install
 
 bench-admin: install
 	$(VENV)/bin/python bench/admin_lists.py
+
+bench-retention: install
+	$(VENV)/bin/python bench/retention.py
 
 bench-events: install
 	$(VENV)/bin/python bench/events.py $(BENCH_ARGS)

@@ -15,11 +15,18 @@ sys.path.insert(0, str(BASE_DIR))
 
 from bench.databases import SERVER, on_server, recreate_database, use_bench_environment  # noqa: E402
 
-use_bench_environment(
-    on_server("executor_bench_admin"),
-    ALLOWED_HOSTS="testserver",
-    DEBUG="true",  # static files without collectstatic; query capture needs the debug cursor anyway
-)
+DATABASE = "executor_bench_admin"
+
+
+def configure(database: str = DATABASE, **extra: str) -> None:
+    """This process's settings (bench/retention.py times the same pages on a database of its own)."""
+    use_bench_environment(
+        on_server(database),
+        ALLOWED_HOSTS="testserver",
+        DEBUG="true",  # static files without collectstatic; query capture needs the debug cursor anyway
+        **extra,
+    )
+
 
 PAGES = [
     ("admin index (dashboard)", "/admin/"),
@@ -33,8 +40,8 @@ PAGES = [
 ]
 
 
-def main(count: int) -> None:
-    recreate_database(SERVER, "executor_bench_admin")
+def main(count: int, database: str = DATABASE) -> None:
+    recreate_database(SERVER, database)
     import django
 
     django.setup()
@@ -42,12 +49,13 @@ def main(count: int) -> None:
 
     call_command("migrate", verbosity=0)
     started = time.perf_counter()
-    _fill(count)
+    fill(count)
     print(f"{count:,} executions created in {time.perf_counter() - started:.0f} s")
-    _time_pages()
+    for label, (milliseconds, queries) in time_pages().items():
+        print(f"{label:32s} {milliseconds:7.0f} ms  {queries:3d} queries")
 
 
-def _fill(count: int) -> None:
+def fill(count: int) -> None:
     """Rows straight from SQL (generate_series): the ORM would take an hour for a million."""
     from django.db import connection
 
@@ -85,7 +93,8 @@ def _fill(count: int) -> None:
         cursor.execute("ANALYZE")
 
 
-def _time_pages() -> None:
+def time_pages(requests: int = 5) -> dict[str, tuple[float, int]]:
+    """Each page's median time (ms) over `requests` requests, after a warm-up, and its number of queries."""
     from django.contrib.auth.models import User
     from django.db import connection, reset_queries
     from django.test import Client
@@ -95,20 +104,24 @@ def _time_pages() -> None:
 
     newest = Execution.objects.order_by("-created_at").first()
     client = Client()
-    client.force_login(User.objects.create_superuser("bench", password="bench"))
+    user = User.objects.filter(username="bench").first() or User.objects.create_superuser("bench", password="bench")
+    client.force_login(user)
+    results = {}
     for label, template in PAGES:
         url = template.format(cid=newest.correlation_id, execution_id=newest.pk)
         client.get(url)  # warm-up
         timings = []
-        for _ in range(5):
+        for _ in range(requests):
             reset_queries()
             with CaptureQueriesContext(connection) as queries:
                 started = time.perf_counter()
                 response = client.get(url)
                 timings.append(time.perf_counter() - started)
             assert response.status_code == 200, (url, response.status_code)
-        print(f"{label:32s} {statistics.median(timings) * 1000:7.0f} ms  {len(queries):3d} queries")
+        results[label] = (statistics.median(timings) * 1000, len(queries))
+    return results
 
 
 if __name__ == "__main__":
+    configure()
     main(int(sys.argv[1]) if len(sys.argv) > 1 else 1_000_000)

@@ -165,6 +165,9 @@ class Execution(models.Model):
             models.Index(fields=["status", "-created_at"], name="execution_status_recent"),
             # Saved executions are few among millions: their list reads this small index.
             models.Index(fields=["-created_at"], condition=models.Q(saved=True), name="execution_saved_recent"),
+            # Retention reads a package's old executions of one status, oldest first (executions/retention.py):
+            # without status in the key it would walk the failed ones it keeps longer on every run.
+            models.Index(fields=["package", "status", "created_at"], name="execution_retention"),
         ]
 
     def __str__(self) -> str:

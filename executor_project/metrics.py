@@ -181,6 +181,10 @@ BEAT_LAST_TICK = Gauge(
     ["message"], multiprocess_mode="max", registry=REGISTRY,
 )  # fmt: skip
 GIT_SYNCS = Counter("executor_git_syncs", "Git repository syncs, by result.", ["status"], registry=REGISTRY)
+RETENTION_DELETED = Counter(
+    "executor_retention_deleted", "Rows retention deleted (executions/retention.py), by kind: executions, and what "
+    "went with them (steps, run-form files, trigger events, ...).", ["kind"], registry=REGISTRY,
+)  # fmt: skip
 # --- Sampled on a scrape (at most once per EXECUTOR_METRICS_SAMPLE_SECONDS per process) ---------------------------
 QUEUE_DEPTH = Gauge(
     "executor_queue_depth", "Messages waiting in a lane's Redis queue (LLEN).", ["lane"],

@@ -296,6 +296,26 @@ EXECUTOR_NOTIFICATION_ALLOWED_HOSTS = env_list("EXECUTOR_NOTIFICATION_ALLOWED_HO
 EXECUTOR_SCHEDULE_CATCH_UP_SECONDS = env_int("EXECUTOR_SCHEDULE_CATCH_UP_SECONDS", 24 * 3600, minimum=0)
 EXECUTOR_SCHEDULE_CATCH_UP_GRACE_SECONDS = env_int("EXECUTOR_SCHEDULE_CATCH_UP_GRACE_SECONDS", 30, minimum=1)
 
+# --- Retention (executions/retention.py; per-package overrides on the package page) ------------------------------
+# Finished executions are deleted after DAYS, failed ones after FAILED_DAYS (never sooner than DAYS), with their
+# steps' output, run-form files and, past DAYS, the trigger events nothing refers to any more. Saved runs, pending
+# and running executions and each package's last KEEP_LAST executions are never deleted. Off: nothing is deleted
+# by beat (`manage.py prune_executions` still works).
+EXECUTOR_RETENTION = env_bool("EXECUTOR_RETENTION", True)
+EXECUTOR_RETENTION_DAYS = env_int("EXECUTOR_RETENTION_DAYS", 30, minimum=1)
+EXECUTOR_RETENTION_FAILED_DAYS = env_int("EXECUTOR_RETENTION_FAILED_DAYS", 90, minimum=1)
+EXECUTOR_RETENTION_KEEP_LAST = env_int("EXECUTOR_RETENTION_KEEP_LAST", 20, minimum=0)
+# Rows are deleted BATCH_SIZE executions per transaction, with a pause between transactions: short row locks, and
+# PostgreSQL's other sessions (admin pages, workers' writes) get the disk and CPU in between.
+EXECUTOR_RETENTION_BATCH_SIZE = env_int("EXECUTOR_RETENTION_BATCH_SIZE", 1000, minimum=1, maximum=10_000)
+EXECUTOR_RETENTION_PAUSE_MS = env_int("EXECUTOR_RETENTION_PAUSE_MS", 50, minimum=0, maximum=10_000)
+# How often beat sends executor.prune_executions (maintenance lane), and how long one run may hold its worker slot:
+# a backlog (the first run on a big ledger) is worked off over several runs instead of in one long task.
+EXECUTOR_RETENTION_INTERVAL_SECONDS = env_int("EXECUTOR_RETENTION_INTERVAL_SECONDS", 3600, minimum=60)
+EXECUTOR_RETENTION_MAX_SECONDS = env_int("EXECUTOR_RETENTION_MAX_SECONDS", 600, minimum=1)
+if EXECUTOR_RETENTION_MAX_SECONDS >= EXECUTOR_RETENTION_INTERVAL_SECONDS:
+    raise ImproperlyConfigured("EXECUTOR_RETENTION_MAX_SECONDS must be below EXECUTOR_RETENTION_INTERVAL_SECONDS")
+
 # --- Celery (each setting below says which measured fault it answers) -----------------------------------------
 # Unset: the embedded Redis that `make run` starts on a socket in the data directory (bin/devstack.py).
 REDIS_URL = env_redis_url("REDIS_URL", f"redis+socket://{DATA_DIR / 'redis.sock'}")
@@ -385,5 +405,11 @@ CELERY_BEAT_SCHEDULE = {
         "task": "executor.sweep_notifications",
         "schedule": float(EXECUTOR_NOTIFICATION_SWEEP_SECONDS),
         "options": {"queue": "maintenance", "expires": EXECUTOR_NOTIFICATION_SWEEP_SECONDS},
+    },
+    # Always installed (DatabaseScheduler keeps an entry once copied): EXECUTOR_RETENTION=false makes it a no-op.
+    "executor.prune_executions": {
+        "task": "executor.prune_executions",
+        "schedule": float(EXECUTOR_RETENTION_INTERVAL_SECONDS),
+        "options": {"queue": "maintenance", "expires": EXECUTOR_RETENTION_INTERVAL_SECONDS},
     },
 }

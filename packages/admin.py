@@ -280,6 +280,7 @@ class PackageForm(forms.ModelForm):
             "name", "package_name", "description", "project", "tags", "schedule", "timezone", "missed_runs",
             "trigger_event_types", "allow_manual_triggering", "active", "priority", "step_timeout_seconds",
             "network_access", "warm_steps", "continue_on_failure", "retries_after_worker_loss", "entrypoint",
+            "keep_days", "keep_failed_days", "keep_last",
         ]  # fmt: skip
         # A time zone is typed with suggestions ("Berl"), not picked from a 600-option select.
         widgets = {
@@ -374,6 +375,7 @@ class PackageAdmin(AuditedAdminMixin, ProjectScopedAdmin):
                 ]  # fmt: skip
             },
         ),
+        ("Retention (empty: the executor's defaults)", {"fields": ["keep_days", "keep_failed_days", "keep_last"]}),
         ("Show Trigger Event", {"classes": ["collapse"], "fields": ["trigger_event"]}),
         ("State", {"classes": ["collapse"], "fields": ["fx_state"]}),
         ("Source", {"classes": ["collapse"], "fields": ["git_source"]}),

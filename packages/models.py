@@ -225,6 +225,23 @@ class Package(models.Model):
         max_length=200, blank=True, help_text="If set, only this file runs; the other files are shipped with it."
     )
     output_events = models.JSONField(default=list, blank=True, help_text="Informational (manifest.json).")
+    # Retention (executions/retention.py): empty means the executor's setting, so a change of the setting reaches
+    # every package that did not choose otherwise.
+    keep_days = models.PositiveIntegerField(
+        "keep executions (days)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Finished executions older than this are deleted, with their output and files. "
+        "Empty: the executor's default (EXECUTOR_RETENTION_DAYS, 30).",
+    )  # fmt: skip
+    keep_failed_days = models.PositiveIntegerField(
+        "keep failed executions (days)", null=True, blank=True, validators=[MinValueValidator(1)],
+        help_text="Failed executions are kept this long (never less than the days above). "
+        "Empty: the executor's default (EXECUTOR_RETENTION_FAILED_DAYS, 90).",
+    )  # fmt: skip
+    keep_last = models.PositiveIntegerField(
+        "always keep the last", null=True, blank=True,
+        help_text="The package's newest executions that are never deleted, however old. "
+        "Empty: the executor's default (EXECUTOR_RETENTION_KEEP_LAST, 20).",
+    )  # fmt: skip
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     git_repository = models.ForeignKey(
