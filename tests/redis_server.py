@@ -39,17 +39,20 @@ def private_redis(directory: Path, password: str = ""):
         proc.wait(timeout=10)
 
 
-def fill(url: str, maxmemory: str = "2mb") -> None:
-    """Set `maxmemory` and write until Redis refuses writes (noeviction): a broker that is full."""
+def fill(url: str) -> None:
+    """A broker that is full: ballast written, then `maxmemory` set to half of what Redis uses, with noeviction.
+    Every write is then refused, however much the memory of client buffers moves meanwhile (filling until the
+    first refusal left it just at the limit, where a small write could get through once a buffer was freed)."""
     client = redis.Redis.from_url(url)
-    client.config_set("maxmemory", maxmemory)
     value = b"x" * 10_000
-    for number in range(100_000):
-        try:
-            client.set(f"ballast:{number}", value)
-        except redis.exceptions.OutOfMemoryError:
-            return
-    raise AssertionError("Redis never refused a write")
+    for number in range(100):  # about 1 MB
+        client.set(f"ballast:{number}", value)
+    client.config_set("maxmemory", int(client.info("memory")["used_memory"]) // 2)
+    try:
+        client.set("ballast:probe", b"x")
+    except redis.exceptions.OutOfMemoryError:
+        return
+    raise AssertionError("Redis did not refuse a write")
 
 
 def make_room(url: str) -> None:
