@@ -24,6 +24,7 @@ from functools import lru_cache
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
+from django.db import transaction
 
 _GENERATE_HINT = 'generate one with `python -c "from packages.encryption import generate_key; print(generate_key())"`'
 
@@ -109,3 +110,14 @@ def rotate(token: str) -> str:
         return fernet.rotate(token.encode("utf-8")).decode("ascii")
     except InvalidToken:
         raise EncryptionError(_UNREADABLE) from None
+
+
+def rotate_all(queryset, field: str) -> int:
+    """Re-encrypt `field` of every row of `queryset` under the first key; how many rows. One transaction: a value
+    that cannot be decrypted stops the rotation (EncryptionError) with nothing half-done."""
+    with transaction.atomic():
+        rows = list(queryset.select_for_update())
+        for row in rows:
+            setattr(row, field, rotate(getattr(row, field)))
+        queryset.model.objects.bulk_update(rows, [field])
+    return len(rows)

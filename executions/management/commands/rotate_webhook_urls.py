@@ -1,8 +1,7 @@
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 
 from executions.models import NotificationRule
-from packages.encryption import EncryptionError, rotate
+from packages.encryption import EncryptionError, rotate_all
 
 
 class Command(BaseCommand):
@@ -12,13 +11,8 @@ class Command(BaseCommand):
     )
 
     def handle(self, *args, **options):
-        # One transaction: a URL that cannot be decrypted stops the rotation with nothing half-done.
         try:
-            with transaction.atomic():
-                rules = list(NotificationRule.objects.exclude(webhook_url_encrypted="").select_for_update())
-                for rule in rules:
-                    rule.webhook_url_encrypted = rotate(rule.webhook_url_encrypted)
-                NotificationRule.objects.bulk_update(rules, ["webhook_url_encrypted"])
+            count = rotate_all(NotificationRule.objects.exclude(webhook_url_encrypted=""), "webhook_url_encrypted")
         except EncryptionError as exc:
             raise CommandError(str(exc)) from None
-        self.stdout.write(f"Re-encrypted {len(rules)} webhook URL(s) under the first key.")
+        self.stdout.write(f"Re-encrypted {count} webhook URL(s) under the first key.")
