@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 BASE_DIR = Path(__file__).resolve().parent.parent
 EVENT_TYPE = "bench.events"
 PACKAGES = ("bench_events_a", "bench_events_b")
+WINDOW_SECONDS = 10
 sys.path.insert(0, str(BASE_DIR))
 
 # The step: tell the counter which execution ran, then end. Network access is on for the packages so it can.
@@ -192,6 +193,7 @@ class Answer:
     status: int | str  # the HTTP status, or the transport error's name
     seconds: float
     execution_ids: list[str]
+    sent: float = 0.0  # when it was due, in seconds from the first send
 
 
 def send_events(url: str, key: str, rate: float, duration: float, threads: int) -> tuple[list[Answer], float, float]:
@@ -212,10 +214,10 @@ def send_events(url: str, key: str, rate: float, duration: float, threads: int) 
             text = response.read()
             connection.close()
         except OSError as exc:
-            return Answer(type(exc).__name__, time.perf_counter() - began, [])
+            return Answer(type(exc).__name__, time.perf_counter() - began, [], n / rate)
         seconds = time.perf_counter() - began
         ids = json.loads(text).get("executions", []) if response.status == 202 else []
-        return Answer(response.status, seconds, ids)
+        return Answer(response.status, seconds, ids, n / rate)
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         answers = list(pool.map(send, range(count)))
@@ -237,11 +239,12 @@ def report(options, url: str, key: str, counter: RunCounter, web: subprocess.Pop
     accepted = [answer for answer in answers if answer.status == 202]
     errored = Counter(str(answer.status) for answer in answers if answer.status != 202)
     times = sorted(answer.seconds for answer in answers)
-    p50, p99 = statistics.median(times), times[max(0, round(len(times) * 0.99) - 1)]
+    p50, p99 = statistics.median(times), _p99(times)
     window = ended - started
     print(f"sent {len(answers)} in {window:.1f} s: accepted {len(accepted)}, errored {sum(errored.values())}"
           f"{' ' + repr(dict(errored)) if errored else ''}")  # fmt: skip
     print(f"request time: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms, max {times[-1] * 1000:.0f} ms")
+    print(f"p99 of each {WINDOW_SECONDS} s sent: {_p99_by_window(answers)} ms")
     print(f"sustained: {len(accepted) / window:.1f} events/s accepted [target >= 100 events/s, p99 < 250 ms, "
           "0 errors]")  # fmt: skip
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in cpu_used.items())
@@ -260,6 +263,19 @@ def report(options, url: str, key: str, counter: RunCounter, web: subprocess.Pop
     print(f"lost: {len(unfinished)} (never finished within {options.drain_timeout:g} s); duplicated steps: "
           f"{duplicated}; steps never reported: {len(ids) - len(ran)}")  # fmt: skip
     return len(ids)
+
+
+def _p99(seconds: list[float]) -> float:
+    ordered = sorted(seconds)
+    return ordered[max(0, round(len(ordered) * 0.99) - 1)]
+
+
+def _p99_by_window(answers: list[Answer]) -> str:
+    """Whether the tail grows as the backlog does, or comes from one moment."""
+    windows: dict[int, list[float]] = {}
+    for answer in answers:
+        windows.setdefault(int(answer.sent // WINDOW_SECONDS), []).append(answer.seconds)
+    return ", ".join(f"{_p99(windows[n]) * 1000:.0f}" for n in sorted(windows))
 
 
 class ConnectionPeak(threading.Thread):
