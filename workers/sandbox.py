@@ -27,6 +27,8 @@ from pathlib import PurePosixPath
 
 from executor_lib import safe_files
 
+from . import niceness
+
 logger = logging.getLogger(__name__)
 _CHUNK = 64 * 1024
 # After the main process exits, give descendants still holding the pipes this long before killing them.
@@ -388,6 +390,7 @@ def _run(command, cwd, env, descriptors, timeout_seconds, output_cap_bytes, canc
                     close_fds=True,
                     pass_fds=descriptors.for_child() if descriptors else (),
                 )
+            niceness.pass_on(proc.pid)
         except BaseException:
             threads.abandon()
             raise

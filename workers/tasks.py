@@ -17,12 +17,13 @@ from executions import notifications
 from executor_project import database, metrics
 from executor_project.redelivery import hand_back
 
-from . import heartbeat, notification_sending, reaper, runner, shutdown, workspace_sweep
+from . import heartbeat, niceness, notification_sending, reaper, runner, shutdown, workspace_sweep
 from .checks import check_script_runtime
 from .isolation import SandboxUnavailable, check_sandbox, sandbox_enabled
 
 logger = logging.getLogger(__name__)
 worker_init.connect(shutdown.prepare_pool)
+worker_init.connect(niceness.apply_to_own_session)
 worker_process_init.connect(shutdown.listen_in_pool_process)
 worker_shutting_down.connect(shutdown.tell_pool_processes)
 worker_ready.connect(workspace_sweep.sweep_at_start)

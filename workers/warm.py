@@ -40,6 +40,7 @@ from django.conf import settings
 
 from executor_project import metrics
 
+from . import niceness
 from .isolation import RUNTIME_DIR, sandbox_enabled
 from .sandbox import (
     HOST_ENV,
@@ -144,6 +145,7 @@ class Server:
                 command, env=HOST_ENV, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                 start_new_session=True, close_fds=True, pass_fds=(*descriptors.for_child(), theirs.fileno()),
             )  # fmt: skip
+            niceness.pass_on(self.process.pid)  # its steps stay in its session (zygote.py)
             descriptors.close_child_ends()  # the status pipe's read end stays open: bwrap writes to it at exit
         finally:
             theirs.close()

@@ -225,7 +225,9 @@ def _become_step(stdout: int, stderr: int, channel_fd: int) -> None:
     """In the forked child: take the step's pipes and request, then run its script as __main__ and exit."""
     code = 70
     try:
-        os.setsid()  # its own process group: the worker's timeout kills the step with everything it started
+        # Its own process group, so the worker's timeout kills the step with everything it started; in the server's
+        # session, which has no controlling terminal and the worker's CPU priority (workers/niceness.py).
+        os.setpgid(0, 0)
         _libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)  # the step may read its own /proc/self, as a cold one can
         null = os.open("/dev/null", os.O_RDONLY)
         for source, target in ((null, 0), (stdout, 1), (stderr, 2)):
