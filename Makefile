@@ -25,12 +25,15 @@ $(RUNTIME)/.installed: workers/runtime/requirements.txt
 run: install
 	$(VENV)/bin/python bin/devstack.py
 
+# Test files run in parallel (pytest-xdist), each worker with its own database, Redis database and step uids
+# (tests/parallel.py); most of the suite waits on real processes, so more workers than cores pay. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 4
 test: export DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/executor
 test: export REDIS_URL ?= redis://127.0.0.1:6379/15
 test: export SECRET_KEY ?= test-secret-key-not-for-production
 test: export EXECUTOR_FERNET_KEYS ?= dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=
 test: install
-	$(VENV)/bin/pytest --ignore=tests/faults $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --ignore=tests/faults -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 ifeq ($(PYTEST_ARGS),)
 	$(VENV)/bin/pytest tests/faults -p no:cacheprovider
 endif

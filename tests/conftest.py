@@ -6,6 +6,7 @@ import psycopg2
 import pytest
 
 from tests.factories import make_package, seed_files
+from tests.parallel import database_suffix
 
 
 @pytest.fixture
@@ -60,7 +61,8 @@ def plain_static_files(settings):
 def sql_database_url():
     """A PostgreSQL database of its own for SQL steps to run against (never the executor's)."""
     server = urlsplit(os.environ["DATABASE_URL"])
-    name = f"{server.path.strip('/')}_sql_steps_test"  # one per DATABASE_URL, so two test runs never share it
+    # One per DATABASE_URL and parallel worker, so two test runs (or two workers of one) never share it.
+    name = f"{server.path.strip('/')}_sql_steps_test{database_suffix()}"
     admin = psycopg2.connect(server._replace(path="/postgres").geturl())
     admin.autocommit = True
     with admin.cursor() as cursor:

@@ -284,7 +284,8 @@ def test_get_execution_answers_the_fx_fields_and_its_steps(client, key):
         (1, "config.json", "pending"), (2, "main.py", "pending")]  # fmt: skip
 
 
-@pytest.mark.parametrize("execution_id", [str(uuid.uuid4()), "not-a-uuid"])
+# Ids of their own: a random uuid in the test id would differ between the parallel workers' collections.
+@pytest.mark.parametrize("execution_id", [str(uuid.uuid4()), "not-a-uuid"], ids=["unknown-uuid", "not-a-uuid"])
 def test_get_execution_of_an_unknown_id_is_404(client, key, execution_id):
     response = client.get(f"/fx/executions/{execution_id}", headers={"X-API-KEY": key})
     assert response.status_code == 404
