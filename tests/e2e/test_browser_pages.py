@@ -21,7 +21,6 @@ SLEEPER = "import time\nprint('working', flush=True)\ntime.sleep(5)\nprint('done
 def test_the_execution_page_follows_a_run_in_place(browser_page, live_server, admin_user, celery_worker,
                                                     monkeypatch):  # fmt: skip
     run = a_run_four_levels_down_a_chain(monkeypatch)
-    run_execution.apply_async(args=[str(run.pk)], queue="default")  # one of the lanes the worker consumes
     page = logged_in(browser_page, live_server, admin_user)
     page.set_viewport_size(SMALL)
 
@@ -29,6 +28,8 @@ def test_the_execution_page_follows_a_run_in_place(browser_page, live_server, ad
     status = page.locator("#executor-status")
     assert status.inner_text() in {"Pending", "In progress"}
     page.evaluate("window.executorSamePage = true")  # gone if the page reloads
+    # Published once the page is open: however slow the login and the page load, the page meets the run unfinished.
+    run_execution.apply_async(args=[str(run.pk)], queue="default")  # one of the lanes the worker consumes
     page.get_by_label("Name:", exact=True).fill("Typed while it runs")
     page.get_by_label("Description:", exact=True).fill("Still here after the polls")
     expect(page.locator("#live-output")).to_contain_text("working", timeout=30_000)  # the step, mid-sleep

@@ -6,7 +6,9 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,11 +23,24 @@ from tests.e2e.processes import (
     devstack_process,
     free_port,
     left_running,
+    wait_until,
 )
 from tests.factories import make_package
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 GRACE_SECONDS = 20
+# A step that runs until the test lets it finish (a file `go` beside it), instead of for a fixed time: the Ctrl-C must
+# reach the worker while it runs however long the web takes to stop first.
+RUNS_UNTIL_RELEASED = "import os, time\nwhile not os.path.exists('go'):\n    time.sleep(0.05)\nprint('finished')\n"
+
+
+def release(execution: Execution) -> None:
+    """Let the step of RUNS_UNTIL_RELEASED finish: `go` in its working directory, its workspace's package/ (in the
+    temporary directory, or in a worker slot's area there for a warm step)."""
+    work_dir = Path(tempfile.gettempdir())
+    [workspace] = [*work_dir.glob(f"executor-{execution.id}-*"),
+                   *work_dir.glob(f"executor-slot-*/executor-{execution.id}-*")]  # fmt: skip
+    (workspace / "package" / "go").touch()
 
 
 @pytest.fixture
@@ -43,8 +58,7 @@ def test_make_run_serves_the_admin_and_ctrl_c_lets_the_running_step_finish_and_s
     env, log_path, proc = devstack
     served = login_page_and_stylesheets(f"http://127.0.0.1:{env['EXECUTOR_PORT']}")
     assert set(served.values()) == {200} and any("admin/css/base." in path for path in served), served
-    package = make_package("uma_ctrl_c", {"slow.py": "import time; time.sleep(6); print('finished')",
-                                          "next.py": "print('next')"})  # fmt: skip
+    package = make_package("uma_ctrl_c", {"slow.py": RUNS_UNTIL_RELEASED, "next.py": "print('next')"})
     started = subprocess.run([sys.executable, "manage.py", "run_package", package.package_name], cwd=BASE_DIR,
                              env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert started.returncode == 0, started.stdout + started.stderr
@@ -56,6 +70,9 @@ def test_make_run_serves_the_admin_and_ctrl_c_lets_the_running_step_finish_and_s
     stack = children(proc.pid, recursive=True)
 
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
+    # The stack stops the web first, then the worker: the step runs on until the worker is shutting down.
+    wait_until(lambda: "Warm shutdown: running steps get" in log_path.read_text(), 60, lambda: log_path.read_text()[-4000:])
+    release(execution)
     assert proc.wait(timeout=GRACE_SECONDS + 60) == 130, log_path.read_text()[-4000:]
 
     slow, following = execution.steps.order_by("position")
