@@ -33,7 +33,7 @@ test: export REDIS_URL ?= redis://127.0.0.1:6379/15
 test: export SECRET_KEY ?= test-secret-key-not-for-production
 test: export EXECUTOR_FERNET_KEYS ?= dGVzdC1rZXktdGVzdC1rZXktdGVzdC1rZXktdGVzdC0=
 test: install
-	$(VENV)/bin/pytest --ignore=tests/faults -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest --ignore=tests/faults -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 ifeq ($(PYTEST_ARGS),)
 	$(VENV)/bin/pytest tests/faults -p no:cacheprovider
 endif

@@ -93,3 +93,13 @@ def pytest_configure(config):
     assert settings.EXECUTOR_METRICS_DIR == own["PROMETHEUS_MULTIPROC_DIR"], settings.EXECUTOR_METRICS_DIR
     if "REDIS_URL" in own:
         assert settings.CELERY_BROKER_URL == own["REDIS_URL"], settings.CELERY_BROKER_URL
+
+
+def pytest_collection_modifyitems(config, items):
+    """In a parallel run, the end-to-end test files first (in their order; each test in them waits seconds on real
+    processes): handed out last, a few of them would keep one worker busy long after the others ran out of files.
+    Within a file the order stays; `make test` keeps this order of files (--no-loadscope-reorder)."""
+    if worker_index() is None:
+        return
+    end_to_end = {item.path for item in items if item.get_closest_marker("e2e")}
+    items.sort(key=lambda item: item.path not in end_to_end)  # stable: the rest keep their order
