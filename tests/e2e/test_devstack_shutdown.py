@@ -71,7 +71,8 @@ def test_make_run_serves_the_admin_and_ctrl_c_lets_the_running_step_finish_and_s
 
     os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its foreground process group
     # The stack stops the web first, then the worker: the step runs on until the worker is shutting down.
-    wait_until(lambda: "Warm shutdown: running steps get" in log_path.read_text(), 60, lambda: log_path.read_text()[-4000:])
+    shutting_down = "Warm shutdown: running steps get"  # the worker's own line (workers/shutdown.py)
+    wait_until(lambda: shutting_down in log_path.read_text(), 60, lambda: log_path.read_text()[-4000:])
     release(execution)
     assert proc.wait(timeout=GRACE_SECONDS + 60) == 130, log_path.read_text()[-4000:]
 
