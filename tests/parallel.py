@@ -22,6 +22,7 @@ import pytest
 STEP_UID_BASE_DEFAULT = 20000  # executor_project/settings.py's EXECUTOR_STEP_UID_BASE when unset
 STEP_UIDS_PER_WORKER = 100
 REDIS_DATABASES = 16  # redis-server's default `databases`
+own_environment = pytest.StashKey[dict[str, str]]()  # what this worker set, for pytest_configure to check
 
 
 def worker_index() -> int | None:
@@ -42,7 +43,7 @@ def redis_url_of_worker(url: str, index: int) -> str:
     if parts.scheme == "redis+socket":  # kombu's socket form names the database in ?virtual_host=
         query = dict(parse_qsl(parts.query))
         number = (int(query.get("virtual_host") or 0) - index) % REDIS_DATABASES
-        return parts._replace(query=urlencode({**query, "virtual_host": number})).geturl()
+        return f"{url.partition('?')[0]}?{urlencode({**query, 'virtual_host': number})}"  # geturl() drops the //
     number = (int(parts.path.strip("/") or 0) - index) % REDIS_DATABASES
     return parts._replace(path=f"/{number}").geturl()
 
@@ -53,8 +54,8 @@ def metrics_dir_default() -> str:
     return str(Path(os.environ.get("EXECUTOR_DATA_DIR", str(base_dir / ".devdata"))) / "metrics")
 
 
-def isolate_worker(index: int, count: int) -> dict[str, str]:
-    """The environment variables of worker `index` (of `count`), set in os.environ; also returned."""
+def worker_environment(index: int, count: int) -> dict[str, str]:
+    """The environment variables of worker `index` (of `count`), from this process's."""
     if count > REDIS_DATABASES:
         raise pytest.UsageError(f"at most {REDIS_DATABASES} workers: each needs a Redis database of its own")
     own = {
@@ -67,7 +68,6 @@ def isolate_worker(index: int, count: int) -> dict[str, str]:
     }
     if os.environ.get("REDIS_URL"):
         own["REDIS_URL"] = redis_url_of_worker(os.environ["REDIS_URL"], index)
-    os.environ.update(own)
     return own
 
 
@@ -76,10 +76,9 @@ def pytest_load_initial_conftests(early_config):
     """Before pytest-django loads the settings (its own pytest_load_initial_conftests)."""
     index = worker_index()
     if index is not None:
-        early_config.stash[own_environment] = isolate_worker(index, int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
-
-
-own_environment = pytest.StashKey[dict[str, str]]()
+        own = worker_environment(index, int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+        os.environ.update(own)  # read by the settings, and passed on to every process a test starts
+        early_config.stash[own_environment] = own
 
 
 def pytest_configure(config):
