@@ -3,7 +3,7 @@
 nothing) and in each worker (gw0, gw1, ...).
 
 Each worker gets, derived from what the caller set (or the settings' defaults):
-- its own Redis database: REDIS_URL's number minus the worker's index (15, 14, ... for `make test`'s 15), since every
+- its own Redis database: REDIS_URL's number minus the worker's index (11, 10, ... for `make test`'s 11), since every
   test may flush it and the end-to-end workers consume every queue in it;
 - its own range of step uids: EXECUTOR_STEP_UID_BASE + 100 x index (a test run's steps run as base + slot, and tests
   look for processes of those uids; slots stay below 64, tests/security/test_supervision.py uses base + 95);
