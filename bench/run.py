@@ -78,7 +78,7 @@ def main() -> None:
             )
     with worker(concurrency=2) as two_slots, RssSampler(two_slots.pid) as two_slots_rss:
         warm_up(2)
-        rate = throughput(60)
+        rate = throughput(300)
         print(
             f"(d) 2 slots: {rate:.1f} executions/s = {rate * bare * 100:.0f} % of the bare loop (a), "
             f"{rate / side_by_side * 100:.0f} % of two bare loops side by side [target >= 85 %]"
