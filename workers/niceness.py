@@ -6,7 +6,7 @@ process group, no controlling terminal), and so may the worker (`make run` gives
 schedules sessions as groups ("autogroup", its default for processes outside a CPU cgroup: a worker started from
 a shell, `make run`, a plain VM), the CPU is shared between sessions by each session's own nice value, 0 unless
 set, whatever its processes' niceness. A niced worker and its steps then competed with the web server as equals:
-measured on 2 cores, a busy process niced to 19 in a session of its own took half a CPU from a nice-0 one. Giving
+measured with two busy loops on one core, the one niced to 19 in a session of its own took half of it. Giving
 those sessions the worker's niceness (/proc/<pid>/autogroup) restores what the niceness was for. Inside a CPU
 cgroup (Docker, systemd services) autogroup does not apply and the niceness works by itself; the file is then
 written harmlessly.
@@ -24,7 +24,7 @@ def pass_on(pid: int) -> None:
     _set_session(pid, os.getpriority(os.PRIO_PROCESS, 0))
 
 
-def apply_to_own_session(**signal) -> None:
+def apply_to_own_session(**kwargs) -> None:
     """worker_init: a niced worker that leads its session (as `make run` starts it) gives the session its
     niceness. One that does not lead it leaves it alone: it belongs to whoever started the worker (a shell)."""
     if os.getsid(0) == os.getpid():

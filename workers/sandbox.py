@@ -390,11 +390,11 @@ def _run(command, cwd, env, descriptors, timeout_seconds, output_cap_bytes, canc
                     close_fds=True,
                     pass_fds=descriptors.for_child() if descriptors else (),
                 )
-            niceness.pass_on(proc.pid)
         except BaseException:
             threads.abandon()
             raise
     try:
+        niceness.pass_on(proc.pid)
         threads.close_write_ends()  # the child has its copies: the pipes end when the last of its processes exits
         if descriptors:
             descriptors.close_child_ends()  # bwrap has its copies; the status pipe then ends when bwrap does
