@@ -30,7 +30,7 @@ from django.core.exceptions import ValidationError
 from executions.later_runs import schedule_later_run
 from executions.models import Execution
 from executor_lib.safe_files import UnsafeFile, empty_directory, open_directory, read_regular, write_new
-from executor_project import bounded_json
+from executor_project import bounded_json, database
 from packages import state as package_state
 from packages.cron import CronError
 from packages.models import Secret, SecretScope
@@ -80,7 +80,10 @@ def prepare(workspace: Workspace, package_name: str, config_json: bytes | None) 
 def begin_step(workspace: Workspace, execution: Execution, uid: int | None) -> dict:
     """Put the package's current state where fx_ef reads it; returns it, to tell the step's changes apart.
     Whatever an earlier step left under that name is replaced, never written through."""
-    state = package_state.load(execution.package)
+    # Before the script starts: a blink here waits like one during the step (ExecutionWatch), not fail the run.
+    state = database.retrying(lambda: package_state.load(execution.package),
+                              seconds=settings.EXECUTOR_DATABASE_OUTAGE_SECONDS,
+                              what=f"execution {execution.id}: its package's state")  # fmt: skip
     try:
         with _consul(workspace) as consul:
             # fx_ef rewrites the whole key, as the step's uid

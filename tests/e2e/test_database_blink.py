@@ -22,7 +22,7 @@ from django.db import connection
 from executions.models import Execution, ExecutionStatus, StepStatus
 from tests.db_proxy import DatabaseProxy
 from tests.e2e.processes import database_url_for_tests, worker_process
-from tests.e2e.runs import start_on
+from tests.e2e.runs import start_on, step_processes
 from tests.factories import make_package
 from workers.reaper import reap
 
@@ -76,6 +76,12 @@ def wait_for(condition, worker, timeout: float = 60) -> None:
 
 def step_running(execution) -> bool:
     return Execution.objects.filter(pk=execution.pk, steps__status=StepStatus.RUNNING).exists()
+
+
+def script_running(execution) -> bool:
+    """Its step's process runs as a slot's uid: the worker is past the step's set-up (which reads the database
+    too) and supervises the process, which is what an outage during a step means here."""
+    return step_running(execution) and bool(step_processes())
 
 
 def finished(*executions) -> bool:
@@ -136,7 +142,7 @@ def test_an_outage_past_the_bound_fails_the_run_saying_the_database_was_unreacha
     package = make_package("outlasted", {"slow.py": "import time; time.sleep(60)", "next.py": "print('never')"})
     with worker_behind(proxy, tmp_path / "worker.log", EXECUTOR_DATABASE_OUTAGE_SECONDS="3") as worker:
         execution = start_on(worker, package, monkeypatch)
-        wait_for(lambda: step_running(execution), worker)
+        wait_for(lambda: script_running(execution), worker)
         proxy.blink(6)  # the step is stopped after 3 s; its result is recorded once the database is back
         wait_for(lambda: finished(execution), worker, timeout=30)
 

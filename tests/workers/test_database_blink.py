@@ -205,3 +205,26 @@ def test_the_reaper_task_skips_a_period_quietly_when_the_database_is_away(caplog
 def test_a_malformed_id_is_still_dropped():
     tasks.run_execution.run("not-a-uuid")
     tasks.run_execution.run(str(uuid.uuid4()))  # a well-formed id of nothing: not pending, nothing to do
+
+
+class BlinkAtState(Blink):
+    """Takes the database away as the runner reads the package's state: after the step was marked running, before
+    its script starts (workers/fx_bridge.py, begin_step)."""
+
+    def __call__(self, execute, sql, params, many, context):
+        if not self.failed and "packages_packagestate" in sql:
+            self.down = True
+            self.up_after(0.5)
+        return super().__call__(execute, sql, params, many, context)
+
+
+def test_a_blink_as_the_step_starts_is_waited_out():
+    package = make_package(files={"a.py": "print('ran')"})
+    execution = trigger_execution(package, trigger_type=TriggerType.MANUAL)
+    blink = BlinkAtState()
+    with connection.execute_wrapper(blink):
+        runner.run_execution(str(execution.id), worker_name="test-worker")
+
+    assert blink.failed > 0
+    execution.refresh_from_db()
+    assert (execution.status, execution.steps.get().stdout) == (ExecutionStatus.COMPLETED, "ran\n")
