@@ -80,14 +80,18 @@ def claim(execution_id, worker_name: str, token: str, now: datetime | None = Non
     return claimed
 
 
-def finish(execution_id, token: str, status: ExecutionStatus, reason: str, now: datetime | None = None) -> int:
-    """in_progress -> completed, failed or cancelled, by the worker holding the lease."""
+def finish(execution_id, token: str, status: ExecutionStatus, reason: str, now: datetime | None = None, *,
+           unless_cancel_requested: bool = False) -> int:  # fmt: skip
+    """in_progress -> completed, failed or cancelled, by the worker holding the lease. `unless_cancel_requested`:
+    changes nothing when someone asked to cancel the execution meanwhile (the worker then finishes it as cancelled)."""
     if status not in FINISHED_STATUSES:
         raise ValueError(f"an execution does not finish as {status!r}")
     now = now or timezone.now()
+    ending = _leased(execution_id, token)
+    if unless_cancel_requested:
+        ending = ending.filter(cancel_requested_at__isnull=True)
     with transaction.atomic():
-        finished = _leased(execution_id, token).update(status=status, status_reason=reason, finished_at=now,
-                                                       heartbeat_at=now)  # fmt: skip
+        finished = ending.update(status=status, status_reason=reason, finished_at=now, heartbeat_at=now)
         if finished:
             state_log.changed(execution_id, "finish", ExecutionStatus.IN_PROGRESS, status, reason)
         return _ended(execution_id, finished)

@@ -112,7 +112,7 @@ def _run_claimed(lease: Lease) -> None:
         env = _environment(workspace, execution, files)
         uid = step_uid() if sandbox_enabled() else None
         give_to_step_uid(workspace.step_dirs, uid)
-        watch = ExecutionWatch(lease)
+        watch = ExecutionWatch(lease, read=execution)
         context = RunContext(execution, workspace, uid, watch, lifecycle, files, env, loaded.package_env,
                              loaded.secrets)  # fmt: skip
         handed_over = _run_steps(lease, context, steps)
@@ -141,23 +141,31 @@ def _hand_over(lease: Lease, execution: Execution) -> None:
 
 
 def _finish(lease: Lease, execution: Execution, steps: list[ExecutionStep], watch: ExecutionWatch) -> ExecutionStatus:
-    """Close the execution from its steps' final statuses (set on the step objects by _run_steps)."""
-    failed = [step for step in steps if step.status == StepStatus.FAILED]
+    """Close the execution from its steps' final statuses (set on the step objects by _run_steps), or as cancelled
+    when someone asked for it, even after its last step: the first write assumes nobody did (no read before it),
+    and changes nothing if someone did."""
     now = timezone.now()
+    if watch.stop_reason != "cancel":
+        status, reason = _outcome(steps, watch)
+        if lease.applied(transitions.finish, status, reason, now, unless_cancel_requested=True):
+            logger.info("execution %s finished", execution.id)
+            return status
     lease.read(lambda: execution.refresh_from_db(fields=["cancel_requested_at", "cancel_requested_by"]))
-    if execution.cancel_requested_at:
-        status, reason = ExecutionStatus.CANCELLED, execution.cancelled_reason
-    elif watch.stop_reason == "database":
-        status, reason = ExecutionStatus.FAILED, watch.database_reason
-    elif failed:
+    if not execution.cancel_requested_at:
+        raise LeaseLost(lease.execution_id)  # the write above changed nothing, and not for a Cancel
+    lease.apply(transitions.finish, ExecutionStatus.CANCELLED, execution.cancelled_reason, now)
+    logger.info("execution %s cancelled", execution.id)
+    return ExecutionStatus.CANCELLED
+
+
+def _outcome(steps: list[ExecutionStep], watch: ExecutionWatch) -> tuple[ExecutionStatus, str]:
+    failed = [step for step in steps if step.status == StepStatus.FAILED]
+    if watch.stop_reason == "database":
+        return ExecutionStatus.FAILED, watch.database_reason
+    if failed:
         names = ", ".join(f"{step.position} ({step.file_name})" for step in failed)
-        status = ExecutionStatus.FAILED
-        reason = f"failed: step {names} failed" if len(failed) == 1 else f"failed: steps {names} failed"
-    else:
-        status, reason = ExecutionStatus.COMPLETED, ""
-    lease.apply(transitions.finish, status, reason, now)
-    logger.info("execution %s finished", execution.id)
-    return status
+        return ExecutionStatus.FAILED, f"failed: {'step' if len(failed) == 1 else 'steps'} {names} failed"
+    return ExecutionStatus.COMPLETED, ""
 
 
 def _run_steps(lease: Lease, context: RunContext, steps: list[ExecutionStep]) -> bool:

@@ -186,6 +186,16 @@ def test_it_flags_a_running_run_for_cancelling_once_and_no_other(admin_user):
     assert claimed.cancel_requested_at is not None
 
 
+def test_a_finish_that_must_not_overrule_a_cancel_changes_nothing_once_one_is_asked_for(admin_user):
+    cancelled, running = claimed_run(), claimed_run(name="bob_reports")
+    transitions.flag_cancel(cancelled.pk, admin_user)
+
+    assert transitions.finish(cancelled.pk, TOKEN, ExecutionStatus.COMPLETED, "", unless_cancel_requested=True) == 0
+    assert transitions.finish(running.pk, TOKEN, ExecutionStatus.COMPLETED, "", unless_cancel_requested=True) == 1
+    assert statuses(cancelled) == UNCHANGED
+    assert statuses(running)[0] == ExecutionStatus.COMPLETED
+
+
 def test_it_records_a_skipped_fire_time_once():
     package = make_package()
 
