@@ -24,7 +24,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from executions import transitions
-from executions.models import Execution, ExecutionStep
+from executions.models import Execution
 from executor_project import database
 
 from . import shutdown
@@ -78,9 +78,7 @@ class Lease:
         return self._retrying(query)
 
     def _step(self, step_id: int):
-        return ExecutionStep.objects.filter(
-            pk=step_id, execution_id=self.execution_id, execution__lease_owner=self.token
-        )
+        return transitions.leased_step(self.execution_id, self.token, step_id)
 
     def _retrying(self, write):
         # Repeating these writes is harmless: each sets the same values again, still fenced by the token. (One
