@@ -11,7 +11,7 @@ and measures on this machine:
       loops side by side (what 2 slots could at best do on this machine): draining a backlog of 300 executions
       created before the clock starts (their messages are published as it starts), as (a) spawns with nothing
       else making work on the same two cores; and, for comparison, 300 triggered one by one while they run. The
-      machine's speed drifts over minutes, so the ratio is to bare loops timed right before and after (d);
+      machine's speed drifts over minutes: bare loops timed right before and after (d) show by how much;
   (e) peak RSS of each worker process (the Celery main process and its pool processes, sampled through
       (b)-(d)) and of a web process (gunicorn serving requests), plus the worker's total proportional set size,
       and the proportional set size of each slot's warm-step server (workers/warm.py);
@@ -85,16 +85,15 @@ def main() -> None:
             )
     with worker(concurrency=2) as two_slots, RssSampler(two_slots.pid) as two_slots_rss:
         warm_up(2)
-        # The machine's speed drifts over minutes: (d) is set against bare loops timed right before and after it.
+        # The machine's speed drifts over minutes: bare loops timed right before and after (d) show by how much.
         before, rate, live, after = bare_loop(40), backlog_throughput(300), throughput(300), bare_loop(40)
-        around = (before + after) / 2
         print(
-            f"(d) 2 slots draining a backlog: {rate:.1f} executions/s = {rate * around * 100:.0f} % of the bare loop "
-            f"({before * 1000:.1f} and {after * 1000:.1f} ms a spawn right before and after it; "
-            f"{rate * bare * 100:.0f} % of (a)), {rate / side_by_side * 100:.0f} % of two bare loops side by side "
-            "[target >= 85 %]"
+            f"(d) 2 slots draining a backlog: {rate:.1f} executions/s = {rate * bare * 100:.0f} % of the bare loop "
+            f"(a), {rate / side_by_side * 100:.0f} % of two bare loops side by side [target >= 85 %]; "
+            f"{rate * (before + after) / 2 * 100:.0f} % of bare loops timed right before and after it "
+            f"({before * 1000:.1f} and {after * 1000:.1f} ms a spawn)"
         )
-        print(f"    triggered one by one as they run: {live:.1f} executions/s = {live * around * 100:.0f} %")
+        print(f"    triggered one by one as they run: {live:.1f} executions/s = {live * bare * 100:.0f} % of (a)")
     web_rss = web_peak_rss()
     mib = 2**20
     print(
