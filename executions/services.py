@@ -107,7 +107,7 @@ def _check_allowed(package: Package, trigger_type: TriggerType) -> None:
 
 def _create(package: Package, **fields) -> Execution:
     # Only the files that run get steps; support files (and the others, with an entrypoint) are shipped with them.
-    scripts = list(package.scripts_that_run().only("id", "file_name", "position"))
+    scripts = list(package.scripts_that_run().only("id", "package_id", "file_name", "position"))
     if not scripts:
         missing = f"its entrypoint {package.entrypoint!r}" if package.entrypoint else "scripts to run"
         raise TriggerRefused(f"Package {package.name!r} has no {missing}.")

@@ -1,6 +1,8 @@
 from unittest import mock
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from executions.models import Execution, ExecutionStatus, StepStatus, TriggerType
 from executions.services import TriggerRefused, trigger_execution
@@ -17,6 +19,17 @@ def test_it_creates_a_pending_execution_with_one_step_per_script(seed_package, e
     assert len(execution.correlation_id) == 32
     steps = list(execution.steps.values_list("position", "file_name", "status"))
     assert steps == [(1, "config.json", StepStatus.PENDING), (2, "test_scr.py", StepStatus.PENDING)]
+
+
+def test_a_run_costs_the_same_queries_however_many_scripts_its_package_has(enqueued):
+    def queries(package) -> int:
+        with CaptureQueriesContext(connection) as captured:
+            trigger_execution(package, trigger_type=TriggerType.MANUAL)
+        return len(captured)
+
+    one = make_package("bob_one", files={"a.py": ""})
+    five = make_package("bob_five", files={f"{name}.py": "" for name in "abcde"})
+    assert queries(one) == queries(five)  # no read per script (a deferred field fetched for each was one)
 
 
 def test_it_enqueues_only_after_the_transaction_commits(seed_package, enqueued, django_capture_on_commit_callbacks):

@@ -24,8 +24,9 @@ SESSION_NICENESS = "print(open('/proc/self/autogroup').read().split()[-1])"  # "
 
 
 def session_niceness(autogroup: str) -> str:
-    """"/autogroup-17 nice 7" gives "7". A process that no one between it and init moved to a session of its own
-    (a container's first session, as CI may run) is in the root group, whose file reads empty."""
+    """The nice value in an autogroup file: "/autogroup-17 nice 7" gives "7". A process that no one between it and
+    init moved to a session of its own (a container's first session, as CI may run) is in the root group, whose
+    file reads empty."""
     return autogroup.split()[-1] if autogroup.strip() else "root group"
 
 
