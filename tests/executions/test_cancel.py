@@ -64,14 +64,8 @@ def test_cancelling_a_running_execution_stops_its_step_and_skips_the_rest(admin_
 def test_a_cancel_that_comes_after_the_last_step_still_cancels_the_execution(admin_user, monkeypatch):
     """The worker finishes a run assuming nobody cancelled it (no read first); a Cancel that came meanwhile wins."""
     execution = trigger_execution(make_package(files={"a.py": "print('done')"}), trigger_type=TriggerType.MANUAL)
-    run_steps = runner._run_steps
+    cancel_after(monkeypatch, "_run_steps", execution, admin_user)
 
-    def then_cancel(lease, context, steps):
-        handed_over = run_steps(lease, context, steps)
-        assert "being stopped" in request_cancel(execution, admin_user)
-        return handed_over
-
-    monkeypatch.setattr(runner, "_run_steps", then_cancel)
     runner.run_execution(str(execution.id), worker_name="test-worker")
 
     execution.refresh_from_db()
@@ -83,14 +77,8 @@ def test_a_cancel_that_comes_after_the_last_step_still_cancels_the_execution(adm
 def test_a_cancel_between_the_claim_and_the_first_step_runs_no_step(admin_user, monkeypatch):
     """The watch starts from the execution as the worker read it: a Cancel already there skips every step."""
     execution = trigger_execution(make_package(files={"a.py": "print('ran')"}), trigger_type=TriggerType.MANUAL)
-    claim_it = runner.claim
+    cancel_after(monkeypatch, "claim", execution, admin_user)
 
-    def claim_then_cancel(*args):
-        lease = claim_it(*args)
-        assert "being stopped" in request_cancel(execution, admin_user)
-        return lease
-
-    monkeypatch.setattr(runner, "claim", claim_then_cancel)
     runner.run_execution(str(execution.id), worker_name="test-worker")
 
     execution.refresh_from_db()
@@ -98,6 +86,18 @@ def test_a_cancel_between_the_claim_and_the_first_step_runs_no_step(admin_user, 
     assert list(execution.steps.values_list("status", "status_reason", "stdout")) == [
         (StepStatus.SKIPPED, "skipped: execution cancelled", "")
     ]
+
+
+def cancel_after(monkeypatch, name: str, execution, user) -> None:
+    """The runner's `name` does its work, then someone presses Cancel on the (running) execution."""
+    original = getattr(runner, name)
+
+    def then_cancel(*args):
+        result = original(*args)
+        assert "being stopped" in request_cancel(execution, user)
+        return result
+
+    monkeypatch.setattr(runner, name, then_cancel)
 
 
 def run_and_close(execution_id: str) -> None:
