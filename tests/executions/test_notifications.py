@@ -135,6 +135,18 @@ def test_every_ending_transition_records_its_notifications(orders, enqueued):
     }
 
 
+def test_an_end_that_no_rule_covers_is_two_statements_and_no_transaction(orders, enqueued, django_assert_num_queries):
+    email_rule("another package's", package=make_package("bob_reports", {"main.py": ""}))
+    execution = trigger_execution(orders, trigger_type=TriggerType.MANUAL)
+    transitions.claim(execution.pk, "w1", "token")
+
+    with django_assert_num_queries(2):  # the rules, then the UPDATE: every run without a rule ends like this
+        assert transitions.finish(execution.pk, "token", COMPLETED, "") == 1
+
+    execution.refresh_from_db()
+    assert execution.status == COMPLETED and not Delivery.objects.exists()
+
+
 def test_a_finish_recorded_twice_still_makes_one_delivery(orders, enqueued):
     email_rule("failures", package=orders)
     execution = end(orders, FAILED)
