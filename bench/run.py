@@ -11,10 +11,12 @@ and measures on this machine:
       loops side by side (what 2 slots could at best do on this machine): draining a backlog of 300 executions
       created before the clock starts (their messages are published as it starts), as (a) spawns with nothing
       else making work on the same two cores; and, for comparison, 300 triggered one by one while they run. The
-      machine's speed drifts over minutes: bare loops timed right before and after (d) show by how much;
-  (e) peak RSS of each worker process (the Celery main process and its pool processes, sampled through
-      (b)-(d)) and of a web process (gunicorn serving requests), plus the worker's total proportional set size,
-      and the proportional set size of each slot's warm-step server (workers/warm.py);
+      clock stops at the last execution's `finished_at`. The machine's speed drifts over minutes: bare loops
+      timed right before and after (d) show by how much;
+  (e) peak RSS of each worker process (the Celery main process and its pool processes, sampled through the
+      warm-ups, (f), (g) and (d)'s runs triggered one by one, but not while (b), (c) or (d)'s backlog are timed)
+      and of a web process (gunicorn serving requests), plus the worker's total proportional set size, and the
+      proportional set size of each slot's warm-step server (workers/warm.py);
   (f) the seed package's test_scr.py (`from ferris_cli.v2 import ApplicationConfigurator`) per step: warm, cold
       (the package's warm steps off) and a bare unsandboxed `python test_scr.py` with the same environment;
   (g) an FX demo style step (`from ferris_ef import context`): warm, cold and bare, likewise.
@@ -26,6 +28,7 @@ faster than bare. Per-step times in (f) and (g) are the medians of the steps' ow
 around the step's process) over STEP_RUNS runs.
 """
 
+import contextlib
 import os
 import statistics
 import subprocess
@@ -66,12 +69,14 @@ def main() -> None:
     print(f"    two bare loops side by side: {side_by_side:.1f} spawns/s = {side_by_side * bare:.2f} x (a)")
     with worker(concurrency=1) as one_slot, RssSampler(one_slot.pid) as one_slot_rss:
         warm_up(1)
-        sequential = forty_steps()
+        with one_slot_rss.paused():
+            sequential = forty_steps()
         print(
             f"(b) 40 sequential steps: {sequential * 1000:.0f} ms, {sequential / 40 * 1000:.1f} ms per step"
             f" = {sequential / 40 / bare:.2f} x (a)  [target <= 1.3]"
         )
-        p50, p99 = start_latency(100)
+        with one_slot_rss.paused():
+            p50, p99 = start_latency(100)
         print(
             f"(c) trigger -> step started: p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms "
             "[target: p50 <= 20 ms, p99 <= 60 ms beyond the spawn]"
@@ -86,7 +91,11 @@ def main() -> None:
     with worker(concurrency=2) as two_slots, RssSampler(two_slots.pid) as two_slots_rss:
         warm_up(2)
         # The machine's speed drifts over minutes: bare loops timed right before and after (d) show by how much.
-        before, rate, live, after = bare_loop(40), backlog_throughput(300), throughput(300), bare_loop(40)
+        with two_slots_rss.paused():
+            before, rate = bare_loop(40), backlog_throughput(300)
+        live = throughput(300)
+        with two_slots_rss.paused():
+            after = bare_loop(40)
         print(
             f"(d) 2 slots draining a backlog: {rate:.1f} executions/s = {rate * bare * 100:.0f} % of the bare loop "
             f"(a), {rate / side_by_side * 100:.0f} % of two bare loops side by side [target >= 85 %]; "
@@ -135,12 +144,23 @@ def parallel_bare_loops(loops: int, count: int) -> float:
 
 class RssSampler(threading.Thread):
     """Samples a process tree every 50 ms: the largest RSS of one process, and the peak of the tree's PSS (shared
-    pages split between the processes sharing them) and RSS summed (shared pages counted in each)."""
+    pages split between the processes sharing them) and RSS summed (shared pages counted in each).
+
+    Paused while (b), (c) and (d) are timed: reading every process's /proc entries 20 times a second took about
+    1.2 s of CPU during a 7 s drain, on the cores the worker measured needs."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
-        self.pid, self.done = pid, threading.Event()
+        self.pid, self.done, self.idle = pid, threading.Event(), threading.Event()
         self.peak_process = self.peak_pss = self.peak_rss_sum = self.peak_server_pss = 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        self.idle.set()
+        try:
+            yield
+        finally:
+            self.idle.clear()
 
     def __enter__(self):
         self.start()
@@ -155,6 +175,8 @@ class RssSampler(threading.Thread):
 
         root = psutil.Process(self.pid)
         while not self.done.wait(0.05):
+            if self.idle.is_set():
+                continue
             try:
                 tree = [root, *root.children()]  # the main process and its pool, not the steps' sandboxes
                 infos = [process.memory_full_info() for process in tree]
@@ -295,7 +317,7 @@ def throughput(count: int) -> float:
     from executions.services import trigger_execution
 
     package = _package("bench_throughput", 1)
-    started = time.perf_counter()
+    started = time.time()
     for _ in range(count):
         trigger_execution(package, trigger_type=TriggerType.MANUAL)
     return count / (_drained(package) - started)
@@ -313,18 +335,21 @@ def backlog_throughput(count: int) -> float:
     with transaction.atomic():
         for _ in range(count):
             trigger_execution(package, trigger_type=TriggerType.MANUAL)
-        started = time.perf_counter()
+        started = time.time()
     return count / (_drained(package) - started)
 
 
 def _drained(package) -> float:
-    """time.perf_counter() once every execution of the package has finished (polled: the bench's own queries are
-    a light load on the machine it measures)."""
+    """When the package's last execution finished (time.time()), once all have. Polled slowly: the end is its
+    `finished_at`, not when a poll noticed it, and each poll takes CPU from the worker being measured."""
+    from django.db.models import Max
+
     from executions.models import Execution
 
-    while Execution.objects.filter(package=package, finished_at__isnull=True).exists():
-        time.sleep(0.02)
-    return time.perf_counter()
+    runs = Execution.objects.filter(package=package)
+    while runs.filter(finished_at__isnull=True).exists():
+        time.sleep(0.2)
+    return runs.aggregate(last=Max("finished_at"))["last"].timestamp()
 
 
 def web_peak_rss() -> int:
