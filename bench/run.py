@@ -185,7 +185,7 @@ class RssSampler(threading.Thread):
     pages split between the processes sharing them) and RSS summed (shared pages counted in each).
 
     Paused while (b), (c) and (d) are timed: reading every process's /proc entries 20 times a second took about
-    1.2 s of CPU during a 7 s drain, on the cores the worker measured needs."""
+    1.2 s of CPU during a 7.6 s drain, on the cores the measured worker needs."""
 
     def __init__(self, pid: int) -> None:
         super().__init__(daemon=True)
