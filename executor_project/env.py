@@ -7,7 +7,7 @@ it, so a typo in a deployment fails at start-up instead of surfacing later as od
 import base64
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -88,6 +88,15 @@ def env_redis_url(name: str, default: str) -> str:
             f"{name} must start with one of {', '.join(sorted(s + '://' for s in _REDIS_SCHEMES))}, got {scheme!r}"
         )
     return url
+
+
+def redis_py_url(broker_url: str) -> str:
+    """kombu's spelling of a Redis URL in redis-py's: `redis+socket:///path?virtual_host=3` is `unix:///path?db=3`."""
+    parts = urlsplit(broker_url)
+    if parts.scheme not in {"redis+socket", "socket"}:
+        return broker_url
+    query = urlencode([("db" if name == "virtual_host" else name, value) for name, value in parse_qsl(parts.query)])
+    return f"unix://{parts.path}" + (f"?{query}" if query else "")  # (urlunsplit would drop the //)
 
 
 def quick_start_fernet_key(data_dir: Path) -> str:

@@ -24,12 +24,13 @@ import logging
 import os
 import socket
 import time
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from django.conf import settings
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from .env import redis_py_url
 
 logger = logging.getLogger(__name__)
 
@@ -53,15 +54,6 @@ def _client_for(broker_url: str) -> redis.Redis:
         retry=Retry(NoBackoff(), 0),
         health_check_interval=0,
     )
-
-
-def redis_py_url(broker_url: str) -> str:
-    """kombu's spelling of a Redis URL in redis-py's: `redis+socket:///path?virtual_host=3` is `unix:///path?db=3`."""
-    parts = urlsplit(broker_url)
-    if parts.scheme not in {"redis+socket", "socket"}:
-        return broker_url
-    query = urlencode([("db" if name == "virtual_host" else name, value) for name, value in parse_qsl(parts.query)])
-    return f"unix://{parts.path}" + (f"?{query}" if query else "")  # (urlunsplit would drop the //)
 
 
 def record(name: str, facts: dict, connection: redis.Redis | None = None) -> None:
