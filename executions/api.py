@@ -102,7 +102,7 @@ EVENT_REQUEST_BODY = {
     response={
         200: EventAccepted,
         202: EventAccepted,
-        **{status: Error for status in (400, 401, 403, 404, 409, 411, 413, 415)},
+        **{status: Error for status in (400, 401, 403, 404, 409, 411, 413, 415, 429)},
     },
     openapi_extra={"requestBody": EVENT_REQUEST_BODY},
     summary="Send an event",
@@ -174,7 +174,7 @@ def _event_body(request) -> bytes:
                              "EXECUTOR_MAX_SCRIPT_BYTES).") from None  # fmt: skip
 
 
-@router.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 403: Error, 404: Error},
+@router.get("/executions/{execution_id}", response={200: ExecutionOut, 401: Error, 403: Error, 404: Error, 429: Error},
             summary="An execution with its steps")  # fmt: skip
 def get_execution(request, execution_id: str):
     """Needs the scope executions:read; another project's execution is 404, like a missing one."""
@@ -186,7 +186,7 @@ def get_execution(request, execution_id: str):
     return execution_as_dict(execution)
 
 
-@router.get("/cid/{cid}", response={200: Chain, 401: Error, 403: Error, 404: Error},
+@router.get("/cid/{cid}", response={200: Chain, 401: Error, 403: Error, 404: Error, 429: Error},
             summary="A chain: its executions in time order")  # fmt: skip
 def get_chain(request, cid: str):
     """Needs the scope executions:read; a project key sees only its project's executions of the chain (404 when

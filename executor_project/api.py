@@ -6,8 +6,9 @@ Each endpoint needs its scope on the key (`events:send`, `executions:read`, `git
 key reaches only its project: another project's execution, chain or repository answers 404 exactly like a missing
 one, and its events start only its project's packages. A platform key reaches every project.
 The OpenAPI schema is served at /fx/openapi.json and browsable at /fx/docs. Errors answer `{"detail": "..."}`
-with a 4xx status and a message saying what is wrong; 503 with `Retry-After` when the database or the message broker
-is unreachable for a moment (try again), and 500 `{"detail": "internal error"}` for anything unexpected.
+with a 4xx status and a message saying what is wrong; 429 with `Retry-After` when the key made more requests than
+its rate limit allows; 503 with `Retry-After` when the database or the message broker is unreachable for a moment
+(try again), and 500 `{"detail": "internal error"}` for anything unexpected.
 """
 
 import json
@@ -20,6 +21,7 @@ from executions.api import router as executions_router
 from packages.git_api import router as git_router
 
 from .api_auth import ApiKeyAuth
+from .api_rate import RateLimited
 
 # The module's docstring above is the API's description in the OpenAPI document (/fx/openapi.json): what a
 # client reads first, so it covers every router mounted below.
@@ -59,6 +61,13 @@ api = ExecutorAPI(
 # Git. Both routers inherit the key auth above; each endpoint checks its own scope (executor_project/api_auth.py).
 api.add_router("", executions_router)
 api.add_router("", git_router)
+
+
+@api.exception_handler(RateLimited)
+def rate_limited(request, exc: RateLimited):
+    response = api.create_response(request, {"detail": exc.message}, status=429)
+    response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 @api.exception_handler(Exception)

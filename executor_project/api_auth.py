@@ -1,5 +1,6 @@
 """Who may call the /fx/ API, shared by every router mounted on it (executor_project/api.py): the `X-API-KEY`
-check, the per-endpoint scope check, the narrowing of a query to the key's project, and the error body."""
+check with the key's rate limit (executor_project/api_rate.py), the per-endpoint scope check, the narrowing of a
+query to the key's project, and the error body."""
 
 from django.db.models import QuerySet
 from ninja import Schema
@@ -7,6 +8,8 @@ from ninja.errors import HttpError
 from ninja.security import APIKeyHeader
 
 from executions.models import ApiKey, ApiScope
+
+from . import api_rate
 
 
 class ApiKeyAuth(APIKeyHeader):
@@ -19,6 +22,7 @@ class ApiKeyAuth(APIKeyHeader):
         api_key = ApiKey.authenticate(key)
         if api_key is None:
             raise HttpError(401, "Unknown or revoked API key.")
+        api_rate.check(request, api_key.key_hash)
         return api_key
 
 

@@ -6,6 +6,7 @@ it, so a typo in a deployment fails at start-up instead of surfacing later as od
 
 import base64
 import os
+import re
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -78,6 +79,17 @@ def env_database(name: str, default: str) -> dict:
     if not config.get("ENGINE"):
         raise ImproperlyConfigured(f"{name} has an unsupported scheme")
     return config
+
+
+def env_rate(name: str, default: str) -> str:
+    """A request rate as django-ratelimit writes it: a count per s, m, h or d, optionally several of them
+    ("600/m", "20/s", "1000/15m"); "" or "off": no limit (returned as "")."""
+    value = os.environ.get(name, default).strip()
+    if value.lower() in {"", "off"}:
+        return ""
+    if not re.fullmatch(r"[1-9]\d*/(?:[1-9]\d*)?[smhd]", value):
+        raise ImproperlyConfigured(f'{name} must be a count per period like "600/m", "20/s" or "1000/15m", or off')
+    return value
 
 
 def env_redis_url(name: str, default: str) -> str:

@@ -181,6 +181,10 @@ BEAT_LAST_TICK = Gauge(
     ["message"], multiprocess_mode="max", registry=REGISTRY,
 )  # fmt: skip
 GIT_SYNCS = Counter("executor_git_syncs", "Git repository syncs, by result.", ["status"], registry=REGISTRY)
+API_RATE_LIMIT = Counter(
+    "executor_api_rate_limit", "API requests the rate limit refused (429), or let through uncounted with Redis "
+    "unreachable.", ["outcome"], registry=REGISTRY,
+)  # fmt: skip
 RETENTION_DELETED = Counter(
     "executor_retention_deleted", "Rows retention deleted (executions/retention.py), by kind: executions, and what "
     "went with them (steps, run-form files, trigger events, ...).", ["kind"], registry=REGISTRY,

@@ -9,9 +9,21 @@ from importlib.util import find_spec
 from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import quick_start
-from .env import env_bool, env_database, env_int, env_list, env_redis_url, env_str, quick_start_fernet_key
+from .env import (
+    env_bool,
+    env_database,
+    env_int,
+    env_list,
+    env_rate,
+    env_redis_url,
+    env_str,
+    quick_start_fernet_key,
+    redis_py_url,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 # The quick start's SQLite database, fernet.key and Redis socket; manage.py refuses commands when it holds no
@@ -260,6 +272,9 @@ EXECUTOR_EVENT_MAX_BYTES = env_int("EXECUTOR_EVENT_MAX_BYTES", 256 * 1024, minim
 EXECUTOR_EVENT_MAX_CHAIN_DEPTH = env_int("EXECUTOR_EVENT_MAX_CHAIN_DEPTH", 20, minimum=1)
 # An event that would start more executions than this starts none (a subscription mistake, not a workload).
 EXECUTOR_EVENT_MAX_FAN_OUT = env_int("EXECUTOR_EVENT_MAX_FAN_OUT", 100, minimum=1)
+# Requests one API key may make to /fx/ (executor_project/api_rate.py), over fixed windows counted in Redis: a key
+# past it is answered 429 with Retry-After. "600/m", "20/s", "1000/15m"; off: no limit.
+EXECUTOR_API_RATE_LIMIT = env_rate("EXECUTOR_API_RATE_LIMIT", "6000/m")
 
 # --- Notifications (executions/notifications.py, workers/notification_sending.py) --------------------------------
 # The site's address as people reach it, for the execution links in notifications (e.g. https://executor.example).
@@ -354,6 +369,20 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BROKER_CONNECTION_TIMEOUT = 1
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.2}
+
+# The API's request counts (EXECUTOR_API_RATE_LIMIT) live beside the messages, in the broker's Redis; an unreachable
+# Redis costs a request at most the connect timeout, then it goes through uncounted (executor_project/api_rate.py).
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "api_rate": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": redis_py_url(REDIS_URL),
+        "KEY_PREFIX": "executor:api-rate",
+        "OPTIONS": {"socket_connect_timeout": 0.5, "socket_timeout": 0.5, "retry": Retry(NoBackoff(), 0)},
+    },
+}
+RATELIMIT_USE_CACHE = "api_rate"
+RATELIMIT_FAIL_OPEN = True  # a count that could not be read (a key expiring in between) lets the request through
 
 # --- Crash recovery (workers/heartbeat.py, workers/reaper.py, workers/lease.py) -----------------------------------
 # Each worker's main process refreshes the heartbeat of all the executions its pool runs, in one UPDATE, this

@@ -33,7 +33,7 @@ class RepositoryOut(Schema):
 # The operation ids are part of the published OpenAPI document (clients are generated from it): they keep the
 # names ninja gave these endpoints when they lived in executions/api.py.
 @router.post("/git/repositories/{repository_id}/sync",
-             response={202: RepositoryOut, 401: Error, 403: Error, 404: Error},
+             response={202: RepositoryOut, 401: Error, 403: Error, 404: Error, 429: Error},
              summary="Sync a Git repository now (queued)",
              operation_id="executions_api_sync_repository_now")  # fmt: skip
 def sync_repository_now(request, repository_id: int):
@@ -46,7 +46,8 @@ def sync_repository_now(request, repository_id: int):
     return Status(202, repository)
 
 
-@router.get("/git/repositories/{repository_id}", response={200: RepositoryOut, 401: Error, 403: Error, 404: Error},
+@router.get("/git/repositories/{repository_id}",
+            response={200: RepositoryOut, 401: Error, 403: Error, 404: Error, 429: Error},
             summary="A Git repository's sync status and last report",
             operation_id="executions_api_get_repository")  # fmt: skip
 def get_repository(request, repository_id: int):

@@ -1,0 +1,48 @@
+"""How many requests one API key may make: EXECUTOR_API_RATE_LIMIT ("6000/m" by default), counted per key by
+django-ratelimit in the broker's Redis (settings.CACHES["api_rate"]), over fixed windows whose edges differ from
+key to key. A key past its limit is answered 429 with Retry-After, the seconds left in its window, before its
+request is looked at: one team's runaway sender cannot take the web processes, the database and the queues from
+every other team. Every request of the key counts, whatever its endpoint and answer.
+
+Redis unreachable: the request goes through uncounted (a warning in the log), after at most the cache's connect
+timeout. Refusing every API call while Redis blinks would turn a blink into an outage, and an event accepted then
+is recorded and queued as soon as Redis is back anyway (executions/queueing.py).
+"""
+
+import logging
+
+import redis
+from django.conf import settings
+from django_ratelimit.core import get_usage
+from ninja.errors import HttpError
+
+from . import metrics
+
+logger = logging.getLogger(__name__)
+
+GROUP = "executor.api"
+
+
+class RateLimited(HttpError):
+    def __init__(self, rate: str, retry_after: int) -> None:
+        super().__init__(429, f"This API key made more than {rate} requests (EXECUTOR_API_RATE_LIMIT): try again in "
+                              f"{retry_after} s.")  # fmt: skip
+        self.retry_after = retry_after
+
+
+def check(request, key_hash: str) -> None:
+    """Count the request against its key (by the key's hash: the key itself is never stored); RateLimited past
+    the limit."""
+    rate = settings.EXECUTOR_API_RATE_LIMIT
+    if not rate:
+        return
+    try:
+        usage = get_usage(request, group=GROUP, key=lambda _group, _request: key_hash, rate=rate, increment=True)
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("API request not counted against its key's rate limit: Redis is unreachable (%s)",
+                       type(exc).__name__)  # fmt: skip
+        metrics.inc(metrics.API_RATE_LIMIT, outcome="uncounted")
+        return
+    if usage and usage["should_limit"]:
+        metrics.inc(metrics.API_RATE_LIMIT, outcome="refused")
+        raise RateLimited(rate, max(usage["time_left"], 1))

@@ -1,0 +1,101 @@
+"""Each API key's request limit (executor_project/api_rate.py), counted in the real test Redis; what an unreachable
+Redis does to it; and how EXECUTOR_API_RATE_LIMIT is read (executor_project/env.py)."""
+
+import copy
+import json
+import socket
+import time
+import uuid
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+
+from executions.models import ApiKey, TriggerEvent
+from executor_project.env import env_rate
+from tests.metrics_scrape import Scrape
+
+pytestmark = pytest.mark.django_db
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def refused_and_uncounted(client) -> tuple[float, float]:
+    """executor_api_rate_limit_total by outcome, from /metrics (a counter shared by the whole test run)."""
+    scrape = Scrape.parse(client.get("/metrics").content.decode())
+    return tuple(scrape.value("executor_api_rate_limit_total", outcome=outcome) for outcome in ("refused", "uncounted"))
+
+
+def read(client, key: str):
+    """GET an execution nobody has: 404 while the key is within its limit."""
+    return client.get(f"/fx/executions/{uuid.uuid4()}", HTTP_X_API_KEY=key)
+
+
+def test_a_key_past_its_limit_is_answered_429_with_retry_after_and_its_request_is_not_looked_at(client, settings):
+    settings.EXECUTOR_API_RATE_LIMIT = "3/h"  # an hour's window: the test does not straddle its edge
+    busy, calm = ApiKey.issue("busy sender")[1], ApiKey.issue("another team")[1]
+    before = refused_and_uncounted(client)
+
+    assert [read(client, busy).status_code for _ in range(3)] == [404, 404, 404]
+    refused = read(client, busy)
+    event = client.post("/fx/events", json.dumps({"event_type": "sales.order_created", "event_source": "erp"}),
+                        content_type="application/json", HTTP_X_API_KEY=busy)  # fmt: skip
+
+    assert refused.status_code == 429 and 1 <= int(refused["Retry-After"]) <= 3600
+    assert refused.json()["detail"] == (
+        f"This API key made more than 3/h requests (EXECUTOR_API_RATE_LIMIT): try again in {refused['Retry-After']} s."
+    )
+    assert event.status_code == 429 and not TriggerEvent.objects.exists()  # refused before it was read or stored
+    assert read(client, calm).status_code == 404  # counted per key
+    refused, uncounted = (after - then for after, then in zip(refused_and_uncounted(client), before, strict=True))
+    assert (refused, uncounted) == (2, 0)
+
+
+@pytest.fixture
+def unreachable_redis(settings):
+    caches = copy.deepcopy(settings.CACHES)
+    caches["api_rate"]["LOCATION"] = f"redis://127.0.0.1:{closed_port()}/0"
+    settings.CACHES = caches  # Django drops its cache connections when CACHES changes
+
+
+@pytest.mark.usefixtures("unreachable_redis")
+def test_an_unreachable_redis_lets_the_request_through_at_once_and_says_so(client, settings, caplog):
+    settings.EXECUTOR_API_RATE_LIMIT = "1/h"
+    key = ApiKey.issue("erp")[1]
+    before = refused_and_uncounted(client)
+
+    started = time.monotonic()
+    answers = [read(client, key).status_code for _ in range(3)]
+
+    assert answers == [404, 404, 404]  # not 429, not 500
+    assert time.monotonic() - started < 3  # a refused connection, no retries with backoff
+    assert "not counted against its key's rate limit: Redis is unreachable (ConnectionError)" in caplog.text
+    assert [after - then for after, then in zip(refused_and_uncounted(client), before, strict=True)] == [0, 3]
+
+
+@pytest.mark.usefixtures("unreachable_redis")
+def test_with_no_limit_redis_is_not_asked(client, settings, caplog):
+    settings.EXECUTOR_API_RATE_LIMIT = ""
+    key = ApiKey.issue("erp")[1]
+
+    assert [read(client, key).status_code for _ in range(3)] == [404, 404, 404]
+    assert "Redis is unreachable" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("value", "rate"),
+    [("600/m", "600/m"), ("20/s", "20/s"), ("1000/15m", "1000/15m"), (" 5/d ", "5/d"), ("off", ""), ("", "")],
+)
+def test_a_rate_is_read_as_django_ratelimit_writes_it(monkeypatch, value, rate):
+    monkeypatch.setenv("EXECUTOR_API_RATE_LIMIT", value)
+    assert env_rate("EXECUTOR_API_RATE_LIMIT", "6000/m") == rate
+
+
+@pytest.mark.parametrize("value", ["0/m", "600", "600/x", "600/0m", "-1/s", "600 per minute"])
+def test_a_rate_it_cannot_read_stops_the_start(monkeypatch, value):
+    monkeypatch.setenv("EXECUTOR_API_RATE_LIMIT", value)
+    with pytest.raises(ImproperlyConfigured, match="EXECUTOR_API_RATE_LIMIT must be a count per period"):
+        env_rate("EXECUTOR_API_RATE_LIMIT", "6000/m")
