@@ -4,12 +4,13 @@ key to key. A key past its limit is answered 429 with Retry-After, the seconds l
 request is looked at: one team's runaway sender cannot take the web processes, the database and the queues from
 every other team. Every request of the key counts, whatever its endpoint and answer.
 
-Redis unreachable: the request goes through uncounted (a warning in the log), after at most the cache's connect
-timeout. Refusing every API call while Redis blinks would turn a blink into an outage, and an event accepted then
-is recorded and queued as soon as Redis is back anyway (executions/queueing.py).
+Redis unreachable: the request goes through uncounted (a warning in the log, one a minute), after at most the
+cache's connect timeout. Refusing every API call while Redis blinks would turn a blink into an outage, and an event
+accepted then is recorded and queued as soon as Redis is back anyway (executions/queueing.py).
 """
 
 import logging
+import time
 
 import redis
 from django.conf import settings
@@ -21,6 +22,8 @@ from . import metrics
 logger = logging.getLogger(__name__)
 
 GROUP = "executor.api"
+_COMPLAINT_SECONDS = 60.0  # every request fails alike while Redis is away: one warning a minute says it
+_complained_at = float("-inf")
 
 
 class RateLimited(HttpError):
@@ -39,10 +42,17 @@ def check(request, key_hash: str) -> None:
     try:
         usage = get_usage(request, group=GROUP, key=lambda _group, _request: key_hash, rate=rate, increment=True)
     except (redis.RedisError, OSError) as exc:
-        logger.warning("API request not counted against its key's rate limit: Redis is unreachable (%s)",
-                       type(exc).__name__)  # fmt: skip
+        _complain(exc)
         metrics.inc(metrics.API_RATE_LIMIT, outcome="uncounted")
         return
     if usage and usage["should_limit"]:
         metrics.inc(metrics.API_RATE_LIMIT, outcome="refused")
         raise RateLimited(rate, max(usage["time_left"], 1))
+
+
+def _complain(exc: Exception) -> None:
+    global _complained_at
+    if time.monotonic() - _complained_at >= _COMPLAINT_SECONDS:
+        _complained_at = time.monotonic()
+        logger.warning("API requests not counted against their keys' rate limits: Redis is unreachable (%s); "
+                       "quiet about it for %d s", type(exc).__name__, _COMPLAINT_SECONDS)  # fmt: skip
