@@ -74,7 +74,7 @@ def main() -> None:
             sequential = forty_steps()
         print(
             f"(b) 40 sequential steps: {sequential * 1000:.0f} ms, {sequential / 40 * 1000:.1f} ms per step"
-            f" = {sequential / 40 / bare:.2f} x (a)  [target <= 1.3]"
+            f" = {sequential / 40 / bare:.2f} x (a)  [target <= 1.0]"
         )
         with one_slot_rss.paused():
             p50, p99 = start_latency(100)
