@@ -43,8 +43,8 @@ class GitRepositoryForm(forms.ModelForm):
     )  # fmt: skip
     webhook_secret = forms.CharField(
         required=False, widget=forms.PasswordInput(render_value=False),
-        help_text="The secret the Git host signs push webhooks with (GitHub: X-Hub-Signature-256). Leave empty to "
-        "keep the stored one.",
+        help_text="The secret the Git host proves push webhooks with (GitHub, Gitea, Forgejo: the webhook's secret; "
+        "GitLab: its secret token). Leave empty to keep the stored one.",
     )  # fmt: skip
 
     class Meta:

@@ -87,8 +87,21 @@ def forget_host_key(repository: GitRepository) -> None:
         repository.credentials_host = ""
 
 
-def signature_is_valid(repository: GitRepository, body: bytes, header: str | None) -> bool:
-    if not repository.webhook_secret_encrypted or not header or not header.startswith("sha256="):
+# Where Git hosts put an HMAC-SHA256 of a push's body keyed with the webhook secret, and what precedes its hex.
+_SIGNATURES = (("X-Hub-Signature-256", "sha256="), ("X-Forgejo-Signature", ""), ("X-Gitea-Signature", ""))
+
+
+def push_is_proven(repository: GitRepository, body: bytes, headers) -> bool:
+    """Whether the repository's webhook secret proves a push: GitHub's `X-Hub-Signature-256: sha256=<hex>`,
+    Forgejo's `X-Forgejo-Signature` or Gitea's `X-Gitea-Signature` (the bare hex) of the body, or GitLab's
+    `X-Gitlab-Token` (the secret itself). Compared in constant time; no secret set proves nothing."""
+    if not repository.webhook_secret_encrypted:
         return False
-    expected = hmac.new(decrypt(repository.webhook_secret_encrypted).encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+    secret = decrypt(repository.webhook_secret_encrypted).encode()
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest().encode()
+    for header, prefix in _SIGNATURES:
+        value = headers.get(header)
+        if value and value.startswith(prefix) and hmac.compare_digest(expected, value.removeprefix(prefix).encode()):
+            return True
+    token = headers.get("X-Gitlab-Token")
+    return bool(token) and hmac.compare_digest(secret, token.encode())

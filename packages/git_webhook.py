@@ -11,7 +11,7 @@ from django.views.decorators.http import require_POST
 
 from executor_project import bounded_json, publishing
 
-from .git_credentials import signature_is_valid
+from .git_credentials import push_is_proven
 from .models import GitRepository
 
 logger = logging.getLogger(__name__)
@@ -33,8 +33,9 @@ def queue_sync(repository: GitRepository, adopt: Sequence[str] = ()) -> None:
 @csrf_exempt
 @require_POST
 def push_webhook(request, repository_id: int):
-    """GitHub-style push notification: `X-Hub-Signature-256: sha256=<HMAC-SHA256 of the body, with the webhook
-    secret>`. A push to another branch (once the repository knows its branch), or GitHub's ping, syncs nothing."""
+    """A push notification, proven by the repository's webhook secret (git_credentials.push_is_proven: GitHub's,
+    Forgejo's or Gitea's signature, or GitLab's token). A push to another branch (once the repository knows its
+    branch), or GitHub's ping, syncs nothing."""
     repository = GitRepository.objects.filter(pk=repository_id).first()
     if repository is None:
         return JsonResponse({"detail": f"No repository {repository_id}."}, status=404)
@@ -44,12 +45,10 @@ def push_webhook(request, repository_id: int):
         limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
         return JsonResponse({"detail": f"The body is larger than {limit} bytes (DATA_UPLOAD_MAX_MEMORY_SIZE)."},
                             status=413)  # fmt: skip
-    signature = request.headers.get("X-Hub-Signature-256", "")
-    # A hex digest is ASCII; hmac.compare_digest raises TypeError on a str that is not.
-    if not signature.isascii() or not signature_is_valid(repository, body, signature):
-        logger.warning("webhook for %s refused: bad or missing signature", repository)
-        return JsonResponse({"detail": "Missing or wrong X-Hub-Signature-256 (or no webhook secret is set)."},
-                            status=403)  # fmt: skip
+    if not push_is_proven(repository, body, request.headers):
+        logger.warning("webhook for %s refused: bad or missing signature or token", repository)
+        return JsonResponse({"detail": "Missing or wrong X-Hub-Signature-256, X-Forgejo-Signature, X-Gitea-Signature "
+                                       "or X-Gitlab-Token (or no webhook secret is set)."}, status=403)  # fmt: skip
     ref = _pushed_ref(body)
     if request.headers.get("X-GitHub-Event") == "ping":
         return JsonResponse({"status": "pong"})

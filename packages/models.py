@@ -490,7 +490,7 @@ class GitRepository(models.Model):
     """A Git repository of a project: each top-level directory of its branch is a package (packages/git_sync.py).
 
     Credentials are encrypted like secrets and never shown: the deploy key's private half, an HTTPS token, and the
-    webhook secret that push notifications are signed with.
+    webhook secret that push notifications are proven with (packages/git_credentials.py).
     """
 
     project = models.ForeignKey(Project, on_delete=models.PROTECT, related_name="repositories")

@@ -191,22 +191,44 @@ def sign(secret: str, body: bytes) -> str:
     return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
-@pytest.mark.parametrize("signature, status, queued", [
-    (lambda body: sign("hook-secret", body), 202, True),
-    (lambda body: sign("wrong", body), 403, False),
-    (lambda body: None, 403, False),
+def hex_hmac(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+@pytest.mark.parametrize("proof, status", [
+    (lambda body: {"X-Hub-Signature-256": sign("hook-secret", body)}, 202),  # GitHub
+    (lambda body: {"X-Forgejo-Signature": hex_hmac("hook-secret", body)}, 202),  # Forgejo
+    (lambda body: {"X-Gitea-Signature": hex_hmac("hook-secret", body)}, 202),  # Gitea
+    (lambda body: {"X-Gitlab-Token": "hook-secret", "X-Gitlab-Event": "Push Hook"}, 202),  # GitLab
+    (lambda body: {"X-Hub-Signature-256": sign("wrong", body)}, 403),
+    (lambda body: {"X-Hub-Signature-256": hex_hmac("hook-secret", body)}, 403),  # GitHub's header wants sha256=
+    (lambda body: {"X-Gitea-Signature": hex_hmac("hook-secret", b"another body")}, 403),
+    (lambda body: {"X-Gitlab-Token": "hook-secre"}, 403),
+    (lambda body: {"X-Gitlab-Token": "hook-secret "}, 403),
+    (lambda body: {"X-Gitlab-Token": "h\u00f6\u00f6k", "X-Gitea-Signature": "\u00e9"}, 403),  # not ASCII: no 500
+    (lambda body: {"X-Gitlab-Token": ""}, 403),
+    (lambda body: {}, 403),
 ])  # fmt: skip
-def test_push_webhook_checks_the_signature(client, repository, signature, status, queued, enqueued):
+def test_push_webhook_takes_each_hosts_proof_of_the_secret(client, repository, proof, status, enqueued):
     set_secret_field(repository, "webhook_secret", "hook-secret")
     repository.save()
     body = json.dumps({"ref": "refs/heads/main"}).encode()
-    headers = {"X-Hub-Signature-256": signature(body)} if signature(body) else {}
 
     response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
-                           headers=headers)  # fmt: skip
+                           headers=proof(body))  # fmt: skip
 
     assert response.status_code == status
-    assert enqueued == ([("executor.sync_repository", [repository.pk], "maintenance")] if queued else [])
+    assert enqueued == ([("executor.sync_repository", [repository.pk], "maintenance")] if status == 202 else [])
+
+
+def test_push_webhook_with_no_secret_set_takes_no_proof(client, repository, enqueued):
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    for proof in ({"X-Hub-Signature-256": sign("", body)}, {"X-Gitea-Signature": hex_hmac("", body)},
+                  {"X-Gitlab-Token": ""}):  # fmt: skip
+        response = client.post(reverse("git_webhook", args=[repository.pk]), body, content_type="application/json",
+                               headers=proof)  # fmt: skip
+        assert response.status_code == 403
+    assert not enqueued
 
 
 def test_push_webhook_ignores_other_branches_and_unknown_repositories(client, repository, enqueued):
