@@ -587,7 +587,7 @@ class ApiKeyForm(forms.ModelForm):
 
     class Meta:
         model = ApiKey
-        fields = ["name", "project", "scopes"]
+        fields = ["name", "project", "scopes", "rate_limit"]
 
 
 @admin.register(ApiKey)
@@ -595,7 +595,8 @@ class ApiKeyAdmin(MissingIsNotFound, admin.ModelAdmin):
     """Keys are issued here (shown once, on the page right after Save) and revoked, never shown again.
 
     A project's keys are its owners' (MANAGE) to issue, see and revoke; platform keys (no project), which reach
-    every project, are superusers' only."""
+    every project, are superusers' only. So is a key's own rate limit: the platform's limit keeps one team's sender
+    from crowding out the others, so a team does not lift it for itself."""
 
     form = ApiKeyForm
     list_display = ["name", "project", "hint", "scope_list", "state", "created_by", "created_at", "last_used_at"]
@@ -629,13 +630,15 @@ class ApiKeyAdmin(MissingIsNotFound, admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ["name", "project", "scopes"]
-        return ["name", "project", "scope_list", "hint", "state", "created_by", "created_at", "last_used_at"]
+            return ["name", "project", "scopes", "rate_limit"]
+        return ["name", "project", "scope_list", "rate_limit", "hint", "state", "created_by", "created_at",
+                "last_used_at"]  # fmt: skip
 
     def get_readonly_fields(self, request, obj=None):
+        limit = [] if access.is_superuser(request.user) else ["rate_limit"]
         # A key's reach is fixed when it is issued: to change it, issue another and revoke this one.
-        return [] if obj is None else ["project", "scope_list", "hint", "state", "created_by", "created_at",
-                                       "last_used_at"]  # fmt: skip
+        return limit if obj is None else [*limit, "project", "scope_list", "hint", "state", "created_by", "created_at",
+                                          "last_used_at"]  # fmt: skip
 
     def formfield_for_foreignkey(self, db_field, request, **kwargs):
         if db_field.name == "project":

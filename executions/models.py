@@ -11,6 +11,7 @@ from django.db import models
 from django.utils import timezone
 from timezone_field import TimeZoneField
 
+from executor_project.env import RATE_FORMAT
 from packages.models import Package, Script, validate_cron
 
 # Notification rules and deliveries live in a module of their own; imported here so Django registers them.
@@ -268,6 +269,11 @@ ALL_API_SCOPES = [scope.value for scope in ApiScope]
 LAST_USE_PRECISION = timedelta(minutes=1)  # ApiKey.last_used_at
 
 
+def validate_rate_limit(value: str) -> None:
+    if value != "off" and not RATE_FORMAT.fullmatch(value):
+        raise ValidationError('Write a count per period like "600/m", "20/s" or "1000/15m", or "off".')
+
+
 class ApiKey(models.Model):
     """A key for the HTTP API (`X-API-KEY` header). Only its SHA-256 is stored: the key itself is shown once, when
     it is issued. Keys are random (256 bits), so a fast hash is enough; a lookup by hash finds the key.
@@ -291,6 +297,11 @@ class ApiKey(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_used_at = models.DateTimeField(null=True, blank=True, editable=False)
     revoked_at = models.DateTimeField(null=True, blank=True, editable=False)
+    rate_limit = models.CharField(
+        max_length=20, blank=True, validators=[validate_rate_limit],
+        help_text='Requests this key may make, e.g. "600/m", "20/s" or "1000/15m"; "off": no limit. Empty: the '
+        "platform's EXECUTOR_API_RATE_LIMIT. Set by superusers.",
+    )  # fmt: skip
 
     class Meta:
         ordering = ["-created_at"]

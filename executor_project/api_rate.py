@@ -1,8 +1,9 @@
-"""How many requests one API key may make: EXECUTOR_API_RATE_LIMIT ("6000/m" by default), counted per key by
-django-ratelimit in the broker's Redis (settings.CACHES["api_rate"]), over fixed windows whose edges differ from
-key to key. A key past its limit is answered 429 with Retry-After, the seconds left in its window, before its
-request is looked at: one team's runaway sender cannot take the web processes, the database and the queues from
-every other team. Every request of the key counts, whatever its endpoint and answer.
+"""How many requests one API key may make: its own rate limit if a superuser set one (ApiKey.rate_limit), else
+EXECUTOR_API_RATE_LIMIT ("6000/m" by default), counted per key by django-ratelimit in the broker's Redis
+(settings.CACHES["api_rate"]), over fixed windows whose edges differ from key to key. A key past its limit is
+answered 429 with Retry-After, the seconds left in its window, before its request is looked at: one team's runaway
+sender cannot take the web processes, the database and the queues from every other team. Every request of the key
+counts, whatever its endpoint and answer.
 
 Redis unreachable: the request goes through uncounted (a warning in the log, one a minute), after at most the
 cache's connect timeout. Refusing every API call while Redis blinks would turn a blink into an outage, and an event
@@ -17,6 +18,8 @@ from django.conf import settings
 from django_ratelimit.core import get_usage
 from ninja.errors import HttpError
 
+from executions.models import ApiKey
+
 from . import metrics
 
 logger = logging.getLogger(__name__)
@@ -27,27 +30,30 @@ _complained_at = float("-inf")
 
 
 class RateLimited(HttpError):
-    def __init__(self, rate: str, retry_after: int) -> None:
-        super().__init__(429, f"This API key made more than {rate} requests (EXECUTOR_API_RATE_LIMIT): try again in "
-                              f"{retry_after} s.")  # fmt: skip
+    def __init__(self, rate: str, source: str, retry_after: int) -> None:
+        super().__init__(429, f"This API key made more than {rate} requests ({source}): try again in {retry_after} "
+                              "s.")  # fmt: skip
         self.retry_after = retry_after
 
 
-def check(request, key_hash: str) -> None:
-    """Count the request against its key (by the key's hash: the key itself is never stored); RateLimited past
-    the limit."""
-    rate = settings.EXECUTOR_API_RATE_LIMIT
+def check(request, api_key: ApiKey) -> None:
+    """Count the request against its key (by the key's hash: the key itself is never stored), under the key's own
+    limit if a superuser set one, else EXECUTOR_API_RATE_LIMIT; RateLimited past it."""
+    rate, source = api_key.rate_limit, "this key's limit"
     if not rate:
+        rate, source = settings.EXECUTOR_API_RATE_LIMIT, "EXECUTOR_API_RATE_LIMIT"
+    if rate in {"", "off"}:
         return
     try:
-        usage = get_usage(request, group=GROUP, key=lambda _group, _request: key_hash, rate=rate, increment=True)
+        usage = get_usage(request, group=GROUP, key=lambda _group, _request: api_key.key_hash, rate=rate,
+                          increment=True)  # fmt: skip
     except (redis.RedisError, OSError) as exc:
         _complain(exc)
         metrics.inc(metrics.API_RATE_LIMIT, outcome="uncounted")
         return
     if usage and usage["should_limit"]:
         metrics.inc(metrics.API_RATE_LIMIT, outcome="refused")
-        raise RateLimited(rate, max(usage["time_left"], 1))
+        raise RateLimited(rate, source, max(usage["time_left"], 1))
 
 
 def _complain(exc: Exception) -> None:

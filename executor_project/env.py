@@ -81,13 +81,16 @@ def env_database(name: str, default: str) -> dict:
     return config
 
 
+# A request rate as django-ratelimit reads it: a count per s, m, h or d, optionally several of them.
+RATE_FORMAT = re.compile(r"[1-9]\d*/(?:[1-9]\d*)?[smhd]")
+
+
 def env_rate(name: str, default: str) -> str:
-    """A request rate as django-ratelimit writes it: a count per s, m, h or d, optionally several of them
-    ("600/m", "20/s", "1000/15m"); "" or "off": no limit (returned as "")."""
+    """A request rate (RATE_FORMAT: "600/m", "20/s", "1000/15m"); "" or "off": no limit (returned as "")."""
     value = os.environ.get(name, default).strip()
     if value.lower() in {"", "off"}:
         return ""
-    if not re.fullmatch(r"[1-9]\d*/(?:[1-9]\d*)?[smhd]", value):
+    if not RATE_FORMAT.fullmatch(value):
         raise ImproperlyConfigured(f'{name} must be a count per period like "600/m", "20/s" or "1000/15m", or off')
     return value
 

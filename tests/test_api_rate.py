@@ -9,10 +9,13 @@ import uuid
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
+from django.urls import reverse
 
 from executions.models import ApiKey, TriggerEvent
 from executor_project import api_rate
 from executor_project.env import env_rate
+from packages.models import Project
+from tests.factories import make_member, make_staff
 from tests.metrics_scrape import Scrape
 
 pytestmark = pytest.mark.django_db
@@ -53,6 +56,42 @@ def test_a_key_past_its_limit_is_answered_429_with_retry_after_and_its_request_i
     assert read(client, calm).status_code == 404  # counted per key
     refused, uncounted = (after - then for after, then in zip(refused_and_uncounted(client), before, strict=True))
     assert (refused, uncounted) == (2, 0)
+
+
+def test_a_keys_own_limit_replaces_the_platforms(client, settings):
+    settings.EXECUTOR_API_RATE_LIMIT = "1/h"
+    keys = {}
+    for own in ("3/h", "off", ""):
+        api_key, keys[own] = ApiKey.issue(f"key limited to {own or 'the default'}")
+        api_key.rate_limit = own
+        api_key.save()
+
+    answers = {own: [read(client, key) for _ in range(4)] for own, key in keys.items()}
+
+    assert [answer.status_code for answer in answers["3/h"]] == [404, 404, 404, 429]
+    assert "more than 3/h requests (this key's limit)" in answers["3/h"][3].json()["detail"]
+    assert [answer.status_code for answer in answers["off"]] == [404, 404, 404, 404]
+    assert [answer.status_code for answer in answers[""]] == [404, 429, 429, 429]
+    assert "more than 1/h requests (EXECUTOR_API_RATE_LIMIT)" in answers[""][1].json()["detail"]
+
+
+def test_only_a_superuser_sets_a_keys_limit(admin_client, client):
+    sales = Project.objects.create(name="Sales")
+    owner = make_staff("olivia")
+    make_member(owner, sales, "owner")
+    api_key = ApiKey.issue("sales crm", project=sales)[0]
+    change = reverse("admin:executions_apikey_change", args=[api_key.pk])
+
+    refused = admin_client.post(change, {"name": "sales crm", "rate_limit": "fast"})
+    admin_client.post(change, {"name": "sales crm", "rate_limit": "20/s"})
+    client.force_login(owner)
+    page = client.get(change).content.decode()
+    client.post(change, {"name": "sales crm renamed", "rate_limit": "off"})
+
+    assert "Write a count per period like" in refused.content.decode()
+    assert 'name="rate_limit"' not in page and "20/s" in page  # shown to the project's owner, not editable
+    api_key.refresh_from_db()
+    assert (api_key.name, api_key.rate_limit) == ("sales crm renamed", "20/s")
 
 
 @pytest.fixture
