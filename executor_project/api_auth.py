@@ -22,7 +22,7 @@ class ApiKeyAuth(APIKeyHeader):
         api_key = ApiKey.authenticate(key)
         if api_key is None:
             raise HttpError(401, "Unknown or revoked API key.")
-        api_rate.check(request, api_key)
+        api_rate.check(request, api_key.key_hash, api_key.rate_limit)
         return api_key
 
 

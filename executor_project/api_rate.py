@@ -18,8 +18,6 @@ from django.conf import settings
 from django_ratelimit.core import get_usage
 from ninja.errors import HttpError
 
-from executions.models import ApiKey
-
 from . import metrics
 
 logger = logging.getLogger(__name__)
@@ -36,17 +34,16 @@ class RateLimited(HttpError):
         self.retry_after = retry_after
 
 
-def check(request, api_key: ApiKey) -> None:
+def check(request, key_hash: str, own_limit: str) -> None:
     """Count the request against its key (by the key's hash: the key itself is never stored), under the key's own
-    limit if a superuser set one, else EXECUTOR_API_RATE_LIMIT; RateLimited past it."""
-    rate, source = api_key.rate_limit, "this key's limit"
+    limit if a superuser set one (`own_limit`), else EXECUTOR_API_RATE_LIMIT; RateLimited past it."""
+    rate, source = own_limit, "this key's limit"
     if not rate:
         rate, source = settings.EXECUTOR_API_RATE_LIMIT, "EXECUTOR_API_RATE_LIMIT"
     if rate in {"", "off"}:
         return
     try:
-        usage = get_usage(request, group=GROUP, key=lambda _group, _request: api_key.key_hash, rate=rate,
-                          increment=True)  # fmt: skip
+        usage = get_usage(request, group=GROUP, key=lambda _group, _request: key_hash, rate=rate, increment=True)
     except (redis.RedisError, OSError) as exc:
         _complain(exc)
         metrics.inc(metrics.API_RATE_LIMIT, outcome="uncounted")
